@@ -1,0 +1,170 @@
+"""Builds the auth service from its settings and runs its gRPC and HTTP servers in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from auth_server.authority import TokenAuthority
+from auth_server.config import AuthServerConfig, split_address
+from auth_server.http import build_http_app
+from auth_server.keys import SigningKeyStore
+from auth_server.passwords import PasswordHasher
+from auth_server.publisher import JwksPublisher
+from auth_server.service import AuthServicer
+from auth_server.sessions import SessionStore
+from auth_server.storage import Database
+from auth_server.tokens import TokenIssuer
+from auth_server.users import UserStore
+from protos import auth_pb2, auth_pb2_grpc
+
+_LOGGER = logging.getLogger(__name__)
+
+AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says which setting to fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Components:
+    """The plain objects behind the servers, built from one configuration."""
+
+    database: Database
+    users: UserStore
+    keys: SigningKeyStore
+    authority: TokenAuthority
+
+
+def build_components(config: AuthServerConfig) -> Components:
+    """Open storage, create the schema and make sure a signing key exists (blocking)."""
+    database = Database(config.resolved_database_url)
+    database.create_schema()
+    keys = SigningKeyStore(
+        database, config.key_passphrase, algorithm=config.algorithm, rsa_bits=config.rsa_bits
+    )
+    keys.ensure_signing_key()
+    users = UserStore(database, PasswordHasher(config.argon2))
+    authority = TokenAuthority(
+        users=users,
+        sessions=SessionStore(database),
+        issuer=TokenIssuer(
+            keys, issuer=config.issuer, audience=config.audience, ttl=config.access_token_ttl
+        ),
+        keys=keys,
+        jwks_max_age=config.jwks_max_age,
+    )
+    return Components(database=database, users=users, keys=keys, authority=authority)
+
+
+@dataclass(kw_only=True)
+class RunningAuthServer:
+    """A started auth service. ``grpc_port``/``http_port`` are the bound ports."""
+
+    config: AuthServerConfig
+    components: Components
+    grpc_server: grpc.aio.Server
+    http_runner: web.AppRunner
+    publisher: JwksPublisher
+    health: health.aio.HealthServicer
+    grpc_port: int
+    http_port: int
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{split_address(self.config.grpc_address)[0]}:{self.grpc_port}"
+
+    @property
+    def http_base_url(self) -> str:
+        host = split_address(self.config.http_address)[0]
+        return f"http://{host}:{self.http_port}"
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop both servers, letting in-flight RPCs finish within ``grace`` seconds."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        await self.publisher.stop()
+        await self.grpc_server.stop(grace)
+        await self.http_runner.cleanup()
+        await asyncio.to_thread(self.components.database.dispose)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def start_auth_server(config: AuthServerConfig) -> RunningAuthServer:
+    """Build everything and start serving; the ports in ``config`` may be 0.
+
+    Raises:
+        StartupError: an address cannot be bound.
+        AuthServerError: storage or keys are unusable (wrong passphrase, ...).
+    """
+    components = await asyncio.to_thread(build_components, config)
+    publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
+    await publisher.start()
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024),
+            ("grpc.max_metadata_size", 16 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(components.authority, publisher), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (AUTH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    try:
+        grpc_port = server.add_insecure_port(config.grpc_address)
+    except RuntimeError as exc:
+        await publisher.stop()
+        raise StartupError(f"cannot listen on {config.grpc_address} (--grpc)") from exc
+    await server.start()
+
+    app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm])
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_address(config.http_address)
+    site = web.TCPSite(runner, host, port, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as exc:
+        await server.stop(0)
+        await runner.cleanup()
+        await publisher.stop()
+        raise StartupError(f"cannot listen on {config.http_address} (--http)") from exc
+    http_port = runner.addresses[0][1]
+
+    for service in ("", AUTH_SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    _LOGGER.info(
+        "auth service ready grpc=%s http=%s issuer=%s",
+        f"{host}:{grpc_port}",
+        f"{host}:{http_port}",
+        config.issuer,
+    )
+    return RunningAuthServer(
+        config=config,
+        components=components,
+        grpc_server=server,
+        http_runner=runner,
+        publisher=publisher,
+        health=health_servicer,
+        grpc_port=grpc_port,
+        http_port=http_port,
+    )

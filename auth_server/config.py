@@ -1,0 +1,108 @@
+"""The auth server's settings, validated once, before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from auth_server.jwk import ALGORITHMS
+from auth_server.passwords import Argon2Parameters
+
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
+DEFAULT_ACCESS_TOKEN_TTL = 900
+DEFAULT_JWKS_MAX_AGE = 300
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check the port; ValueError if unusable."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthServerConfig:
+    """Everything ``ssot-auth serve`` needs.
+
+    Attributes:
+        grpc_address: ``HOST:PORT`` for the gRPC API (port 0 picks a free one).
+        http_address: ``HOST:PORT`` for the JWKS/discovery HTTP server.
+        data_dir: Holds the SQLite database and a generated passphrase file.
+        database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
+        issuer: The ``iss`` of every token, an https URL (http only on loopback).
+        audience: The ``aud`` of every token.
+        algorithm: Signing algorithm for new keys.
+        access_token_ttl: Access token lifetime in seconds.
+        jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
+        key_passphrase: Encrypts private keys at rest.
+        reflection: Serve gRPC server reflection.
+        key_poll_interval: How often to look for key changes made by the CLI or
+            other replicas, seconds.
+        argon2: Password hashing cost.
+    """
+
+    grpc_address: str = DEFAULT_GRPC_ADDRESS
+    http_address: str = DEFAULT_HTTP_ADDRESS
+    data_dir: Path
+    database_url: str | None = None
+    issuer: str
+    audience: str
+    algorithm: str = "RS256"
+    rsa_bits: int = 2048
+    access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
+    jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
+    key_passphrase: bytes = field(repr=False)
+    reflection: bool = True
+    key_poll_interval: float = 1.0
+    argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
+
+    def __post_init__(self) -> None:
+        split_address(self.grpc_address)
+        split_address(self.http_address)
+        url = urlsplit(self.issuer)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError("--issuer must be an absolute https URL")
+        if url.scheme == "http" and not is_loopback_host(url.hostname):
+            raise ValueError("--issuer must use https unless it names a loopback host")
+        if url.query or url.fragment:
+            raise ValueError("--issuer must not have a query or fragment (RFC 8414 §2)")
+        if not self.audience:
+            raise ValueError("--audience must not be empty")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
+        if self.rsa_bits < 2048:
+            raise ValueError("RSA keys must have at least 2048 bits")
+        if not 30 <= self.access_token_ttl <= 86400:
+            raise ValueError("--access-token-ttl must be between 30 and 86400 seconds")
+        if not 1 <= self.jwks_max_age <= 86400:
+            raise ValueError("--jwks-max-age must be between 1 and 86400 seconds")
+        if len(self.key_passphrase) < 16:
+            raise ValueError("the key passphrase must be at least 16 bytes")
+        if self.key_poll_interval <= 0:
+            raise ValueError("key_poll_interval must be positive")
+
+    @property
+    def resolved_database_url(self) -> str:
+        from auth_server.storage import sqlite_url_for
+
+        return self.database_url or sqlite_url_for(self.data_dir)
+
+    @property
+    def jwks_path(self) -> str:
+        return "/.well-known/jwks.json"
+
+    def replace(self, **changes: object) -> AuthServerConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

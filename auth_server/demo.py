@@ -1,0 +1,87 @@
+"""``ssot-auth up``: the whole system on embedded defaults, for trying it out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import shlex
+from pathlib import Path
+
+from auth_server.app import start_auth_server
+from auth_server.cli import run_until_signalled, server_config
+from auth_server.settings import write_secret_file
+from auth_server.users import UserStore
+from resource_server import ResourceServerConfig, build_verifier, start_aio_server
+
+_LOGGER = logging.getLogger(__name__)
+
+DEMO_USER = "demo"
+DEMO_SCOPES = ("resource.read", "resource.admin")
+DEMO_PASSWORD_FILE = "demo-password"
+DEMO_ISSUER = "http://127.0.0.1:8080"
+DEMO_AUDIENCE = "ssot-demo"
+
+
+def _ensure_demo_user(users: UserStore, password_file: str) -> str | None:
+    """Create the demo user once; returns the new password, or None if it existed."""
+    if users.get(DEMO_USER) is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    users.add(DEMO_USER, password, DEMO_SCOPES)
+    write_secret_file(Path(password_file), password.encode() + b"\n")
+    return password
+
+
+def run_demo(ns: argparse.Namespace) -> int:
+    issuer = ns.issuer or DEMO_ISSUER
+    audience = ns.audience or DEMO_AUDIENCE
+    config = server_config(ns, issuer=issuer, audience=audience)
+    password_file = str(config.data_dir / DEMO_PASSWORD_FILE)
+
+    async def serve(stop: asyncio.Event) -> None:
+        auth = await start_auth_server(config)
+        keys = None
+        resource = None
+        try:
+            created = await asyncio.to_thread(
+                _ensure_demo_user, auth.components.users, password_file
+            )
+            rconfig = ResourceServerConfig(
+                grpc_address=ns.resource_grpc,
+                issuer=issuer,
+                audience=audience,
+                auth_target=auth.grpc_target,
+            )
+            keys, verifier = await asyncio.to_thread(build_verifier, rconfig)
+            resource, rport = await start_aio_server(rconfig, verifier)
+            pw = shlex.quote(password_file)
+            lines = [
+                "",
+                "ssot-auth is up:",
+                f"  auth service      grpc {auth.grpc_target}",
+                f"  JWKS              {auth.http_base_url}/.well-known/jwks.json",
+                f"  resource service  grpc {rconfig.grpc_address.rsplit(':', 1)[0]}:{rport}",
+                f"  demo user         {DEMO_USER} (scopes: {' '.join(DEMO_SCOPES)})",
+                f"  demo password     {'created in' if created else 'in'} {password_file}",
+                "",
+                "Try it in another terminal:",
+                f"  ssot-auth login {DEMO_USER} --target {auth.grpc_target} --password-stdin "
+                f"< {pw} > token.json",
+                f"  ssot-resource get --target 127.0.0.1:{rport} --token-file token.json",
+                f"  curl -s {auth.http_base_url}/.well-known/jwks.json",
+                "",
+                "Ctrl-C stops both servers.",
+            ]
+            print("\n".join(lines), flush=True)
+            await stop.wait()
+            _LOGGER.info("shutting down")
+        finally:
+            if resource is not None:
+                await resource.stop(2)
+            if keys is not None:
+                keys.close()
+            await auth.stop()
+
+    return run_until_signalled(serve)

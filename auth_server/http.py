@@ -1,0 +1,81 @@
+"""The HTTP face: the JWKS (RFC 7517) and OIDC discovery metadata, for verifiers that speak HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from auth_server.publisher import JwksPublisher
+
+JWKS_PATH = "/.well-known/jwks.json"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+_PUBLISHER = web.AppKey("publisher", JwksPublisher)
+_DISCOVERY = web.AppKey("discovery", bytes)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    # If-None-Match uses the weak comparison (RFC 9110 §13.1.2).
+    candidates = (c.strip().removeprefix("W/") for c in header.split(","))
+    return f'"{etag}"' in candidates
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    snapshot = request.app[_PUBLISHER].snapshot
+    headers = {
+        "Cache-Control": f"public, max-age={snapshot.max_age}",
+        "ETag": f'"{snapshot.etag}"',
+    }
+    if _etag_matches(request.headers.get("If-None-Match"), snapshot.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(
+        body=snapshot.body, content_type="application/jwk-set+json", headers=headers
+    )
+
+
+async def _discovery(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[_DISCOVERY],
+        content_type="application/json",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+def build_http_app(
+    publisher: JwksPublisher, *, issuer: str, algorithms: Sequence[str]
+) -> web.Application:
+    """The aiohttp application serving the well-known documents."""
+    import json
+
+    base = issuer.rstrip("/")
+    discovery = {
+        "issuer": issuer,
+        "jwks_uri": base + JWKS_PATH,
+        "id_token_signing_alg_values_supported": list(algorithms),
+        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": ["password", "refresh_token"],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "claims_supported": [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "sid",
+            "scope",
+            "username",
+        ],
+    }
+    app = web.Application(client_max_size=4096)
+    app[_PUBLISHER] = publisher
+    app[_DISCOVERY] = json.dumps(discovery, separators=(",", ":")).encode()
+    app.router.add_get(JWKS_PATH, _jwks)
+    app.router.add_get(DISCOVERY_PATH, _discovery)
+    return app

@@ -1,0 +1,97 @@
+"""The gRPC face of the token authority: parse, delegate, map errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from auth_server.authority import JwksSnapshot, TokenAuthority
+from auth_server.errors import AuthServerError
+from auth_server.publisher import JwksPublisher
+from protos import auth_pb2, auth_pb2_grpc
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def jwks_message(snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
+    fields = ("kty", "kid", "use", "alg", "n", "e", "crv", "x", "y")
+    keys = [auth_pb2.Jwk(**{f: k[f] for f in fields if f in k}) for k in snapshot.keys]
+    return auth_pb2.JwkSet(keys=keys, max_age_seconds=snapshot.max_age, etag=snapshot.etag)
+
+
+async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Exception) -> NoReturn:
+    if isinstance(exc, AuthServerError):
+        await context.abort(exc.code, exc.message)
+    # Anything else is a bug or an outage; the client learns nothing of it.
+    _LOGGER.error("unexpected %s in auth service", type(exc).__name__, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def _run(
+    context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[_T]]
+) -> _T:
+    try:
+        return await call()
+    except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback
+        await _abort(context, exc)
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """``ssot.auth.v1.AuthService`` over a :class:`TokenAuthority`."""
+
+    def __init__(self, authority: TokenAuthority, publisher: JwksPublisher) -> None:
+        self._authority = authority
+        self._publisher = publisher
+
+    async def Login(  # noqa: N802 - gRPC method name
+        self,
+        request: auth_pb2.LoginRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
+    ) -> auth_pb2.TokenResponse:
+        grant = await _run(
+            context,  # type: ignore[arg-type]
+            lambda: asyncio.to_thread(
+                self._authority.login, request.username, request.password, request.scope
+            ),
+        )
+        return auth_pb2.TokenResponse(
+            access_token=grant.access_token,
+            token_type=grant.token_type,
+            expires_in=grant.expires_in,
+            refresh_token=grant.refresh_token,
+            scope=grant.scope,
+        )
+
+    async def Refresh(  # noqa: N802
+        self,
+        request: auth_pb2.RefreshRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.RefreshRequest, auth_pb2.TokenResponse],
+    ) -> auth_pb2.TokenResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "refresh is not supported yet")
+
+    async def Logout(  # noqa: N802
+        self,
+        request: auth_pb2.LogoutRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse],
+    ) -> auth_pb2.LogoutResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "logout is not supported yet")
+
+    async def GetJwks(  # noqa: N802
+        self,
+        request: auth_pb2.GetJwksRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.GetJwksRequest, auth_pb2.JwkSet],
+    ) -> auth_pb2.JwkSet:
+        return jwks_message(self._publisher.snapshot)
+
+    async def WatchJwks(  # noqa: N802
+        self,
+        request: auth_pb2.WatchJwksRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.WatchJwksRequest, auth_pb2.JwkSet],
+    ) -> AsyncIterator[auth_pb2.JwkSet]:
+        async for snapshot in self._publisher.watch():
+            yield jwks_message(snapshot)

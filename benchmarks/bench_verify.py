@@ -1,0 +1,183 @@
+"""Throughput of the verifying interceptor and of TokenVerifier, against baselines from the same run.
+
+    python benchmarks/bench_verify.py [--calls 2000] [--repeats 5]
+
+Prints medians over ``--repeats`` runs and ratios, so figures from a noisy shared
+machine stay comparable:
+  1. unary RPCs on one resource server (sync and aio): the public method (no
+     token) vs the protected method with one reused token (verified-token cache
+     hits) vs a fresh token per call (full signature check each time);
+  2. TokenVerifier.verify on distinct tokens vs raw `cryptography` RSA
+     verification of the same tokens' signatures (the floor any verifier pays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from auth_server.app import start_auth_server  # noqa: E402
+from auth_server.config import AuthServerConfig  # noqa: E402
+from auth_server.passwords import Argon2Parameters  # noqa: E402
+from auth_server.tokens import TokenIssuer  # noqa: E402
+from interceptors import HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier  # noqa: E402
+from protos import resource_pb2, resource_pb2_grpc  # noqa: E402
+from resource_server import ResourceServerConfig, build_server, start_aio_server  # noqa: E402
+
+ISSUER = "http://127.0.0.1:8080"
+AUDIENCE = "bench"
+
+
+def median_rate(run: Callable[[], int], repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        n = run()
+        rates.append(n / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    ns = parser.parse_args()
+    calls, repeats = ns.calls, ns.repeats
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_loop(coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = AuthServerConfig(
+            grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=Path(tmp),
+            issuer=ISSUER, audience=AUDIENCE, key_passphrase=b"benchmark-passphrase-000",
+            argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
+        )
+        auth = on_loop(start_auth_server(config))
+        user = auth.components.users.add("bench", "bench-password", ("resource.read",))
+        issuer = TokenIssuer(auth.components.keys, issuer=ISSUER, audience=AUDIENCE)
+        mint = lambda: issuer.issue(user, scopes=("resource.read",), session_id="s").access_token  # noqa: E731
+        reused = mint()
+        fresh = [mint() for _ in range(calls * (repeats + 1))]
+        jwks_url = f"{auth.http_base_url}/.well-known/jwks.json"
+
+        print(f"calls per run: {calls}, runs: {repeats}, figures are medians\n")
+        print("1. unary RPC throughput on one resource server (one client, sequential calls)")
+        for aio in (False, True):
+            keys = KeyCache(HttpJwksSource(jwks_url))
+            keys.start()
+            verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
+            rconfig = ResourceServerConfig(grpc_address="127.0.0.1:0", issuer=ISSUER,
+                                           audience=AUDIENCE, jwks_url=jwks_url)
+            if aio:
+                aserver, port = on_loop(start_aio_server(rconfig, verifier))
+            else:
+                server, port = build_server(rconfig, verifier)
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            stub = resource_pb2_grpc.ResourceServiceStub(channel)
+            public_req = resource_pb2.GetPublicInfoRequest()
+            prot_req = resource_pb2.GetProtectedResourceRequest()
+            md = (("authorization", f"Bearer {reused}"),)
+            fresh_iter = iter(fresh)
+
+            def public() -> int:
+                for _ in range(calls):
+                    stub.GetPublicInfo(public_req)
+                return calls
+
+            def protected_reused() -> int:
+                for _ in range(calls):
+                    stub.GetProtectedResource(prot_req, metadata=md)
+                return calls
+
+            def protected_fresh() -> int:
+                for _ in range(calls):
+                    stub.GetProtectedResource(
+                        prot_req, metadata=(("authorization", f"Bearer {next(fresh_iter)}"),))
+                return calls
+
+            protected_fresh()  # warm-up: loads keys, warms connections
+            fresh_iter = iter(fresh[calls:])
+            r_public = median_rate(public, repeats)
+            r_reused = median_rate(protected_reused, repeats)
+            r_fresh = median_rate(protected_fresh, repeats)
+            kind = "aio " if aio else "sync"
+            print(f"  {kind} public method           {r_public:9.0f} rpc/s   1.00")
+            print(f"  {kind} protected, reused token {r_reused:9.0f} rpc/s   {r_reused / r_public:.2f}")
+            print(f"  {kind} protected, fresh token  {r_fresh:9.0f} rpc/s   {r_fresh / r_public:.2f}")
+            channel.close()
+            if aio:
+                on_loop(aserver.stop(0))
+            else:
+                server.stop(0)
+            keys.close()
+
+        print("\n2. signature checks per second, one thread (distinct tokens, no cache hits)")
+        keys = KeyCache(HttpJwksSource(jwks_url))
+        keys.start()
+        verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
+        public_key = auth.components.keys.current().private_key.public_key()
+        tokens = fresh[:calls]
+        parts = [t.split(".") for t in tokens]
+        inputs = [(f"{h}.{p}".encode(), b64decode(s)) for h, p, s in parts]
+        verifier.verify(tokens[0])
+
+        def raw() -> int:
+            for signing_input, signature in inputs:
+                public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            return len(inputs)
+
+        rounds = iter(range(repeats + 1))
+
+        def full() -> int:
+            # A fresh verifier per run, so no token is a cache hit.
+            v = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
+            next(rounds)
+            for t in tokens:
+                v.verify(t)
+            return len(tokens)
+
+        r_raw = median_rate(raw, repeats)
+        r_full = median_rate(full, repeats)
+        cached = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
+        cached.verify(reused)
+
+        def hits() -> int:
+            for _ in range(calls):
+                cached.verify(reused)
+            return calls
+
+        r_hit = median_rate(hits, repeats)
+        print(f"  raw cryptography RSA verify    {r_raw:9.0f} /s   1.00")
+        print(f"  TokenVerifier.verify           {r_full:9.0f} /s   {r_full / r_raw:.2f}")
+        print(f"  TokenVerifier.verify (cached)  {r_hit:9.0f} /s   {r_hit / r_raw:.2f}")
+        keys.close()
+        on_loop(auth.stop(0))
+    loop.call_soon_threadsafe(loop.stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

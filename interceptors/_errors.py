@@ -1,0 +1,100 @@
+"""The verifier's exception tree: every error carries its gRPC status and a safe message.
+
+The message is what a client sees in the status details. It names the
+category only ("token expired"), never the token, a key, or the text of a
+library exception.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class AuthError(Exception):
+    """Base of every error raised by :mod:`interceptors`."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNAUTHENTICATED
+    message: ClassVar[str] = "unauthenticated"
+
+    def __init__(self, detail: str | None = None) -> None:
+        # ``detail`` is for logs and debugging only and must not hold secrets;
+        # the wire only ever gets the class's ``message``.
+        super().__init__(detail or self.message)
+        self.detail = detail or self.message
+
+
+class MissingToken(AuthError):
+    """No ``authorization: Bearer`` metadata was sent."""
+
+    message = "missing bearer token"
+
+
+class InvalidToken(AuthError):
+    """The token was presented but cannot be accepted."""
+
+    message = "invalid token"
+
+
+class MalformedToken(InvalidToken):
+    """The token, or the authorization metadata carrying it, is not well formed."""
+
+    message = "malformed token"
+
+
+class InvalidSignature(InvalidToken):
+    """The signature does not verify with the key the ``kid`` selects."""
+
+    message = "invalid signature"
+
+
+class ExpiredToken(InvalidToken):
+    """``exp`` has passed (beyond the leeway)."""
+
+    message = "token expired"
+
+
+class ImmatureToken(InvalidToken):
+    """``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
+
+    message = "token not yet valid"
+
+
+class InvalidClaims(InvalidToken):
+    """A claim is missing or wrong: issuer, audience, ``typ``, types, lifetime."""
+
+    message = "invalid token claims"
+
+
+class UnknownKey(InvalidToken):
+    """The ``kid`` is not in the issuer's key set, even after a refetch."""
+
+    message = "unknown signing key"
+
+
+class InsufficientScope(AuthError):
+    """The token is valid but lacks a scope the method requires."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    message = "insufficient scope"
+
+
+class KeysUnavailable(AuthError):
+    """No usable key set could be loaded, so the token cannot be checked now.
+
+    Retryable: the issuer may be down, or the token's key may be new.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "signing keys unavailable"
+
+
+class KeySetError(AuthError):
+    """A key source answered with a document that is not a usable JWKS.
+
+    Raised inside the key cache; the last good set stays in force.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "signing keys unavailable"

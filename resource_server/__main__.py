@@ -1,0 +1,16 @@
+"""``python -m resource_server``: the ``ssot-resource`` command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from resource_server.cli import main as _main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The seed's protected service over gRPC: one logic class, a sync and an asyncio servicer over it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from interceptors import Principal, current_principal
+from protos import resource_pb2, resource_pb2_grpc
+
+SERVICE_NAME = resource_pb2.DESCRIPTOR.services_by_name["ResourceService"].full_name
+_PREFIX = f"/{SERVICE_NAME}/"
+PUBLIC_METHODS = frozenset({_PREFIX + "GetPublicInfo"})
+ADMIN_SCOPE = "resource.admin"
+REQUIRED_SCOPES = {_PREFIX + "GetAdminReport": frozenset({ADMIN_SCOPE})}
+PROTECTED_MESSAGE = "This is a protected resource"
+MAX_EVENTS = 1000
+
+
+class InvalidArgument(Exception):
+    """The request is malformed; the message is safe to send."""
+
+
+def _user(principal: Principal) -> resource_pb2.User:
+    return resource_pb2.User(user_id=principal.subject, username=principal.username)
+
+
+class ResourceLogic:
+    """What each RPC answers, given the verified caller. No gRPC in here."""
+
+    def __init__(self, *, issuer: str, service_name: str = "ssot-resource") -> None:
+        self._issuer = issuer
+        self._service_name = service_name
+
+    def public_info(self) -> resource_pb2.GetPublicInfoResponse:
+        return resource_pb2.GetPublicInfoResponse(service=self._service_name, issuer=self._issuer)
+
+    def protected_resource(self, who: Principal) -> resource_pb2.GetProtectedResourceResponse:
+        return resource_pb2.GetProtectedResourceResponse(message=PROTECTED_MESSAGE, user=_user(who))
+
+    def admin_report(self, who: Principal) -> resource_pb2.GetAdminReportResponse:
+        return resource_pb2.GetAdminReportResponse(
+            message="Admin report", user=_user(who), scope=" ".join(sorted(who.scopes))
+        )
+
+    def events(self, who: Principal, count: int) -> Iterator[resource_pb2.Event]:
+        if not 1 <= count <= MAX_EVENTS:
+            raise InvalidArgument(f"count must be between 1 and {MAX_EVENTS}")
+        user = _user(who)
+        return (resource_pb2.Event(sequence=i, user=user) for i in range(1, count + 1))
+
+    def echo(self, who: Principal, note: resource_pb2.Note) -> resource_pb2.Note:
+        return resource_pb2.Note(text=note.text, author=_user(who))
+
+
+class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
+    """Sync ``ssot.resource.v1.ResourceService``; the interceptor has checked the token."""
+
+    def __init__(self, logic: ResourceLogic) -> None:
+        self._logic = logic
+
+    def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:  # noqa: N802
+        return self._logic.public_info()
+
+    def GetProtectedResource(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> resource_pb2.GetProtectedResourceResponse:
+        return self._logic.protected_resource(current_principal())
+
+    def GetAdminReport(self, request: Any, context: Any) -> resource_pb2.GetAdminReportResponse:  # noqa: N802
+        return self._logic.admin_report(current_principal())
+
+    def StreamEvents(  # noqa: N802
+        self, request: resource_pb2.StreamEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[resource_pb2.Event]:
+        try:
+            events = self._logic.events(current_principal(), request.count)
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        yield from events
+
+    def UploadNotes(  # noqa: N802
+        self, request_iterator: Iterator[resource_pb2.Note], context: Any
+    ) -> resource_pb2.UploadNotesResponse:
+        who = current_principal()
+        count = sum(1 for _ in request_iterator)
+        return resource_pb2.UploadNotesResponse(count=count, user=_user(who))
+
+    def EchoNotes(  # noqa: N802
+        self, request_iterator: Iterator[resource_pb2.Note], context: Any
+    ) -> Iterator[resource_pb2.Note]:
+        who = current_principal()
+        for note in request_iterator:
+            yield self._logic.echo(who, note)
+
+
+class AsyncResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
+    """The same service for ``grpc.aio`` servers."""
+
+    def __init__(self, logic: ResourceLogic) -> None:
+        self._logic = logic
+
+    async def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:  # noqa: N802
+        return self._logic.public_info()
+
+    async def GetProtectedResource(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> resource_pb2.GetProtectedResourceResponse:
+        return self._logic.protected_resource(current_principal())
+
+    async def GetAdminReport(self, request: Any, context: Any) -> resource_pb2.GetAdminReportResponse:  # noqa: N802
+        return self._logic.admin_report(current_principal())
+
+    async def StreamEvents(  # noqa: N802
+        self, request: resource_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[resource_pb2.Event]:
+        try:
+            events = self._logic.events(current_principal(), request.count)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        for event in events:
+            yield event
+
+    async def UploadNotes(  # noqa: N802
+        self, request_iterator: AsyncIterator[resource_pb2.Note], context: Any
+    ) -> resource_pb2.UploadNotesResponse:
+        who = current_principal()
+        count = 0
+        async for _ in request_iterator:
+            count += 1
+        return resource_pb2.UploadNotesResponse(count=count, user=_user(who))
+
+    async def EchoNotes(  # noqa: N802
+        self, request_iterator: AsyncIterator[resource_pb2.Note], context: Any
+    ) -> AsyncIterator[resource_pb2.Note]:
+        who = current_principal()
+        async for note in request_iterator:
+            yield self._logic.echo(who, note)
