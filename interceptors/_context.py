@@ -1,0 +1,30 @@
+"""Where a handler finds the caller that the interceptor authenticated."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from interceptors._verify import Principal
+
+# Set by the server interceptors inside the wrapped handler, for exactly the span of
+# one authenticated call (grpc does not promise that ``intercept_service`` and the
+# handler share a context: grpc/grpc#37881).
+PRINCIPAL: ContextVar[Principal] = ContextVar("ssot_auth_principal")
+
+
+def current_principal() -> Principal:
+    """Return the authenticated caller of the RPC being handled.
+
+    Returns:
+        The principal built from the verified access token.
+
+    Raises:
+        LookupError: Outside a call that the auth interceptor authenticated,
+            e.g. in a public method or in a thread the handler started.
+    """
+    try:
+        return PRINCIPAL.get()
+    except LookupError:
+        raise LookupError("no authenticated principal in this context") from None

@@ -1,0 +1,291 @@
+"""Server interceptors, sync and asyncio, that admit a call only with a valid bearer token.
+
+Both are thin shells over :class:`_Gate`: it decides which methods to guard and wraps
+the method's handler, of any of the four kinds, so that the wrapper authenticates
+first, checks scopes, and only then runs the handler with :func:`current_principal`
+set. The two classes differ only in ``await``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Final, TypeAlias, TypeVar
+
+import grpc
+import grpc.aio
+
+from interceptors._context import PRINCIPAL
+from interceptors._errors import (
+    AuthError,
+    InsufficientScope,
+    InvalidToken,
+    MalformedToken,
+    MissingToken,
+)
+from interceptors._policy import MethodPolicy
+from interceptors._verify import Principal, TokenVerifier
+
+_LOGGER = logging.getLogger(__name__)
+
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+_Behaviour: TypeAlias = Callable[[Any, Any], Any]
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+_AUTHORIZATION: Final = "authorization"
+_AUTHORIZATION_BIN: Final = "authorization-bin"
+# The four handler kinds: the behaviour attribute, its factory, and whether it streams out.
+_KINDS: Final[tuple[tuple[str, Callable[..., _Handler], bool], ...]] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """Extract the access token from ``authorization: Bearer <token>`` metadata.
+
+    Args:
+        metadata: The call's invocation metadata, as (key, value) pairs.
+
+    Returns:
+        The token, not yet verified.
+
+    Raises:
+        MissingToken: There is no ``authorization`` entry.
+        MalformedToken: There are several, or it is binary, not the Bearer scheme,
+            or not exactly one non-empty token after a single space (RFC 6750 §2.1).
+    """
+    values: list[str | bytes] = []
+    for key, value in metadata or ():
+        name = key.lower()
+        if name == _AUTHORIZATION_BIN:
+            raise MalformedToken("binary authorization metadata")
+        if name == _AUTHORIZATION:
+            values.append(value)
+    if not values:
+        raise MissingToken()
+    if len(values) > 1:
+        raise MalformedToken("more than one authorization entry")
+    value = values[0]
+    if not isinstance(value, str):
+        raise MalformedToken("authorization value is not text")
+    parts = value.split(" ")
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise MalformedToken("authorization is not 'Bearer <token>'")
+    if not parts[1]:
+        raise MalformedToken("empty bearer token")
+    return parts[1]
+
+
+def _require_scopes(principal: Principal, scopes: frozenset[str]) -> None:
+    if not scopes <= principal.scopes:
+        raise InsufficientScope(f"missing scopes {sorted(scopes - principal.scopes)!r}")
+
+
+def _rejection(exc: Exception, method: str) -> AuthError:
+    """Log why a call is refused and pick the error to send (never the library's text)."""
+    if isinstance(exc, AuthError):
+        _LOGGER.info("rejected call to %s: %s (%s)", method, exc.message, exc.detail)
+        return exc
+    # Fail closed: an unexpected failure while checking a token is still a refusal.
+    # Only the type is logged, since the text of a foreign exception may echo the token.
+    _LOGGER.error("rejected call to %s: token check failed with %s", method, type(exc).__name__)
+    return InvalidToken()
+
+
+class _Bound:
+    """Holds ``current_principal()`` set while the wrapped handler's code runs."""
+
+    __slots__ = ("_principal", "_token")
+
+    def __init__(self, principal: Principal) -> None:
+        self._principal = principal
+
+    def __enter__(self) -> None:
+        self._token = PRINCIPAL.set(self._principal)
+
+    def __exit__(self, *exc_info: object) -> None:
+        PRINCIPAL.reset(self._token)
+
+
+class _Guard:
+    """The token and scope check for one protected method, in a sync and an async face."""
+
+    __slots__ = ("_method", "_scopes", "_verifier")
+
+    def __init__(self, verifier: TokenVerifier, method: str, scopes: frozenset[str]) -> None:
+        self._verifier = verifier
+        self._method = method
+        self._scopes = scopes
+
+    def admit(self, context: grpc.ServicerContext) -> _Bound:
+        try:
+            principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+            _require_scopes(principal, self._scopes)
+        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
+            error = _rejection(exc, self._method)
+            context.abort(error.code, error.message)
+        return _Bound(principal)
+
+    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Bound:
+        try:
+            principal = await self._verifier.averify(bearer_token(context.invocation_metadata()))
+            _require_scopes(principal, self._scopes)
+        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
+            error = _rejection(exc, self._method)
+            await context.abort(error.code, error.message)
+        return _Bound(principal)
+
+
+def _guard_unary(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        with guard.admit(context):
+            return behaviour(request, context)
+
+    return guarded
+
+
+def _guard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        return _hold(guard.admit(context), behaviour, request, context)
+
+    return guarded
+
+
+def _hold(bound: _Bound, behaviour: _Behaviour, request: Any, context: Any) -> Iterator[Any]:
+    # The principal is set around each step of the handler's iterator, not across a
+    # yield: a generator may be finished on another thread, where a reset would fail.
+    with bound:
+        responses = iter(behaviour(request, context))
+    done = object()
+    try:
+        while True:
+            with bound:
+                response = next(responses, done)
+            if response is done:
+                return
+            yield response
+    finally:
+        close = getattr(responses, "close", None)
+        if close is not None:
+            with bound:
+                close()
+
+
+def _aguard_unary(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with await guard.aadmit(context):
+            return await behaviour(request, context)
+
+    return guarded
+
+
+def _aguard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
+    # A coroutine using context.write, so that the principal is set and reset in the
+    # call's own task even when the client cancels mid-stream.
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        with await guard.aadmit(context):
+            responses = behaviour(request, context)
+            if inspect.isawaitable(responses):
+                await responses  # the handler writes its responses itself
+                return
+            async with contextlib.aclosing(responses) as stream:
+                async for response in stream:
+                    await context.write(response)
+
+    return guarded
+
+
+class _Gate:
+    """What both interceptors share: which calls to guard, and the wrapped handlers."""
+
+    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None) -> None:
+        self._verifier = verifier
+        self._policy = policy if policy is not None else MethodPolicy()
+
+    def protect(self, handler: _Handler | None, method: str) -> _Handler | None:
+        if handler is None or self._policy.is_public(method):
+            return handler
+        guard = _Guard(self._verifier, method, self._policy.scopes_for(method))
+        for attribute, factory, streams_out in _KINDS:
+            behaviour: _Behaviour | None = getattr(handler, attribute)
+            if behaviour is None:
+                continue
+            is_async = inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(
+                behaviour
+            )
+            if is_async:
+                wrap = _aguard_stream if streams_out else _aguard_unary
+            else:
+                wrap = _guard_stream if streams_out else _guard_unary
+            return factory(
+                wrap(guard, behaviour),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # A handler without a behaviour cannot be served; fail closed as "not found".
+        return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Requires a valid bearer token on a ``grpc.server``'s protected methods.
+
+    Example:
+        >>> server = grpc.server(executor, interceptors=[AuthInterceptor(verifier, policy)])
+    """
+
+    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None = None) -> None:
+        """Create the interceptor.
+
+        Args:
+            verifier: Checks the token.
+            policy: Public methods and per-method scopes; by default every method but
+                health and reflection needs a token.
+        """
+        self._gate = _Gate(verifier, policy)
+
+    def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[_TRequest, _TResponse] | None
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        """Wrap the method's handler so that it authenticates first (grpc calls this)."""
+        handler = continuation(handler_call_details)
+        return self._gate.protect(handler, handler_call_details.method)
+
+
+class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires a valid bearer token on a ``grpc.aio.server``'s protected methods.
+
+    Example:
+        >>> server = grpc.aio.server(interceptors=[AsyncAuthInterceptor(verifier, policy)])
+    """
+
+    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None = None) -> None:
+        """Create the interceptor.
+
+        Args:
+            verifier: Checks the token; key fetches never block the event loop.
+            policy: Public methods and per-method scopes; by default every method but
+                health and reflection needs a token.
+        """
+        self._gate = _Gate(verifier, policy)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails],
+            Awaitable[grpc.RpcMethodHandler[_TRequest, _TResponse] | None],
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        """Wrap the method's handler so that it authenticates first (grpc calls this)."""
+        handler = await continuation(handler_call_details)
+        return self._gate.protect(handler, handler_call_details.method)

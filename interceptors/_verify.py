@@ -1,0 +1,511 @@
+"""Verify access tokens: a strict JWS parse, the key the ``kid`` selects, RFC 8725/9068 checks.
+
+One sans-I/O core serves :meth:`TokenVerifier.verify` and :meth:`TokenVerifier.averify`;
+the two differ only in how they ask the key provider for the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+import jwt
+from cryptography import exceptions as crypto_exceptions
+from jwt import exceptions as jwt_errors
+
+from interceptors._errors import (
+    ExpiredToken,
+    ImmatureToken,
+    InvalidClaims,
+    InvalidSignature,
+    InvalidToken,
+    MalformedToken,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+#: The asymmetric JWS algorithms (RFC 7518 §3, RFC 8037) a policy may allow.
+#: HMAC and ``none`` are never accepted by a verifier (RFC 8725 §3.1, §3.2).
+SUPPORTED_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# Without these the verifier cannot decide expiry, lifetime, issuer, audience or subject.
+_ALWAYS_REQUIRED: Final = frozenset({"iss", "sub", "aud", "exp", "iat"})
+_MAX_KID_LENGTH: Final = 256
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class VerificationKeyLike(Protocol):
+    """What the verifier needs from a key: its id, the algorithm its JWK names, the key."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def key(self) -> jwt.PyJWK: ...
+
+
+class KeyProvider(Protocol):
+    """Where the verifier gets keys; :class:`interceptors.KeyCache` is the real one."""
+
+    def get_key(self, kid: str) -> VerificationKeyLike:
+        """Return the key for ``kid``; may block briefly. Raises UnknownKey / KeysUnavailable."""
+        ...
+
+    async def aget_key(self, kid: str) -> VerificationKeyLike:
+        """Like :meth:`get_key`, without blocking the event loop."""
+        ...
+
+    def add_removal_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """Call ``callback`` with the kids that left the key set, whenever some do."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenPolicy:
+    """What a token must satisfy to be accepted.
+
+    Attributes:
+        issuer: The exact ``iss`` the issuer puts in its tokens.
+        audience: This service's audience; ``aud`` must be it or a list containing it.
+        algorithms: JWS algorithms accepted; asymmetric ones only.
+        leeway: Seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
+        token_type: The required ``typ`` header (RFC 9068 §2.1), compared case-insensitively.
+        max_token_length: Longer tokens are rejected before any parsing.
+        max_lifetime: Largest ``exp - iat`` accepted, in seconds.
+        required_claims: Claims that must be present; always includes iss, sub, aud, exp, iat.
+
+    Raises:
+        ValueError: On an algorithm that is symmetric, ``none`` or unknown, or another
+            value that makes no sense.
+    """
+
+    issuer: str
+    audience: str
+    algorithms: frozenset[str] = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
+    leeway: float = 30.0
+    token_type: str = "at+jwt"  # noqa: S105 -- a JOSE "typ" value, not a secret
+    max_token_length: int = 8192
+    max_lifetime: float = 86400.0
+    required_claims: frozenset[str] = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "algorithms", frozenset(self.algorithms))
+        object.__setattr__(self, "required_claims", frozenset(self.required_claims))
+        if not isinstance(self.issuer, str) or not self.issuer:
+            raise ValueError("issuer must be a non-empty string")
+        if not isinstance(self.audience, str) or not self.audience:
+            raise ValueError("audience must be a non-empty string")
+        if not self.algorithms:
+            raise ValueError("algorithms must not be empty")
+        unsupported = self.algorithms - SUPPORTED_ALGORITHMS
+        if unsupported:
+            raise ValueError(
+                f"unsupported algorithms {sorted(unsupported)!r}: "
+                f"only {sorted(SUPPORTED_ALGORITHMS)!r} (never HS* or none)"
+            )
+        if not math.isfinite(self.leeway) or self.leeway < 0:
+            raise ValueError("leeway must be a finite number >= 0")
+        if not math.isfinite(self.max_lifetime) or self.max_lifetime <= 0:
+            raise ValueError("max_lifetime must be a finite number > 0")
+        if self.max_token_length <= 0:
+            raise ValueError("max_token_length must be > 0")
+        if not self.token_type or not self.token_type.isascii():
+            raise ValueError("token_type must be a non-empty ASCII string")
+        missing = _ALWAYS_REQUIRED - self.required_claims
+        if missing:
+            raise ValueError(f"required_claims must include {sorted(missing)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """The verified caller, as the access token describes it.
+
+    Attributes:
+        subject: ``sub``: a stable user id.
+        username: ``username`` claim, or ``""``.
+        scopes: ``scope`` split on spaces (RFC 9068 §2.2.3).
+        session_id: ``sid``, or ``None``.
+        token_id: ``jti``, or ``""`` when the policy does not require it.
+        issued_at: ``iat``, seconds since the epoch.
+        expires_at: ``exp``, seconds since the epoch.
+        claims: Every claim of the token, read-only.
+    """
+
+    subject: str
+    username: str
+    scopes: frozenset[str]
+    session_id: str | None
+    token_id: str
+    issued_at: int
+    expires_at: int
+    claims: Mapping[str, Any] = field(repr=False)
+
+    def has_scopes(self, required: Iterable[str]) -> bool:
+        """Tell whether the principal holds every scope in ``required``.
+
+        Args:
+            required: Scope names; a single string is split on spaces like a ``scope`` claim.
+        """
+        wanted = _split_scope(required) if isinstance(required, str) else frozenset(required)
+        return wanted <= self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A token that passed the structural checks, before its signature is checked."""
+
+    token: str
+    kid: str
+    alg: str
+    claims: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A verified token in the cache, with the window in which it may be reused."""
+
+    principal: Principal
+    not_before: float
+    expires: float
+    kid: str
+
+
+class TokenVerifier:
+    """Checks access tokens against a key provider and a policy; thread-safe.
+
+    Verified tokens are remembered (bounded LRU keyed by the exact token) until their
+    ``exp``; entries signed by a key are dropped the moment that key leaves the set.
+    """
+
+    def __init__(
+        self,
+        keys: KeyProvider,
+        policy: TokenPolicy,
+        *,
+        cache_size: int = 4096,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """Create a verifier.
+
+        Args:
+            keys: Where keys come from, by ``kid``.
+            policy: What a token must satisfy.
+            cache_size: How many verified tokens to remember; 0 disables the cache.
+            now: The clock, in seconds since the epoch.
+        """
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self._keys = keys
+        self._policy = policy
+        self._now = now
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._removals = 0
+        token_type = policy.token_type.lower().removeprefix("application/")
+        self._accepted_types = frozenset({token_type, "application/" + token_type})
+        self._required = sorted(policy.required_claims)
+        # Time claims are checked below with the injected clock: PyJWT reads the wall
+        # clock, which would make the cache and the full check disagree.
+        self._jwt = jwt.PyJWT(
+            options={
+                "verify_signature": True,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": True,
+                "verify_iss": True,
+                "verify_sub": True,
+                "verify_jti": True,
+                "enforce_minimum_key_length": True,
+            }
+        )
+        keys.add_removal_listener(self._forget_kids)
+
+    def verify(self, token: str) -> Principal:
+        """Verify ``token`` and return who it speaks for.
+
+        Raises:
+            AuthError: A subclass naming why the token was refused (see ``_errors``).
+        """
+        principal = self._cached(token)
+        if principal is not None:
+            return principal
+        parsed = self._parse(token)
+        removals = self._removals
+        key = self._keys.get_key(parsed.kid)
+        return self._finish(parsed, key, removals)
+
+    async def averify(self, token: str) -> Principal:
+        """Like :meth:`verify`, but never blocks the event loop on a key fetch."""
+        principal = self._cached(token)
+        if principal is not None:
+            return principal
+        parsed = self._parse(token)
+        removals = self._removals
+        key = await self._keys.aget_key(parsed.kid)
+        return self._finish(parsed, key, removals)
+
+    # -- cache -----------------------------------------------------------------------
+
+    def _cached(self, token: str) -> Principal | None:
+        if not self._cache_size or not isinstance(token, str):
+            return None
+        now = self._now()
+        with self._lock:
+            entry = self._cache.get(token)
+            if entry is None:
+                return None
+            if entry.not_before <= now < entry.expires:
+                self._cache.move_to_end(token)
+                return entry.principal
+            del self._cache[token]
+            return None
+
+    def _remember(self, token: str, entry: _Entry, removals: int) -> None:
+        if not self._cache_size or not entry.not_before <= self._now() < entry.expires:
+            return
+        with self._lock:
+            # A key left the set while this token was being checked: it may be that key.
+            if removals != self._removals:
+                return
+            self._cache[token] = entry
+            self._cache.move_to_end(token)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _forget_kids(self, kids: frozenset[str]) -> None:
+        with self._lock:
+            self._removals += 1
+            stale = [token for token, entry in self._cache.items() if entry.kid in kids]
+            for token in stale:
+                del self._cache[token]
+        if stale:
+            _LOGGER.info("dropped %d cached tokens signed by removed keys", len(stale))
+
+    # -- the checks --------------------------------------------------------------------
+
+    def _parse(self, token: str) -> _Parsed:
+        policy = self._policy
+        if not isinstance(token, str):
+            raise MalformedToken("token is not a string")
+        if len(token) > policy.max_token_length:
+            raise MalformedToken("token too long")
+        if not token.isascii():
+            raise MalformedToken("token is not ASCII")
+        segments = token.split(".")
+        if len(segments) != 3:
+            raise MalformedToken("token is not a compact JWS of three segments")
+        header_segment, payload_segment, signature_segment = segments
+
+        header = _json_object(_b64decode(header_segment, "header"), "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise MalformedToken("alg header missing or not a string")
+        if alg not in policy.algorithms:
+            raise InvalidSignature("alg header not allowed by policy")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+            raise MalformedToken("kid header missing, empty, too long or not a string")
+        # RFC 7515 §4.1.11: we understand no extension, so any "crit" is a rejection.
+        if "crit" in header:
+            raise MalformedToken("crit header names an unsupported extension")
+        if header.get("b64", True) is not True:
+            raise MalformedToken("unencoded payload (b64) is not accepted")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in self._accepted_types:
+            raise InvalidClaims("typ header is not the access token type")
+
+        claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
+        if not _b64decode(signature_segment, "signature"):
+            raise InvalidSignature("empty signature")
+        return _Parsed(token=token, kid=kid, alg=alg, claims=claims)
+
+    def _finish(self, parsed: _Parsed, key: VerificationKeyLike, removals: int) -> Principal:
+        policy = self._policy
+        # RFC 8725 §3.1: the key's own algorithm decides, never the token's header.
+        if parsed.alg != key.algorithm or key.algorithm not in policy.algorithms:
+            raise InvalidSignature("alg header does not match the key's algorithm")
+        try:
+            self._jwt.decode_complete(
+                parsed.token,
+                key=key.key,
+                algorithms=[key.algorithm],
+                audience=policy.audience,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+                options={"require": self._required},
+            )
+        except jwt_errors.ExpiredSignatureError as exc:
+            raise ExpiredToken("exp has passed") from exc
+        except jwt_errors.ImmatureSignatureError as exc:
+            raise ImmatureToken("nbf or iat lies in the future") from exc
+        except jwt_errors.InvalidSignatureError as exc:
+            raise InvalidSignature("signature does not verify") from exc
+        except (jwt_errors.InvalidAlgorithmError, jwt_errors.InvalidKeyError) as exc:
+            raise InvalidSignature("key cannot verify this token") from exc
+        except (
+            jwt_errors.InvalidAudienceError,
+            jwt_errors.InvalidIssuerError,
+            jwt_errors.MissingRequiredClaimError,
+            jwt_errors.InvalidSubjectError,
+            jwt_errors.InvalidJTIError,
+            jwt_errors.InvalidIssuedAtError,
+        ) as exc:
+            raise InvalidClaims(f"PyJWT raised {type(exc).__name__}") from exc
+        except jwt_errors.DecodeError as exc:
+            raise MalformedToken("PyJWT could not decode the token") from exc
+        except jwt_errors.PyJWTError as exc:
+            raise InvalidToken(f"PyJWT raised {type(exc).__name__}") from exc
+        except (
+            TypeError,
+            ValueError,
+            LookupError,
+            ArithmeticError,
+            RecursionError,
+            NotImplementedError,
+            crypto_exceptions.InvalidSignature,
+            crypto_exceptions.InvalidKey,
+            crypto_exceptions.UnsupportedAlgorithm,
+            crypto_exceptions.InternalError,
+        ) as exc:
+            raise InvalidSignature(f"crypto layer failed with {type(exc).__name__}") from exc
+
+        principal, entry = self._check_claims(parsed, key.kid)
+        self._remember(parsed.token, entry, removals)
+        return principal
+
+    def _check_claims(self, parsed: _Parsed, kid: str) -> tuple[Principal, _Entry]:
+        policy = self._policy
+        claims = parsed.claims
+        missing = policy.required_claims - claims.keys()
+        if missing:
+            raise InvalidClaims(f"missing claims {sorted(missing)!r}")
+
+        now = self._now()
+        expires = _numeric_date(claims, "exp")
+        issued = _numeric_date(claims, "iat")
+        not_before = _numeric_date(claims, "nbf") if "nbf" in claims else -math.inf
+        if expires <= now - policy.leeway:
+            raise ExpiredToken("exp has passed")
+        if not_before > now + policy.leeway:
+            raise ImmatureToken("nbf lies in the future")
+        if issued > now + policy.leeway:
+            raise ImmatureToken("iat lies in the future")
+        if expires <= issued:
+            raise InvalidClaims("exp is not after iat")
+        if expires - issued > policy.max_lifetime:
+            raise InvalidClaims("lifetime longer than policy allows")
+
+        if claims.get("iss") != policy.issuer:
+            raise InvalidClaims("iss is not the trusted issuer")
+        audience = claims.get("aud")
+        if isinstance(audience, list):
+            if not all(isinstance(item, str) for item in audience):
+                raise InvalidClaims("aud list holds a non-string")
+            if policy.audience not in audience:
+                raise InvalidClaims("aud does not name this service")
+        elif audience != policy.audience:
+            raise InvalidClaims("aud does not name this service")
+
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise InvalidClaims("sub must be a non-empty string")
+        scope = _optional_str(claims, "scope")
+        username = _optional_str(claims, "username")
+        session_id = _optional_str(claims, "sid")
+        token_id = _optional_str(claims, "jti")
+
+        principal = Principal(
+            subject=subject,
+            username=username or "",
+            scopes=_split_scope(scope or ""),
+            session_id=session_id,
+            token_id=token_id or "",
+            issued_at=int(issued),
+            expires_at=int(expires),
+            claims=MappingProxyType(claims),
+        )
+        return principal, _Entry(principal, not_before, expires, kid)
+
+
+def _b64decode(segment: str, name: str) -> bytes:
+    """Decode unpadded base64url, refusing anything but its one canonical spelling."""
+    if len(segment) % 4 == 1 or _BASE64URL.fullmatch(segment) is None:
+        raise MalformedToken(f"{name} is not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedToken(f"{name} is not base64url") from exc
+    # Leftover bits must be zero, so one token has exactly one spelling (cache key).
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise MalformedToken(f"{name} is not canonical base64url")
+    return raw
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateMember("duplicate member name")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: bytes, name: str) -> dict[str, Any]:
+    """Parse strict UTF-8 JSON that must be an object with unique member names."""
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except _DuplicateMember as exc:
+        raise MalformedToken(f"{name} repeats a member name") from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedToken(f"{name} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise MalformedToken(f"{name} is not a JSON object")
+    return value
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    # bool is an int subclass: ``"exp": true`` must not read as 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidClaims(f"{name} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidClaims(f"{name} is not finite")
+    return value
+
+
+def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidClaims(f"{name} is not a string")
+    return value
+
+
+def _split_scope(scope: str) -> frozenset[str]:
+    return frozenset(part for part in scope.split(" ") if part)
