@@ -1,0 +1,81 @@
+"""The token authority's exception tree: every error carries its gRPC status and a safe message.
+
+A servicer maps any of these to the wire with ``context.abort(exc.code, exc.message)``.
+The message names the category only; it never holds a password, a token, a key,
+or the text of a library exception.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class AuthServerError(Exception):
+    """Base of every error raised by the :mod:`auth_server` domain layer.
+
+    Attributes:
+        code: The gRPC status this error maps to.
+        message: Text that is safe to send to a client.
+    """
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    message: str = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: A more specific, client-safe text replacing the class's
+                default. Never pass secrets or a library exception's text.
+        """
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+
+class InvalidRequest(AuthServerError):
+    """The request is malformed: a missing, oversized or badly formed field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    message = "invalid request"
+
+
+class InvalidCredentials(AuthServerError):
+    """Unknown user, wrong password or disabled user: one message for all three."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    message = "invalid username or password"
+
+    def __init__(self) -> None:
+        # Fixed on purpose: a specific text would tell an attacker which case it was.
+        super().__init__()
+
+
+class UserExists(AuthServerError):
+    """A user with that name already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    message = "user already exists"
+
+
+class UserNotFound(AuthServerError):
+    """No user has that name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    message = "user not found"
+
+
+class KeyStoreError(AuthServerError):
+    """A signing key cannot be used: wrong passphrase, corrupted row, unknown or missing key."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    message = "signing key unavailable"
+
+
+class StorageError(AuthServerError):
+    """The database is unreachable or unusable; retrying later may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "storage unavailable"

@@ -1,0 +1,210 @@
+"""Database schema and engine setup (SQLAlchemy Core) for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+from auth_server.errors import StorageError
+
+_LOGGER = logging.getLogger(__name__)
+
+_SQLITE_FILE_NAME = "ssot-auth.db"
+_BEGIN_IMMEDIATE = "ssot_sqlite_begin_immediate"
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("username", sa.String(256), nullable=False, unique=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False, default=""),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("algorithm", sa.String(16), nullable=False),
+    sa.Column("private_key", sa.LargeBinary, nullable=False),
+    sa.Column("public_jwk", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("activates_at", sa.Float, nullable=False),
+    sa.Column("deactivated_at", sa.Float, nullable=True),
+    sa.Column("retires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("refresh_token_hash", sa.String(64), nullable=True, unique=True),
+)
+
+
+def sqlite_url_for(data_dir: Path) -> str:
+    """Return the URL of the embedded SQLite database inside ``data_dir``.
+
+    Args:
+        data_dir: The service's data directory.
+
+    Returns:
+        ``sqlite:///<data_dir>/ssot-auth.db`` (with an absolute path).
+    """
+    return f"sqlite:///{(Path(data_dir).absolute() / _SQLITE_FILE_NAME).as_posix()}"
+
+
+class Database:
+    """An engine plus the schema, configured for safe concurrent use.
+
+    SQLite gets WAL journaling, a 5 s busy timeout and enforced foreign keys;
+    PostgreSQL (``postgresql+psycopg://...``) gets connection pre-ping so a
+    restarted server does not fail the first request.
+
+    Attributes:
+        engine: The SQLAlchemy engine; thread-safe, pooled.
+    """
+
+    def __init__(self, url: str) -> None:
+        """Create the engine (no connection is opened yet).
+
+        Args:
+            url: A SQLAlchemy database URL: ``sqlite:///PATH`` or
+                ``postgresql+psycopg://...`` (``postgresql://`` means the same).
+        """
+        parsed = sa.make_url(url)
+        if parsed.drivername == "postgresql":
+            # psycopg 3 is the PostgreSQL driver we ship; SQLAlchemy's bare
+            # "postgresql" would pick psycopg2.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self._is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._is_postgresql = parsed.get_backend_name() == "postgresql"
+        if self._is_sqlite:
+            _prepare_sqlite_file(parsed.database)
+            self.engine: sa.Engine = sa.create_engine(parsed)
+            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "begin", _on_sqlite_begin)
+        else:
+            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+
+    @property
+    def dialect_name(self) -> str:
+        """The backend name, e.g. ``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    def create_schema(self) -> None:
+        """Create any missing tables and indexes; safe to call on every start.
+
+        Raises:
+            StorageError: The database is unreachable or unusable.
+        """
+        try:
+            metadata.create_all(self.engine)
+        except exc.SQLAlchemyError as err:
+            _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
+            raise StorageError() from err
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(
+        self, *, write: bool = False, lock: str | None = None
+    ) -> Iterator[sa.Connection]:
+        """Run a block in one transaction, committed on success and rolled back on error.
+
+        Database failures become :class:`StorageError`; an ``IntegrityError``
+        propagates unchanged so callers can map a unique violation.
+
+        Args:
+            write: The block writes. On SQLite the transaction then takes the
+                write lock up front (``BEGIN IMMEDIATE``): a deferred transaction
+                that reads and then writes fails at once, busy timeout or not,
+                when another writer committed in between.
+            lock: The name of an application lock held until the transaction
+                ends, so writers that must see each other's rows run one at a
+                time (implies ``write``). SQLite write transactions are already
+                exclusive; PostgreSQL takes ``pg_advisory_xact_lock``.
+
+        Yields:
+            The connection, inside the open transaction.
+
+        Raises:
+            StorageError: The database is unreachable or unusable.
+        """
+        write = write or lock is not None
+        try:
+            with self.engine.connect() as conn:
+                if write and self._is_sqlite:
+                    conn.execution_options(**{_BEGIN_IMMEDIATE: True})
+                with conn.begin():
+                    if lock is not None and self._is_postgresql:
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": _advisory_key(lock)},
+                        )
+                    yield conn
+        except exc.IntegrityError:
+            raise
+        except (exc.DBAPIError, exc.TimeoutError) as err:
+            _LOGGER.warning("database error: %s", type(err).__name__)
+            raise StorageError() from err
+
+
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _prepare_sqlite_file(database: str | None) -> None:
+    # The file holds password hashes and encrypted keys: create it 0600 before
+    # SQLite does (SQLite gives its -wal/-shm files the main file's mode).
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module (which would not
+    # BEGIN before a SELECT) and emit BEGIN ourselves in _on_sqlite_begin.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: sa.Connection) -> None:
+    if conn.get_execution_options().get(_BEGIN_IMMEDIATE, False):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")

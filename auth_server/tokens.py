@@ -1,0 +1,133 @@
+"""Access tokens: JWS (RFC 7515) signed with the current key, RFC 9068 profile."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import jwt
+
+from auth_server.errors import InvalidCredentials, InvalidRequest
+from auth_server.keys import SigningKeyStore
+from auth_server.users import User, validate_scopes
+
+_LOGGER = logging.getLogger(__name__)
+
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT typ, not a secret
+DEFAULT_ACCESS_TTL = 900
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuedToken:
+    """A signed access token and what a token response says about it.
+
+    Attributes:
+        access_token: The JWS in compact form (never log it).
+        expires_in: Seconds until it expires.
+        scope: The granted scopes, space-separated.
+        token_id: Its ``jti`` claim.
+        expires_at: Its ``exp`` claim, epoch seconds.
+    """
+
+    access_token: str
+    expires_in: int
+    scope: str
+    token_id: str
+    expires_at: int
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(token_id={self.token_id!r}, expires_at={self.expires_at!r})"
+
+
+class TokenIssuer:
+    """Signs access tokens with the key store's current key; thread-safe."""
+
+    def __init__(
+        self,
+        keys: SigningKeyStore,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int = DEFAULT_ACCESS_TTL,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """Create the issuer.
+
+        Args:
+            keys: Supplies the current signing key.
+            issuer: The ``iss`` claim (the authority's URL).
+            audience: The ``aud`` claim.
+            ttl: Access token lifetime in seconds.
+            now: Clock, epoch seconds.
+
+        Raises:
+            ValueError: Empty issuer or audience, or a non-positive ttl.
+        """
+        if not issuer or not audience:
+            raise ValueError("issuer and audience must not be empty")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise ValueError("ttl must be a positive number of seconds")
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        self._now = now
+
+    def issue(self, user: User, *, scopes: Iterable[str], session_id: str) -> IssuedToken:
+        """Sign an access token for ``user``.
+
+        Args:
+            user: The authenticated user; ``sub`` is its id.
+            scopes: The scopes to grant; each must be one the user holds.
+            session_id: The session the token belongs to (``sid``).
+
+        Returns:
+            The token and its metadata.
+
+        Raises:
+            InvalidRequest: A scope is malformed or not held by the user.
+            InvalidCredentials: The user is disabled.
+            KeyStoreError: No usable signing key.
+            StorageError: The database is unavailable.
+        """
+        granted = validate_scopes(scopes)
+        # Defence in depth: the caller narrows scopes, but a token must never
+        # carry a scope its user does not hold, nor be issued to a disabled user.
+        if not set(granted) <= set(user.scopes):
+            raise InvalidRequest("requested scope is not granted to the user")
+        if user.disabled:
+            raise InvalidCredentials()
+        key = self._keys.current()
+        issued_at = int(self._now())
+        expires_at = issued_at + self._ttl
+        token_id = secrets.token_urlsafe(16)
+        scope = " ".join(granted)
+        claims = {
+            "iss": self._issuer,
+            "sub": user.id,
+            "aud": self._audience,
+            "exp": expires_at,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "jti": token_id,
+            "sid": session_id,
+            "username": user.username,
+            "scope": scope,
+        }
+        token = jwt.encode(
+            claims,
+            key.private_key,
+            algorithm=key.algorithm,
+            headers={"kid": key.kid, "typ": TOKEN_TYPE},
+        )
+        _LOGGER.debug("issued token %s for user id %s with key %s", token_id, user.id, key.kid)
+        return IssuedToken(
+            access_token=token,
+            expires_in=self._ttl,
+            scope=scope,
+            token_id=token_id,
+            expires_at=expires_at,
+        )
