@@ -1,0 +1,644 @@
+"""The verifier's key cache: one thread-safe core shared by sync and asyncio callers.
+
+What it does that PyJWT's ``PyJWKClient`` does not (see DESIGN.md, "Key cache
+behaviour"):
+
+* the current :class:`KeySet` is immutable and swapped atomically, so a known
+  ``kid`` is a lock-free dictionary lookup;
+* every fetch is single flight: a burst of unknown ``kid``s from threads and
+  tasks alike shares one request;
+* the unknown-``kid`` cooldown counts from any attempt, failures back off
+  (1 s doubling to 30 s), and ``kid``s found missing are remembered (a bounded
+  LRU; a later load that has one still serves it), so neither an outage nor a
+  flood of random ``kid``s becomes a fetch storm;
+* routine refreshes happen in the background at ``refresh_ratio`` of max-age;
+* when the source is down the last good set is served for ``stale_for`` past
+  its expiry; an unknown ``kid`` meanwhile is ``UNAVAILABLE`` (the key may be
+  new), never ``UNAUTHENTICATED``;
+* a push source (``WatchJwks``) replaces the set the moment the issuer changes it.
+
+No lock is held during network I/O, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeAlias
+
+from interceptors._errors import AuthError, KeySetError, KeysUnavailable, UnknownKey
+from interceptors._keyset import (
+    SUPPORTED_ALGORITHMS,
+    KeySet,
+    VerificationKey,
+    check_algorithms,
+    departed_kids,
+)
+from interceptors._sources import FetchResult, KeySource, KeyWatch
+
+_LOGGER = logging.getLogger(__name__)
+
+# Failure backoff for fetches, on the injected clock.
+_BACKOFF_INITIAL = 1.0
+_BACKOFF_MAX = 30.0
+# Reconnect backoff for the push stream, in real seconds.
+_RECONNECT_INITIAL = 1.0
+_RECONNECT_MAX = 30.0
+# The refresh thread re-reads the clock at least this often (real seconds).
+_MAX_IDLE_WAIT = 60.0
+_JOIN_TIMEOUT = 5.0
+
+_Flight: TypeAlias = concurrent.futures.Future[bool]  # True when the fetch succeeded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStats:
+    """Counters of a :class:`KeyCache`.
+
+    Attributes:
+        fetches: Fetch attempts completed, successful or not.
+        fetch_failures: Fetch attempts that failed (including refused documents).
+        pushes: Key sets applied from the push stream.
+        stale_serves: Lookups answered from a set past its expiry.
+        last_success: Clock time of the last set loaded (fetched or pushed), or ``None``.
+    """
+
+    fetches: int
+    fetch_failures: int
+    pushes: int
+    stale_serves: int
+    last_success: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key_set: KeySet
+    refresh_at: float
+    expires_at: float
+    drop_at: float
+
+
+class KeyCache:
+    """Holds the issuer's public keys and keeps them current.
+
+    Use as a context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        source: KeySource,
+        *,
+        algorithms: Collection[str] = SUPPORTED_ALGORITHMS,
+        min_rsa_bits: int = 2048,
+        cooldown: float = 30.0,
+        default_max_age: float = 300.0,
+        min_max_age: float = 1.0,
+        max_max_age: float = 86400.0,
+        stale_for: float = 3600.0,
+        fetch_timeout: float = 3.0,
+        refresh_ratio: float = 0.8,
+        missing_kid_memory: int = 4096,
+        now: Callable[[], float] = time.monotonic,
+        background: bool = True,
+    ) -> None:
+        """Configure the cache; nothing is fetched until needed or :meth:`start`.
+
+        Args:
+            source: Where the keys come from.
+            algorithms: The algorithms keys may verify (never HS* or ``none``).
+            min_rsa_bits: The smallest RSA key accepted; a set with a smaller
+                signature key is refused whole.
+            cooldown: Seconds after any fetch attempt during which an unknown
+                ``kid`` does not cause another fetch.
+            default_max_age: The set's lifetime when the source gives no hint.
+            min_max_age: The shortest lifetime honoured.
+            max_max_age: The longest finite lifetime honoured.
+            stale_for: How long past its expiry the last good set is still
+                served while the source cannot be reached.
+            fetch_timeout: The deadline of one fetch, and the longest a lookup waits.
+            refresh_ratio: The fraction of the lifetime after which the set is
+                refreshed in the background.
+            missing_kid_memory: How many ``kid``s found missing are remembered.
+            now: The clock that drives expiry, cooldown and backoff.
+            background: Whether :meth:`start` runs background threads; without
+                them a fetch happens only when a lookup needs one.
+
+        Raises:
+            ValueError: A setting is out of range.
+        """
+        self._algorithms = check_algorithms(algorithms)
+        _require(min_rsa_bits > 0, "min_rsa_bits must be positive")
+        _require(cooldown >= 0, "cooldown must not be negative")
+        _require(0 < min_max_age <= max_max_age, "need 0 < min_max_age <= max_max_age")
+        _require(default_max_age > 0, "default_max_age must be positive")
+        _require(stale_for >= 0, "stale_for must not be negative")
+        _require(0 < fetch_timeout < math.inf, "fetch_timeout must be positive and finite")
+        _require(0 < refresh_ratio <= 1, "refresh_ratio must be in (0, 1]")
+        _require(missing_kid_memory >= 0, "missing_kid_memory must not be negative")
+        self._source = source
+        self._min_rsa_bits = min_rsa_bits
+        self._cooldown = cooldown
+        self._default_max_age = default_max_age
+        self._min_max_age = min_max_age
+        self._max_max_age = max_max_age
+        self._stale_for = stale_for
+        self._fetch_timeout = fetch_timeout
+        self._refresh_ratio = refresh_ratio
+        self._missing_kid_memory = missing_kid_memory
+        self._now = now
+        self._background = background
+
+        self._lock = threading.Lock()
+        # Read without the lock on the hot path: an immutable entry, replaced whole.
+        self._entry: _Entry | None = None
+        self._inflight: _Flight | None = None
+        self._push_seq = 0
+        self._last_attempt_at: float | None = None
+        self._last_attempt_ok = True
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._outage = False
+        self._stale_warned = False
+        self._missing: OrderedDict[str, None] = OrderedDict()
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
+        self._fetches = 0
+        self._fetch_failures = 0
+        self._pushes = 0
+        self._stale_serves = 0
+        self._last_success: float | None = None
+
+        self._started = False
+        self._closed = False
+        self._refreshing = False  # a background thread owns routine refreshes
+        self._threads: list[threading.Thread] = []
+        self._watch: KeyWatch | None = None
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._loaded = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background refresh (and push) threads; they begin the first load.
+
+        Idempotent. With ``background=False`` nothing is started.
+        """
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            if not self._background:
+                return
+            self._refreshing = True
+        push = False
+        watch: KeyWatch | None = None
+        try:
+            watch = self._source.watch()
+            push = watch is not None
+        except KeySetError as exc:
+            _LOGGER.warning("cannot open the key push stream yet: %s", exc.detail)
+            push = True
+        threads = [threading.Thread(target=self._refresh_loop, name="ssot-keys-refresh")]
+        if push:
+            threads.append(
+                threading.Thread(target=self._push_loop, args=(watch,), name="ssot-keys-push")
+            )
+        with self._lock:
+            self._threads = threads
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+
+    def close(self) -> None:
+        """Stop the background threads (cancelling the push stream). Idempotent.
+
+        Lookups keep working afterwards from memory and with on-demand fetches.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._refreshing = False
+            watch, threads = self._watch, self._threads
+        self._closing.set()
+        self._wake.set()
+        if watch is not None:
+            watch.cancel()
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(_JOIN_TIMEOUT)
+
+    def __enter__(self) -> KeyCache:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def get_key(self, kid: str) -> VerificationKey:
+        """Return the key for ``kid``, fetching the set if that is warranted.
+
+        Blocks at most ``fetch_timeout`` seconds.
+
+        Raises:
+            UnknownKey: The issuer's current set has no such key.
+            KeysUnavailable: No set could be loaded, or the set could not be
+                refreshed to look for a possibly new key.
+        """
+        step = self._decide(kid)
+        if isinstance(step, VerificationKey):
+            return step
+        if isinstance(step, AuthError):
+            raise step
+        with contextlib.suppress(TimeoutError):
+            step.result(timeout=self._fetch_timeout)
+        return self._resolve(kid, step)
+
+    async def aget_key(self, kid: str) -> VerificationKey:
+        """Like :meth:`get_key`, but waits for a fetch without blocking the event loop."""
+        step = self._decide(kid)
+        if isinstance(step, VerificationKey):
+            return step
+        if isinstance(step, AuthError):
+            raise step
+        # The flight future is already running, so cancelling the asyncio
+        # wrapper on timeout cannot cancel the fetch other callers share.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(step), self._fetch_timeout)
+        return self._resolve(kid, step)
+
+    def add_removal_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """Call ``callback(kids)`` whenever keys leave the set (or change material).
+
+        It runs on whichever thread applied the change and should be quick.
+        """
+        with self._lock:
+            self._listeners.append(callback)
+
+    def wait_until_loaded(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a usable key set; return whether there is one."""
+        deadline = time.monotonic() + timeout
+        if self.key_set is not None:
+            return True
+        if self._refreshing:
+            self._loaded.wait(max(deadline - time.monotonic(), 0.0))
+            return self.key_set is not None
+        now = self._now()
+        with self._lock:
+            flight = self._inflight
+            if flight is None and now >= self._retry_at:
+                flight = self._begin_flight_locked()
+        if flight is not None:
+            with contextlib.suppress(TimeoutError):
+                flight.result(timeout=max(deadline - time.monotonic(), 0.0))
+        return self.key_set is not None
+
+    @property
+    def key_set(self) -> KeySet | None:
+        """The set in use (possibly stale), or ``None`` if there is none."""
+        entry = self._current(self._now())
+        return entry.key_set if entry is not None else None
+
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return CacheStats(
+                fetches=self._fetches,
+                fetch_failures=self._fetch_failures,
+                pushes=self._pushes,
+                stale_serves=self._stale_serves,
+                last_success=self._last_success,
+            )
+
+    # -- lookup internals --------------------------------------------------------------
+
+    def _decide(self, kid: str) -> VerificationKey | AuthError | _Flight:
+        """Answer from memory, or say which error to raise or which fetch to wait for."""
+        now = self._now()
+        entry = self._current(now)
+        if entry is not None:
+            key = entry.key_set.get(kid)
+            if key is not None:
+                if now >= entry.refresh_at and not self._refreshing:
+                    flight = self._refresh_flight(now)
+                    if flight is not None:
+                        return flight
+                if now >= entry.expires_at:
+                    self._note_stale()
+                return key
+        with self._lock:
+            if entry is not None and kid in self._missing:
+                self._missing.move_to_end(kid)
+                return self._no_fetch_error()
+            if self._inflight is not None:
+                return self._inflight
+            if now < self._retry_at:
+                return KeysUnavailable("key source failing; next attempt after backoff")
+            if (
+                entry is not None
+                and self._last_attempt_at is not None
+                and now - self._last_attempt_at < self._cooldown
+            ):
+                return self._no_fetch_error()
+            return self._begin_flight_locked()
+
+    def _resolve(self, kid: str, flight: _Flight) -> VerificationKey:
+        """Answer after waiting for ``flight`` (which may still be running)."""
+        now = self._now()
+        entry = self._current(now)
+        if entry is not None:
+            key = entry.key_set.get(kid)
+            if key is not None:
+                if now >= entry.expires_at:
+                    self._note_stale()
+                return key
+            if flight.done() and flight.result():
+                self._remember_missing(kid)
+                raise UnknownKey("kid not in the issuer's key set")
+        raise KeysUnavailable("key set could not be loaded in time")
+
+    def _no_fetch_error(self) -> AuthError:
+        if self._last_attempt_ok:
+            return UnknownKey("kid not in the issuer's key set")
+        return KeysUnavailable("key source failing; the kid may be new")
+
+    def _refresh_flight(self, now: float) -> _Flight | None:
+        with self._lock:
+            if self._inflight is not None:
+                return self._inflight
+            if now < self._retry_at:
+                return None
+            return self._begin_flight_locked()
+
+    def _remember_missing(self, kid: str) -> None:
+        if self._missing_kid_memory == 0:
+            return
+        with self._lock:
+            self._missing[kid] = None
+            self._missing.move_to_end(kid)
+            while len(self._missing) > self._missing_kid_memory:
+                self._missing.popitem(last=False)
+
+    def _current(self, now: float) -> _Entry | None:
+        entry = self._entry
+        if entry is not None and now >= entry.drop_at:
+            self._drop(entry)
+            return None
+        return entry
+
+    def _note_stale(self) -> None:
+        with self._lock:
+            self._stale_serves += 1
+            warn = not self._stale_warned
+            self._stale_warned = True
+        if warn:
+            _LOGGER.warning(
+                "signing keys are past their max-age and the key source is unreachable;"
+                " serving the last good set for up to %.0f s",
+                self._stale_for,
+            )
+
+    # -- fetching ----------------------------------------------------------------------
+
+    def _begin_flight_locked(self) -> _Flight:
+        """Start the one shared fetch. Caller holds ``self._lock``."""
+        flight: _Flight = concurrent.futures.Future()
+        # Running futures cannot be cancelled, so no waiter can cancel it for the others.
+        flight.set_running_or_notify_cancel()
+        self._inflight = flight
+        thread = threading.Thread(
+            target=self._run_flight,
+            args=(flight, self._push_seq),
+            name="ssot-keys-fetch",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            _LOGGER.exception("cannot start a key fetch thread")
+            self._inflight = None
+            flight.set_result(False)
+        return flight
+
+    def _run_flight(self, flight: _Flight, push_seq: int) -> None:
+        key_set: KeySet | None = None
+        max_age: float | None = None
+        problem = ""
+        try:
+            result = self._source.fetch(self._fetch_timeout)
+            key_set = self._build(result)
+            max_age = result.max_age
+        except KeySetError as exc:
+            problem = exc.detail
+        except Exception:  # a broken source must not break the cache
+            _LOGGER.exception("key source raised an unexpected error")
+            problem = "key source raised an unexpected error"
+        now = self._now()
+        old: KeySet | None = None
+        installed = False
+        with self._lock:
+            self._fetches += 1
+            self._last_attempt_at = now
+            if self._inflight is flight:
+                self._inflight = None
+            was_outage = self._outage
+            if key_set is not None:
+                self._last_attempt_ok = True
+                self._failures = 0
+                self._retry_at = -math.inf
+                self._outage = False
+                # A push that arrived while we fetched is newer than our answer.
+                if self._push_seq == push_seq:
+                    old = self._install_locked(key_set, max_age, now)
+                    installed = True
+            else:
+                self._last_attempt_ok = False
+                self._fetch_failures += 1
+                self._failures += 1
+                delay = min(_BACKOFF_INITIAL * 2 ** (self._failures - 1), _BACKOFF_MAX)
+                self._retry_at = now + delay
+                self._outage = True
+        if key_set is None:
+            log = _LOGGER.debug if was_outage else _LOGGER.warning
+            log("cannot load signing keys: %s; retrying with backoff", problem)
+        elif was_outage:
+            _LOGGER.info("signing keys loaded again after an outage")
+        if installed and key_set is not None:
+            self._installed(old, key_set)
+        flight.set_result(key_set is not None)
+        self._wake.set()
+
+    def _build(self, result: FetchResult) -> KeySet:
+        return KeySet.from_jwks(
+            result.document, algorithms=self._algorithms, min_rsa_bits=self._min_rsa_bits
+        )
+
+    def _lifetime(self, max_age: float | None) -> float:
+        if max_age is None or math.isnan(max_age):
+            max_age = self._default_max_age
+        if max_age == math.inf:
+            return math.inf
+        return min(max(max_age, self._min_max_age), self._max_max_age)
+
+    def _install_locked(self, key_set: KeySet, max_age: float | None, now: float) -> KeySet | None:
+        """Make ``key_set`` current; return the set it replaced. Caller holds the lock."""
+        lifetime = self._lifetime(max_age)
+        old = self._entry
+        self._entry = _Entry(
+            key_set=key_set,
+            refresh_at=now + lifetime * self._refresh_ratio,
+            expires_at=now + lifetime,
+            drop_at=now + lifetime + self._stale_for,
+        )
+        self._last_success = now
+        self._stale_warned = False
+        self._loaded.set()
+        return old.key_set if old is not None else None
+
+    def _installed(self, old: KeySet | None, new: KeySet) -> None:
+        if old is not None and old is not new:
+            self._notify(departed_kids(old, new))
+
+    def _drop(self, entry: _Entry) -> None:
+        with self._lock:
+            if self._entry is not entry:
+                return
+            self._entry = None
+            self._loaded.clear()
+        _LOGGER.error(
+            "dropping signing keys: the key source has been unreachable for %.0f s past"
+            " their expiry; tokens are UNAVAILABLE until it answers",
+            self._stale_for,
+        )
+        self._notify(entry.key_set.kids)
+        self._wake.set()
+
+    def _notify(self, kids: frozenset[str]) -> None:
+        if not kids:
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(kids)
+            except Exception:  # one bad listener must not stop the others
+                _LOGGER.exception("key removal listener failed")
+
+    # -- background threads ----------------------------------------------------------
+
+    def _refresh_loop(self) -> None:
+        while not self._closing.is_set():
+            self._wake.clear()  # before reading state, so no wake-up is lost
+            now = self._now()
+            entry = self._current(now)
+            with self._lock:
+                busy = self._inflight is not None
+                due = self._retry_at if entry is None else max(entry.refresh_at, self._retry_at)
+                if not busy and now >= due and not self._closed:
+                    self._begin_flight_locked()
+                    busy = True
+            if busy:
+                delay = self._fetch_timeout  # the flight's end wakes us earlier
+            else:
+                delay = due - now
+                if entry is not None:
+                    delay = min(delay, entry.drop_at - now)
+            self._wake.wait(min(max(delay, 0.0), _MAX_IDLE_WAIT))
+
+    def _push_loop(self, watch: KeyWatch | None) -> None:
+        delay = _RECONNECT_INITIAL
+        reconnect = False
+        quiet = False  # after the first warning of an outage, log at debug
+        while not self._closing.is_set():
+            if watch is None:
+                try:
+                    watch = self._source.watch()
+                except KeySetError as exc:
+                    problem = f"could not be opened: {exc.detail}"
+                else:
+                    if watch is None:
+                        _LOGGER.warning("key source no longer offers a push stream")
+                        return
+            if watch is not None:
+                with self._lock:
+                    if self._closed:
+                        watch.cancel()
+                        return
+                    self._watch = watch
+                if reconnect:
+                    self._fetch_after_reconnect()
+                problem, delivered = self._follow(watch)
+                if delivered:
+                    delay, quiet = _RECONNECT_INITIAL, False
+                with self._lock:
+                    self._watch = None
+                watch = None
+            reconnect = True
+            if self._closing.is_set():
+                return
+            log = _LOGGER.debug if quiet else _LOGGER.warning
+            log("key push stream %s; reconnecting in %.1f s", problem, delay)
+            quiet = True
+            if self._closing.wait(delay):
+                return
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    def _follow(self, watch: KeyWatch) -> tuple[str, bool]:
+        """Apply pushed sets until the stream ends; return why it ended and if it delivered."""
+        got_any = False
+        try:
+            for result in watch:
+                got_any = True
+                self._apply_push(result)
+        except KeySetError as exc:
+            return f"broke: {exc.detail}", got_any
+        except Exception:  # keep following the issuer whatever the stream did
+            _LOGGER.exception("key push stream failed unexpectedly")
+            return "failed", got_any
+        return "ended", got_any
+
+    def _fetch_after_reconnect(self) -> None:
+        # Changes made while the stream was down may not be pushed again.
+        with self._lock:
+            if self._inflight is None and not self._closed:
+                self._begin_flight_locked()
+
+    def _apply_push(self, result: FetchResult) -> None:
+        try:
+            key_set = self._build(result)
+        except KeySetError as exc:
+            _LOGGER.warning("ignoring a pushed key set: %s", exc.detail)
+            return
+        now = self._now()
+        with self._lock:
+            self._pushes += 1
+            self._push_seq += 1
+            self._failures = 0
+            self._retry_at = -math.inf
+            self._outage = False
+            old = self._install_locked(key_set, result.max_age, now)
+        self._installed(old, key_set)
+        self._wake.set()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
