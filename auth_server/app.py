@@ -1,4 +1,4 @@
-"""Builds the auth service from its settings and runs its gRPC and HTTP servers in one event loop."""
+"""Builds the auth service from its settings; runs its gRPC and HTTP servers in one event loop."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ class TokenAuthority:
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
         return TokenGrant(
             access_token=token.access_token,
-            token_type="Bearer",
+            token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
             expires_in=token.expires_in,
             refresh_token=session.refresh_token,
             scope=token.scope,

@@ -19,7 +19,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEMO_USER = "demo"
 DEMO_SCOPES = ("resource.read", "resource.admin")
-DEMO_PASSWORD_FILE = "demo-password"
+DEMO_PASSWORD_FILE = "demo-password"  # noqa: S105 - a file name
 DEMO_ISSUER = "http://127.0.0.1:8080"
 DEMO_AUDIENCE = "ssot-demo"
 

@@ -48,7 +48,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._authority = authority
         self._publisher = publisher
 
-    async def Login(  # noqa: N802 - gRPC method name
+    async def Login(
         self,
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
@@ -67,28 +67,28 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             scope=grant.scope,
         )
 
-    async def Refresh(  # noqa: N802
+    async def Refresh(
         self,
         request: auth_pb2.RefreshRequest,
         context: grpc.aio.ServicerContext[auth_pb2.RefreshRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "refresh is not supported yet")
 
-    async def Logout(  # noqa: N802
+    async def Logout(
         self,
         request: auth_pb2.LogoutRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse],
     ) -> auth_pb2.LogoutResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "logout is not supported yet")
 
-    async def GetJwks(  # noqa: N802
+    async def GetJwks(
         self,
         request: auth_pb2.GetJwksRequest,
         context: grpc.aio.ServicerContext[auth_pb2.GetJwksRequest, auth_pb2.JwkSet],
     ) -> auth_pb2.JwkSet:
         return jwks_message(self._publisher.snapshot)
 
-    async def WatchJwks(  # noqa: N802
+    async def WatchJwks(
         self,
         request: auth_pb2.WatchJwksRequest,
         context: grpc.aio.ServicerContext[auth_pb2.WatchJwksRequest, auth_pb2.JwkSet],

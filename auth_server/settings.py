@@ -1,4 +1,4 @@
-"""Command-line settings shared by the ``ssot-auth`` subcommands: env defaults, data dir, passphrase."""
+"""Settings shared by the ``ssot-auth`` subcommands: env defaults, data dir, passphrase."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 _LOGGER = logging.getLogger(__name__)
 
-PASSPHRASE_FILE_NAME = "key-passphrase"
+PASSPHRASE_FILE_NAME = "key-passphrase"  # noqa: S105 - a file name
 DEFAULT_DATA_DIR = "ssot-data"
 
 

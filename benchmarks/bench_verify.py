@@ -1,4 +1,4 @@
-"""Throughput of the verifying interceptor and of TokenVerifier, against baselines from the same run.
+"""Throughput of the verifying interceptor and TokenVerifier, against same-run baselines.
 
     python benchmarks/bench_verify.py [--calls 2000] [--repeats 5]
 
@@ -56,6 +56,43 @@ def b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
+def measure_rpcs(
+    stub: resource_pb2_grpc.ResourceServiceStub,
+    reused: str,
+    fresh: list[str],
+    calls: int,
+    repeats: int,
+) -> tuple[float, float, float]:
+    """Median rates of: the public method, protected with one token, protected with new tokens."""
+    public_req = resource_pb2.GetPublicInfoRequest()
+    prot_req = resource_pb2.GetProtectedResourceRequest()
+    md = (("authorization", f"Bearer {reused}"),)
+    fresh_iter = iter(fresh)
+
+    def public() -> int:
+        for _ in range(calls):
+            stub.GetPublicInfo(public_req)
+        return calls
+
+    def protected_reused() -> int:
+        for _ in range(calls):
+            stub.GetProtectedResource(prot_req, metadata=md)
+        return calls
+
+    def protected_fresh() -> int:
+        for _ in range(calls):
+            token = next(fresh_iter)
+            stub.GetProtectedResource(prot_req, metadata=(("authorization", f"Bearer {token}"),))
+        return calls
+
+    protected_fresh()  # warm-up: loads keys, opens the connection
+    return (
+        median_rate(public, repeats),
+        median_rate(protected_reused, repeats),
+        median_rate(protected_fresh, repeats),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
@@ -71,8 +108,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = AuthServerConfig(
-            grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=Path(tmp),
-            issuer=ISSUER, audience=AUDIENCE, key_passphrase=b"benchmark-passphrase-000",
+            grpc_address="127.0.0.1:0",
+            http_address="127.0.0.1:0",
+            data_dir=Path(tmp),
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            key_passphrase=b"benchmark-passphrase-000",
             argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
         )
         auth = on_loop(start_auth_server(config))
@@ -89,44 +130,24 @@ def main() -> int:
             keys = KeyCache(HttpJwksSource(jwks_url))
             keys.start()
             verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
-            rconfig = ResourceServerConfig(grpc_address="127.0.0.1:0", issuer=ISSUER,
-                                           audience=AUDIENCE, jwks_url=jwks_url)
+            rconfig = ResourceServerConfig(
+                grpc_address="127.0.0.1:0", issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks_url
+            )
             if aio:
                 aserver, port = on_loop(start_aio_server(rconfig, verifier))
             else:
                 server, port = build_server(rconfig, verifier)
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             stub = resource_pb2_grpc.ResourceServiceStub(channel)
-            public_req = resource_pb2.GetPublicInfoRequest()
-            prot_req = resource_pb2.GetProtectedResourceRequest()
-            md = (("authorization", f"Bearer {reused}"),)
-            fresh_iter = iter(fresh)
-
-            def public() -> int:
-                for _ in range(calls):
-                    stub.GetPublicInfo(public_req)
-                return calls
-
-            def protected_reused() -> int:
-                for _ in range(calls):
-                    stub.GetProtectedResource(prot_req, metadata=md)
-                return calls
-
-            def protected_fresh() -> int:
-                for _ in range(calls):
-                    stub.GetProtectedResource(
-                        prot_req, metadata=(("authorization", f"Bearer {next(fresh_iter)}"),))
-                return calls
-
-            protected_fresh()  # warm-up: loads keys, warms connections
-            fresh_iter = iter(fresh[calls:])
-            r_public = median_rate(public, repeats)
-            r_reused = median_rate(protected_reused, repeats)
-            r_fresh = median_rate(protected_fresh, repeats)
+            r_public, r_reused, r_fresh = measure_rpcs(stub, reused, fresh, calls, repeats)
             kind = "aio " if aio else "sync"
-            print(f"  {kind} public method           {r_public:9.0f} rpc/s   1.00")
-            print(f"  {kind} protected, reused token {r_reused:9.0f} rpc/s   {r_reused / r_public:.2f}")
-            print(f"  {kind} protected, fresh token  {r_fresh:9.0f} rpc/s   {r_fresh / r_public:.2f}")
+            rows = [
+                ("public method", r_public),
+                ("protected, reused token", r_reused),
+                ("protected, fresh token", r_fresh),
+            ]
+            for label, rate in rows:
+                print(f"  {kind} {label:24} {rate:9.0f} rpc/s   {rate / r_public:.2f}")
             channel.close()
             if aio:
                 on_loop(aserver.stop(0))

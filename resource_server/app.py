@@ -85,9 +85,7 @@ def build_verifier(config: ResourceServerConfig) -> tuple[KeyCache, TokenVerifie
     """A started key cache and the verifier over it. Close the cache when done."""
     keys = KeyCache(build_key_source(config), cooldown=config.cooldown)
     keys.start()
-    verifier = TokenVerifier(
-        keys, TokenPolicy(issuer=config.issuer, audience=config.audience)
-    )
+    verifier = TokenVerifier(keys, TokenPolicy(issuer=config.issuer, audience=config.audience))
     return keys, verifier
 
 

@@ -45,37 +45,64 @@ def _flag(name: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the resource service")
-    serve.add_argument("--grpc", default=_env("GRPC", DEFAULT_GRPC_ADDRESS),
-                       help=f"listen address (SSOT_GRPC, default {DEFAULT_GRPC_ADDRESS})")
+    serve.add_argument(
+        "--grpc",
+        default=_env("GRPC", DEFAULT_GRPC_ADDRESS),
+        help=f"listen address (SSOT_GRPC, default {DEFAULT_GRPC_ADDRESS})",
+    )
     source = serve.add_mutually_exclusive_group()
-    source.add_argument("--jwks-url", default=_env("JWKS_URL"),
-                        help="fetch keys from this JWKS URL (SSOT_JWKS_URL)")
-    source.add_argument("--auth-target", default=_env("AUTH_TARGET"),
-                        help="fetch and follow keys over gRPC from the auth service at "
-                        "HOST:PORT (SSOT_AUTH_TARGET)")
-    source.add_argument("--discover", action="store_true", default=_flag("DISCOVER"),
-                        help="find the JWKS by OIDC discovery on --issuer (SSOT_DISCOVER=1)")
+    source.add_argument(
+        "--jwks-url", default=_env("JWKS_URL"), help="fetch keys from this JWKS URL (SSOT_JWKS_URL)"
+    )
+    source.add_argument(
+        "--auth-target",
+        default=_env("AUTH_TARGET"),
+        help="fetch and follow keys over gRPC from the auth service at "
+        "HOST:PORT (SSOT_AUTH_TARGET)",
+    )
+    source.add_argument(
+        "--discover",
+        action="store_true",
+        default=_flag("DISCOVER"),
+        help="find the JWKS by OIDC discovery on --issuer (SSOT_DISCOVER=1)",
+    )
     serve.add_argument("--issuer", default=_env("ISSUER"), help="accepted iss (SSOT_ISSUER)")
     serve.add_argument("--audience", default=_env("AUDIENCE"), help="accepted aud (SSOT_AUDIENCE)")
-    serve.add_argument("--allow-insecure-http", action="store_true",
-                       default=_flag("ALLOW_INSECURE_HTTP"),
-                       help="allow fetching keys over plain HTTP from a non-loopback host")
-    serve.add_argument("--aio", action="store_true", default=_flag("AIO"),
-                       help="serve with grpc.aio instead of a thread pool (SSOT_AIO=1)")
+    serve.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=_flag("ALLOW_INSECURE_HTTP"),
+        help="allow fetching keys over plain HTTP from a non-loopback host",
+    )
+    serve.add_argument(
+        "--aio",
+        action="store_true",
+        default=_flag("AIO"),
+        help="serve with grpc.aio instead of a thread pool (SSOT_AIO=1)",
+    )
     serve.add_argument("--no-reflection", action="store_true", default=_flag("NO_REFLECTION"))
     serve.set_defaults(run=_cmd_serve)
 
     get = commands.add_parser("get", help="call the service with an access token")
-    get.add_argument("--target", default=_env("TARGET", DEFAULT_GRPC_ADDRESS),
-                     help=f"resource service address (default {DEFAULT_GRPC_ADDRESS})")
-    get.add_argument("--token-file", type=Path,
-                     help="file with the token: the JSON printed by `ssot-auth login`, or the "
-                     "bare token; '-' reads standard input")
+    get.add_argument(
+        "--target",
+        default=_env("TARGET", DEFAULT_GRPC_ADDRESS),
+        help=f"resource service address (default {DEFAULT_GRPC_ADDRESS})",
+    )
+    get.add_argument(
+        "--token-file",
+        type=Path,
+        help="file with the token: the JSON printed by `ssot-auth login`, or the "
+        "bare token; '-' reads standard input",
+    )
     get.add_argument("--method", choices=["protected", "admin", "public"], default="protected")
     get.set_defaults(run=_cmd_get)
     return parser
@@ -86,9 +113,14 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
         raise CommandError("--issuer and --audience are required")
     try:
         return ResourceServerConfig(
-            grpc_address=ns.grpc, issuer=ns.issuer, audience=ns.audience,
-            jwks_url=ns.jwks_url, auth_target=ns.auth_target, discover=ns.discover,
-            allow_insecure_http=ns.allow_insecure_http, reflection=not ns.no_reflection,
+            grpc_address=ns.grpc,
+            issuer=ns.issuer,
+            audience=ns.audience,
+            jwks_url=ns.jwks_url,
+            auth_target=ns.auth_target,
+            discover=ns.discover,
+            allow_insecure_http=ns.allow_insecure_http,
+            reflection=not ns.no_reflection,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -102,6 +134,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     try:
         if ns.aio:
+
             async def serve() -> None:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -141,7 +174,9 @@ def _read_token(path: Path | None) -> str:
         try:
             token = json.loads(text).get("access_token", "")
         except (json.JSONDecodeError, AttributeError):
-            raise CommandError(f"--token-file {path} is not the JSON of `ssot-auth login`") from None
+            raise CommandError(
+                f"--token-file {path} is not the JSON of `ssot-auth login`"
+            ) from None
         if not isinstance(token, str) or not token:
             raise CommandError(f"--token-file {path} has no access_token")
         return token
@@ -149,32 +184,42 @@ def _read_token(path: Path | None) -> str:
 
 
 def _cmd_get(ns: argparse.Namespace) -> int:
-    metadata = None if ns.method == "public" else (("authorization", f"Bearer {_read_token(ns.token_file)}"),)
+    metadata = (
+        None
+        if ns.method == "public"
+        else (("authorization", f"Bearer {_read_token(ns.token_file)}"),)
+    )
     with grpc.insecure_channel(ns.target) as channel:
         stub = resource_pb2_grpc.ResourceServiceStub(channel)
         response: Message
         try:
             if ns.method == "protected":
                 response = stub.GetProtectedResource(
-                    resource_pb2.GetProtectedResourceRequest(), metadata=metadata, timeout=10)
+                    resource_pb2.GetProtectedResourceRequest(), metadata=metadata, timeout=10
+                )
             elif ns.method == "admin":
                 response = stub.GetAdminReport(
-                    resource_pb2.GetAdminReportRequest(), metadata=metadata, timeout=10)
+                    resource_pb2.GetAdminReportRequest(), metadata=metadata, timeout=10
+                )
             else:
                 response = stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else ""
             raise CommandError(f"{code.name}: {details}") from None
-    print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True),
-                     indent=2))
+    print(
+        json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2)
+    )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(level=ns.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=ns.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         result: int = ns.run(ns)
         return result

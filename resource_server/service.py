@@ -1,4 +1,4 @@
-"""The seed's protected service over gRPC: one logic class, a sync and an asyncio servicer over it."""
+"""The seed's protected service over gRPC: one logic class, sync and asyncio servicers over it."""
 
 from __future__ import annotations
 
@@ -61,18 +61,18 @@ class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
     def __init__(self, logic: ResourceLogic) -> None:
         self._logic = logic
 
-    def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:  # noqa: N802
+    def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:
         return self._logic.public_info()
 
-    def GetProtectedResource(  # noqa: N802
+    def GetProtectedResource(
         self, request: Any, context: Any
     ) -> resource_pb2.GetProtectedResourceResponse:
         return self._logic.protected_resource(current_principal())
 
-    def GetAdminReport(self, request: Any, context: Any) -> resource_pb2.GetAdminReportResponse:  # noqa: N802
+    def GetAdminReport(self, request: Any, context: Any) -> resource_pb2.GetAdminReportResponse:
         return self._logic.admin_report(current_principal())
 
-    def StreamEvents(  # noqa: N802
+    def StreamEvents(
         self, request: resource_pb2.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[resource_pb2.Event]:
         try:
@@ -81,14 +81,14 @@ class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         yield from events
 
-    def UploadNotes(  # noqa: N802
+    def UploadNotes(
         self, request_iterator: Iterator[resource_pb2.Note], context: Any
     ) -> resource_pb2.UploadNotesResponse:
         who = current_principal()
         count = sum(1 for _ in request_iterator)
         return resource_pb2.UploadNotesResponse(count=count, user=_user(who))
 
-    def EchoNotes(  # noqa: N802
+    def EchoNotes(
         self, request_iterator: Iterator[resource_pb2.Note], context: Any
     ) -> Iterator[resource_pb2.Note]:
         who = current_principal()
@@ -102,18 +102,20 @@ class AsyncResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
     def __init__(self, logic: ResourceLogic) -> None:
         self._logic = logic
 
-    async def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:  # noqa: N802
+    async def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:
         return self._logic.public_info()
 
-    async def GetProtectedResource(  # noqa: N802
+    async def GetProtectedResource(
         self, request: Any, context: Any
     ) -> resource_pb2.GetProtectedResourceResponse:
         return self._logic.protected_resource(current_principal())
 
-    async def GetAdminReport(self, request: Any, context: Any) -> resource_pb2.GetAdminReportResponse:  # noqa: N802
+    async def GetAdminReport(
+        self, request: Any, context: Any
+    ) -> resource_pb2.GetAdminReportResponse:
         return self._logic.admin_report(current_principal())
 
-    async def StreamEvents(  # noqa: N802
+    async def StreamEvents(
         self, request: resource_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[resource_pb2.Event]:
         try:
@@ -123,7 +125,7 @@ class AsyncResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
         for event in events:
             yield event
 
-    async def UploadNotes(  # noqa: N802
+    async def UploadNotes(
         self, request_iterator: AsyncIterator[resource_pb2.Note], context: Any
     ) -> resource_pb2.UploadNotesResponse:
         who = current_principal()
@@ -132,7 +134,7 @@ class AsyncResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
             count += 1
         return resource_pb2.UploadNotesResponse(count=count, user=_user(who))
 
-    async def EchoNotes(  # noqa: N802
+    async def EchoNotes(
         self, request_iterator: AsyncIterator[resource_pb2.Note], context: Any
     ) -> AsyncIterator[resource_pb2.Note]:
         who = current_principal()

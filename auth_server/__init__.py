@@ -1,0 +1,47 @@
+"""The ssot-auth token authority: users, signing keys, and the servers that publish them."""
+
+from auth_server.app import RunningAuthServer, StartupError, build_components, start_auth_server
+from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
+from auth_server.config import AuthServerConfig
+from auth_server.errors import (
+    AuthServerError,
+    InvalidCredentials,
+    InvalidRequest,
+    KeyStoreError,
+    StorageError,
+    UserExists,
+    UserNotFound,
+)
+from auth_server.keys import KeyInfo, SigningKey, SigningKeyStore
+from auth_server.passwords import Argon2Parameters, PasswordHasher
+from auth_server.storage import Database
+from auth_server.tokens import IssuedToken, TokenIssuer
+from auth_server.users import User, UserStore
+
+__all__ = [
+    "Argon2Parameters",
+    "AuthServerConfig",
+    "AuthServerError",
+    "Database",
+    "InvalidCredentials",
+    "InvalidRequest",
+    "IssuedToken",
+    "JwksSnapshot",
+    "KeyInfo",
+    "KeyStoreError",
+    "PasswordHasher",
+    "RunningAuthServer",
+    "SigningKey",
+    "SigningKeyStore",
+    "StartupError",
+    "StorageError",
+    "TokenAuthority",
+    "TokenGrant",
+    "TokenIssuer",
+    "User",
+    "UserExists",
+    "UserNotFound",
+    "UserStore",
+    "build_components",
+    "start_auth_server",
+]

@@ -1,0 +1,78 @@
+"""Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
+
+from interceptors._cache import CacheStats, KeyCache
+from interceptors._client import (
+    AsyncTokenManager,
+    BearerClientInterceptor,
+    TokenManager,
+    TokenRequestError,
+)
+from interceptors._context import current_principal
+from interceptors._errors import (
+    AuthError,
+    ExpiredToken,
+    ImmatureToken,
+    InsufficientScope,
+    InvalidClaims,
+    InvalidSignature,
+    InvalidToken,
+    KeySetError,
+    KeysUnavailable,
+    MalformedToken,
+    MissingToken,
+    UnknownKey,
+)
+from interceptors._keyset import KeySet, VerificationKey
+from interceptors._policy import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_token
+from interceptors._sources import (
+    DiscoverySource,
+    FetchResult,
+    GrpcJwksSource,
+    HttpJwksSource,
+    KeySource,
+    KeyWatch,
+    StaticSource,
+)
+from interceptors._verify import KeyProvider, Principal, TokenPolicy, TokenVerifier
+
+__all__ = [
+    "HEALTH_METHODS",
+    "REFLECTION_METHODS",
+    "AsyncAuthInterceptor",
+    "AsyncTokenManager",
+    "AuthError",
+    "AuthInterceptor",
+    "BearerClientInterceptor",
+    "CacheStats",
+    "DiscoverySource",
+    "ExpiredToken",
+    "FetchResult",
+    "GrpcJwksSource",
+    "HttpJwksSource",
+    "ImmatureToken",
+    "InsufficientScope",
+    "InvalidClaims",
+    "InvalidSignature",
+    "InvalidToken",
+    "KeyCache",
+    "KeyProvider",
+    "KeySet",
+    "KeySetError",
+    "KeySource",
+    "KeyWatch",
+    "KeysUnavailable",
+    "MalformedToken",
+    "MethodPolicy",
+    "MissingToken",
+    "Principal",
+    "StaticSource",
+    "TokenManager",
+    "TokenPolicy",
+    "TokenRequestError",
+    "TokenVerifier",
+    "UnknownKey",
+    "VerificationKey",
+    "bearer_token",
+    "current_principal",
+]
