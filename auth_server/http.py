@@ -45,6 +45,11 @@ async def _discovery(request: web.Request) -> web.Response:
     )
 
 
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Don't advertise the framework and Python version to scanners.
+    response.headers.pop("Server", None)
+
+
 def build_http_app(
     publisher: JwksPublisher, *, issuer: str, algorithms: Sequence[str]
 ) -> web.Application:
@@ -76,6 +81,7 @@ def build_http_app(
     app = web.Application(client_max_size=4096)
     app[_PUBLISHER] = publisher
     app[_DISCOVERY] = json.dumps(discovery, separators=(",", ":")).encode()
+    app.on_response_prepare.append(_drop_server_header)
     app.router.add_get(JWKS_PATH, _jwks)
     app.router.add_get(DISCOVERY_PATH, _discovery)
     return app

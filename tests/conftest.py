@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
+from auth_server.storage import Database
 from interceptors import GrpcJwksSource, HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, start_aio_server
@@ -99,6 +100,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         )
     with postgres_schema(base) as url:
         yield url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """A fresh, empty database with the schema created, on each backend."""
+    db = Database(database_url)
+    db.create_schema()
+    yield db
+    db.dispose()
 
 
 def make_config(

@@ -336,6 +336,8 @@ def test_grpc_and_http_publish_the_same_key_set(auth: AuthHarness) -> None:
         body = json.load(response)
         etag = response.headers["ETag"]
         assert response.headers["Cache-Control"] == "public, max-age=300"
+        assert response.headers["Content-Type"] == "application/jwk-set+json"
+        assert "Server" not in response.headers
     assert [k.kid for k in over_grpc.keys] == [k["kid"] for k in body["keys"]]
     assert etag == f'"{over_grpc.etag}"'
     assert over_grpc.max_age_seconds == 300

@@ -7,11 +7,7 @@ They use ES256 (fast key generation) unless the algorithm is the point.
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,10 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, generate_private_key, jwk_thumbprint, public_jwk
 from auth_server.keys import SigningKeyStore
-from auth_server.storage import Database, signing_keys, sqlite_url_for
-
-_PG_URL = os.environ.get("SSOT_TEST_DATABASE_URL", "")
-_PG_SKIP = "set SSOT_TEST_DATABASE_URL=postgresql+psycopg://... to run the PostgreSQL tests"
+from auth_server.storage import Database, signing_keys
 
 PASSPHRASE = b"test passphrase"
 T0 = 1_700_000_000.0
@@ -45,38 +38,6 @@ RFC7638_JWK = {
 }
 # RFC 8037 appendix A.2/A.3.
 RFC8037_JWK = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema per test."""
-    if request.param == "sqlite":
-        db = Database(sqlite_url_for(tmp_path))
-        db.create_schema()
-        yield db
-        db.dispose()
-        return
-    if not _PG_URL:
-        pytest.skip(_PG_SKIP)
-    schema = f"test_{uuid.uuid4().hex}"
-    admin = sa.create_engine(_PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(_PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        db.create_schema()
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 class Clock:

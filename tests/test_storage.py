@@ -5,11 +5,8 @@ Runs on SQLite, and on PostgreSQL too when SSOT_TEST_DATABASE_URL is set.
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,41 +24,6 @@ from auth_server.errors import (
     UserNotFound,
 )
 from auth_server.storage import Database, sessions, sqlite_url_for, users
-
-_PG_URL = os.environ.get("SSOT_TEST_DATABASE_URL", "")
-_PG_SKIP = "set SSOT_TEST_DATABASE_URL=postgresql+psycopg://... to run the PostgreSQL tests"
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema per test."""
-    if request.param == "sqlite":
-        db = Database(sqlite_url_for(tmp_path))
-        db.create_schema()
-        yield db
-        db.dispose()
-        return
-    if not _PG_URL:
-        pytest.skip(_PG_SKIP)
-    schema = f"test_{uuid.uuid4().hex}"
-    admin = sa.create_engine(_PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(_PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        db.create_schema()
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 def _add_user_row(conn: sa.Connection, user_id: str, username: str) -> None:

@@ -6,11 +6,8 @@ Runs on SQLite, and on PostgreSQL too when SSOT_TEST_DATABASE_URL is set.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -22,12 +19,9 @@ from auth_server.jwk import ALGORITHMS
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import Argon2Parameters, PasswordHasher
 from auth_server.sessions import SessionStore
-from auth_server.storage import Database, sessions, sqlite_url_for
+from auth_server.storage import Database, sessions
 from auth_server.tokens import TokenIssuer
 from auth_server.users import User, UserStore
-
-_PG_URL = os.environ.get("SSOT_TEST_DATABASE_URL", "")
-_PG_SKIP = "set SSOT_TEST_DATABASE_URL=postgresql+psycopg://... to run the PostgreSQL tests"
 
 PASSPHRASE = b"test passphrase"
 ISSUER = "https://auth.example.test"
@@ -36,38 +30,6 @@ AUDIENCE = "ssot-tests"
 T0 = float(int(time.time()))
 SID = "5f0c7a52-8a43-4a57-9c3e-1f0b5e0d9a11"
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema per test."""
-    if request.param == "sqlite":
-        db = Database(sqlite_url_for(tmp_path))
-        db.create_schema()
-        yield db
-        db.dispose()
-        return
-    if not _PG_URL:
-        pytest.skip(_PG_SKIP)
-    schema = f"test_{uuid.uuid4().hex}"
-    admin = sa.create_engine(_PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(_PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        db.create_schema()
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 class Clock:

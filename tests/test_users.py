@@ -5,17 +5,15 @@ Store tests run on SQLite, and on PostgreSQL too when SSOT_TEST_DATABASE_URL is 
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 
 import pytest
 import sqlalchemy as sa
 
 from auth_server.errors import InvalidCredentials, InvalidRequest, UserExists, UserNotFound
 from auth_server.passwords import Argon2Parameters, PasswordHasher
-from auth_server.storage import Database, sqlite_url_for, users
+from auth_server.storage import Database, users
 from auth_server.users import (
     UserStore,
     validate_password,
@@ -23,43 +21,8 @@ from auth_server.users import (
     validate_username,
 )
 
-_PG_URL = os.environ.get("SSOT_TEST_DATABASE_URL", "")
-_PG_SKIP = "set SSOT_TEST_DATABASE_URL=postgresql+psycopg://... to run the PostgreSQL tests"
-
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema per test."""
-    if request.param == "sqlite":
-        db = Database(sqlite_url_for(tmp_path))
-        db.create_schema()
-        yield db
-        db.dispose()
-        return
-    if not _PG_URL:
-        pytest.skip(_PG_SKIP)
-    schema = f"test_{uuid.uuid4().hex}"
-    admin = sa.create_engine(_PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(_PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        db.create_schema()
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 class SpyHasher(PasswordHasher):
