@@ -8,10 +8,12 @@ import logging
 import secrets
 import shlex
 from pathlib import Path
+from typing import Any
 
 from auth_server.app import start_auth_server
-from auth_server.cli import run_until_signalled, server_config
-from auth_server.settings import write_secret_file
+from auth_server.commands._common import run_until_signalled
+from auth_server.commands.serve import add_server_arguments, server_config
+from auth_server.settings import env_default, write_secret_file
 from auth_server.users import UserStore
 from resource_server import ResourceServerConfig, build_verifier, start_aio_server
 
@@ -22,6 +24,17 @@ DEMO_SCOPES = ("resource.read", "resource.admin")
 DEMO_PASSWORD_FILE = "demo-password"  # noqa: S105 - a file name
 DEMO_ISSUER = "http://127.0.0.1:8080"
 DEMO_AUDIENCE = "ssot-demo"
+
+
+def register(commands: Any) -> None:
+    up = commands.add_parser("up", help="run auth + resource servers on embedded defaults")
+    add_server_arguments(up, required=False)
+    up.add_argument(
+        "--resource-grpc",
+        default=env_default("RESOURCE_GRPC", "127.0.0.1:50052"),
+        help="resource server listen address (SSOT_RESOURCE_GRPC)",
+    )
+    up.set_defaults(run=run_demo)
 
 
 def _ensure_demo_user(users: UserStore, password_file: str) -> str | None:

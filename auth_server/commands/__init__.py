@@ -1,0 +1,1 @@
+"""The ``ssot-auth`` subcommands, one module each."""

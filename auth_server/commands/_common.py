@@ -1,0 +1,77 @@
+"""Pieces every ``ssot-auth`` subcommand shares: errors, passwords, opening storage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from auth_server.keys import SigningKeyStore
+from auth_server.passwords import PasswordHasher
+from auth_server.settings import prepare_data_dir, resolve_passphrase
+from auth_server.storage import Database, sqlite_url_for
+from auth_server.users import UserStore
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can fix; printed as one line."""
+
+
+def add_password_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+
+
+def read_password(ns: argparse.Namespace, *, confirm: bool) -> str:
+    if ns.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise CommandError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise CommandError("standard input is not a terminal: use --password-stdin")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != password:
+        raise CommandError("passwords do not match")
+    return password
+
+
+def open_database(ns: argparse.Namespace) -> Database:
+    if ns.database_url:
+        db = Database(ns.database_url)
+    else:
+        db = Database(sqlite_url_for(prepare_data_dir(ns.data_dir)))
+    db.create_schema()
+    return db
+
+
+def open_user_store(ns: argparse.Namespace) -> UserStore:
+    return UserStore(open_database(ns), PasswordHasher())
+
+
+def open_key_store(ns: argparse.Namespace, algorithm: str = "RS256") -> SigningKeyStore:
+    data_dir = prepare_data_dir(ns.data_dir)
+    passphrase = resolve_passphrase(ns, data_dir, create=False)
+    return SigningKeyStore(open_database(ns), passphrase, algorithm=algorithm)
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Any]) -> int:
+    """Run ``serve(stop_event)`` until it returns; SIGINT/SIGTERM set the event."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(runner())
+    return 0

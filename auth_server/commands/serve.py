@@ -1,0 +1,125 @@
+"""``ssot-auth serve``: run the auth service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from auth_server.app import start_auth_server
+from auth_server.commands._common import CommandError, run_until_signalled
+from auth_server.config import (
+    DEFAULT_ACCESS_TOKEN_TTL,
+    DEFAULT_GRPC_ADDRESS,
+    DEFAULT_HTTP_ADDRESS,
+    DEFAULT_JWKS_MAX_AGE,
+    AuthServerConfig,
+)
+from auth_server.jwk import ALGORITHMS
+from auth_server.settings import (
+    add_passphrase_argument,
+    add_storage_arguments,
+    env_default,
+    env_int,
+    prepare_data_dir,
+    resolve_passphrase,
+)
+
+_LOGGER = logging.getLogger("ssot_auth")
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the auth service")
+    add_server_arguments(serve, required=True)
+    serve.set_defaults(run=_cmd_serve)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    add_storage_arguments(parser)
+    add_passphrase_argument(parser)
+    parser.add_argument(
+        "--grpc",
+        default=env_default("GRPC", DEFAULT_GRPC_ADDRESS),
+        help=f"gRPC listen address (SSOT_GRPC, default {DEFAULT_GRPC_ADDRESS})",
+    )
+    parser.add_argument(
+        "--http",
+        default=env_default("HTTP", DEFAULT_HTTP_ADDRESS),
+        help=f"JWKS HTTP listen address (SSOT_HTTP, default {DEFAULT_HTTP_ADDRESS})",
+    )
+    issuer = env_default("ISSUER")
+    audience = env_default("AUDIENCE")
+    parser.add_argument(
+        "--issuer",
+        default=issuer,
+        required=required and issuer is None,
+        help="token issuer URL, the iss claim (SSOT_ISSUER)",
+    )
+    parser.add_argument(
+        "--audience",
+        default=audience,
+        required=required and audience is None,
+        help="token audience, the aud claim (SSOT_AUDIENCE)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=env_default("ALGORITHM", "RS256"),
+        help="signing algorithm for new keys (SSOT_ALGORITHM, default RS256)",
+    )
+    parser.add_argument(
+        "--access-token-ttl",
+        type=int,
+        default=env_int("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL),
+        help="access token lifetime in seconds (SSOT_ACCESS_TOKEN_TTL, default 900)",
+    )
+    parser.add_argument(
+        "--jwks-max-age",
+        type=int,
+        default=env_int("JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE),
+        help="JWKS Cache-Control max-age in seconds (SSOT_JWKS_MAX_AGE, default 300)",
+    )
+    parser.add_argument(
+        "--no-reflection",
+        action="store_true",
+        default=env_default("NO_REFLECTION", "") not in ("", "0", "false"),
+        help="do not serve gRPC server reflection (SSOT_NO_REFLECTION=1)",
+    )
+
+
+def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> AuthServerConfig:
+    data_dir = prepare_data_dir(ns.data_dir)
+    try:
+        return AuthServerConfig(
+            grpc_address=ns.grpc,
+            http_address=ns.http,
+            data_dir=data_dir,
+            database_url=ns.database_url,
+            issuer=issuer,
+            audience=audience,
+            algorithm=ns.algorithm,
+            access_token_ttl=ns.access_token_ttl,
+            jwks_max_age=ns.jwks_max_age,
+            key_passphrase=resolve_passphrase(ns, data_dir, create=True),
+            reflection=not ns.no_reflection,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    config = server_config(ns, issuer=ns.issuer, audience=ns.audience)
+
+    async def serve(stop: asyncio.Event) -> None:
+        server = await start_auth_server(config)
+        print(
+            f"ssot-auth serving gRPC on {server.grpc_target}, "
+            f"JWKS on {server.http_base_url}/.well-known/jwks.json",
+            flush=True,
+        )
+        await stop.wait()
+        _LOGGER.info("shutting down")
+        await server.stop()
+
+    return run_until_signalled(serve)

@@ -1,0 +1,86 @@
+"""``ssot-auth users ...``: create, list, disable and re-password users."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from auth_server.commands._common import (
+    CommandError,
+    add_password_argument,
+    open_user_store,
+    read_password,
+)
+from auth_server.settings import add_storage_arguments
+
+
+def register(commands: Any) -> None:
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
+    add = users.add_parser("add", help="create a user")
+    add.add_argument("name")
+    add.add_argument("--scope", action="append", default=[], help="grant a scope (repeatable)")
+    add_password_argument(add)
+    add.set_defaults(run=_cmd_users_add)
+    listing = users.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    listing.set_defaults(run=_cmd_users_list)
+    for action, helptext in (
+        ("disable", "stop a user from logging in"),
+        ("enable", "let a disabled user log in again"),
+    ):
+        p = users.add_parser(action, help=helptext)
+        p.add_argument("name")
+        p.set_defaults(run=_cmd_users_toggle, action=action)
+    setpw = users.add_parser("set-password", help="set a user's password")
+    setpw.add_argument("name")
+    add_password_argument(setpw)
+    setpw.set_defaults(run=_cmd_users_set_password)
+    for sub in (add, listing, setpw, *(users.choices[a] for a in ("disable", "enable"))):
+        add_storage_arguments(sub)
+
+
+def _cmd_users_add(ns: argparse.Namespace) -> int:
+    password = read_password(ns, confirm=True)
+    user = open_user_store(ns).add(ns.name, password, ns.scope)
+    print(f"created user {user.username} (id {user.id}, scopes: {' '.join(user.scopes) or '-'})")
+    return 0
+
+
+def _cmd_users_list(ns: argparse.Namespace) -> int:
+    users = open_user_store(ns).list()
+    for u in users:
+        if ns.json:
+            print(
+                json.dumps(
+                    {
+                        "id": u.id,
+                        "username": u.username,
+                        "scopes": list(u.scopes),
+                        "disabled": u.disabled,
+                        "created_at": u.created_at,
+                    }
+                )
+            )
+        else:
+            state = "disabled" if u.disabled else "active"
+            print(f"{u.username}\t{u.id}\t{state}\t{' '.join(u.scopes)}")
+    return 0
+
+
+def _cmd_users_toggle(ns: argparse.Namespace) -> int:
+    store = open_user_store(ns)
+    user = store.disable(ns.name) if ns.action == "disable" else store.enable(ns.name)
+    print(f"{ns.action}d user {user.username}")
+    return 0
+
+
+def _cmd_users_set_password(ns: argparse.Namespace) -> int:
+    store = open_user_store(ns)
+    if store.get(ns.name) is None:
+        raise CommandError(f"no user named {ns.name!r}")
+    user = store.set_password(ns.name, read_password(ns, confirm=True))
+    print(f"password set for {user.username}")
+    return 0
