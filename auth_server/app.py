@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -43,20 +45,34 @@ class Components:
     authority: TokenAuthority
 
 
-def build_components(config: AuthServerConfig) -> Components:
-    """Open storage, create the schema and make sure a signing key exists (blocking)."""
+def build_components(
+    config: AuthServerConfig, *, now: Callable[[], float] = time.time
+) -> Components:
+    """Open storage, create the schema and make sure a signing key exists (blocking).
+
+    ``now`` is the clock of every time decision (token times, key states,
+    sessions), injectable so tests can move time instead of sleeping.
+    """
     database = Database(config.resolved_database_url)
     database.create_schema()
     keys = SigningKeyStore(
-        database, config.key_passphrase, algorithm=config.algorithm, rsa_bits=config.rsa_bits
+        database,
+        config.key_passphrase,
+        algorithm=config.algorithm,
+        rsa_bits=config.rsa_bits,
+        now=now,
     )
     keys.ensure_signing_key()
-    users = UserStore(database, PasswordHasher(config.argon2))
+    users = UserStore(database, PasswordHasher(config.argon2), now=now)
     authority = TokenAuthority(
         users=users,
-        sessions=SessionStore(database),
+        sessions=SessionStore(database, now=now),
         issuer=TokenIssuer(
-            keys, issuer=config.issuer, audience=config.audience, ttl=config.access_token_ttl
+            keys,
+            issuer=config.issuer,
+            audience=config.audience,
+            ttl=config.access_token_ttl,
+            now=now,
         ),
         keys=keys,
         jwks_max_age=config.jwks_max_age,
@@ -102,14 +118,18 @@ class RunningAuthServer:
         await self._stopped.wait()
 
 
-async def start_auth_server(config: AuthServerConfig) -> RunningAuthServer:
+async def start_auth_server(
+    config: AuthServerConfig, *, now: Callable[[], float] = time.time
+) -> RunningAuthServer:
     """Build everything and start serving; the ports in ``config`` may be 0.
+
+    ``now`` is the server's clock (see :func:`build_components`).
 
     Raises:
         StartupError: an address cannot be bound.
         AuthServerError: storage or keys are unusable (wrong passphrase, ...).
     """
-    components = await asyncio.to_thread(build_components, config)
+    components = await asyncio.to_thread(build_components, config, now=now)
     publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
     await publisher.start()
 
