@@ -24,7 +24,7 @@ from conftest import (
     bearer,
     running_resource,
 )
-from protos import auth_pb2, resource_pb2
+from protos import auth_pb2, resource_pb2, resource_pb2_grpc
 
 PASSWORD = "correct horse battery"
 
@@ -438,3 +438,53 @@ def test_health_and_reflection_answer_without_a_token(
         )
         names = {s.name for r in replies for s in r.list_services_response.service}
         assert names & {"ssot.auth.v1.AuthService", "ssot.resource.v1.ResourceService"}
+
+
+@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
+    loop_thread: EventLoopThread, auth: AuthHarness, aio: bool
+) -> None:
+    import socket
+
+    from resource_server import (
+        ResourceServerConfig,
+        build_server,
+        build_verifier,
+        start_aio_server,
+    )
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    config = ResourceServerConfig(
+        grpc_address="127.0.0.1:0",
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        jwks_url=f"http://127.0.0.1:{dead}/.well-known/jwks.json",
+    )
+    keys, verifier = build_verifier(config)
+    if aio:
+        server, port = loop_thread.run(start_aio_server(config, verifier))
+    else:
+        server, port = build_server(config, verifier)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = resource_pb2_grpc.ResourceServiceStub(channel)
+            started = time.monotonic()
+            code, details = _code(
+                lambda: stub.GetProtectedResource(
+                    resource_pb2.GetProtectedResourceRequest(),
+                    metadata=bearer(auth.forge({})),
+                    timeout=10,
+                )
+            )
+            assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "signing keys unavailable")
+            assert time.monotonic() - started < 5
+            # The public method still answers: only token checks depend on the keys.
+            assert stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10).issuer
+    finally:
+        if aio:
+            loop_thread.run(server.stop(0))  # type: ignore[union-attr]
+        else:
+            server.stop(0)
+        keys.close()
