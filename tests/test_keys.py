@@ -351,7 +351,8 @@ def test_immediate_rotation_switches_the_current_key(store: SigningKeyStore, clo
     assert _states(store) == {info.kid: "current", old: "previous"}
     [previous] = [k for k in store.list_keys() if k.kid == old]
     assert previous.deactivated_at == clock.t
-    assert previous.retires_at is None
+    # Default lifecycle: retired access-token TTL (900 s) + 30 s leeway after its last use.
+    assert previous.retires_at == clock.t + 930
 
 
 def test_rotation_at_the_same_instant_still_takes_over(store: SigningKeyStore) -> None:
