@@ -38,6 +38,27 @@ MAX_PUBLISHED_KEYS = 20
 Record = Mapping[Any, Any]
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"600"``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"30d"``.
+
+    Raises:
+        ValueError: Not a finite, non-negative duration.
+    """
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 600, 90s, 15m, 12h, 30d)") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a duration: {text!r} (e.g. 600, 90s, 15m, 12h, 30d)")
+    return value
+
+
 class LifecycleError(ValueError):
     """A lifecycle setting is unsafe; the message names the setting to change."""
 
