@@ -352,6 +352,11 @@ class SigningKeyStore:
                 for record in writer.live():
                     if record["kid"] in unusable:
                         writer.withdraw(record, "unusable")
+            elif unusable:
+                _LOGGER.error(
+                    "cannot decrypt the next signing key, nor any other: wrong passphrase?"
+                    " Nothing is withdrawn; restart with the passphrase the keys use"
+                )
             records = rows.select_all(conn)
             due = rotation_due(records, now, self._lifecycle, self._algorithm)
             if due is not None:

@@ -79,8 +79,10 @@ class Traffic:
         with self.lock:
             start = {c: self.counts.get(c, 0) for c in range(clients)}
             done = self.lock.wait_for(
-                lambda: all(self.counts.get(c, 0) >= start[c] + each for c in range(clients))
-                or bool(self.errors),
+                lambda: (
+                    all(self.counts.get(c, 0) >= start[c] + each for c in range(clients))
+                    or bool(self.errors)
+                ),
                 timeout,
             )
         assert done, "clients stopped calling"
