@@ -330,8 +330,9 @@ def test_revoking_the_current_key_promotes_the_pre_published_one(
     assert _states(store) == {old: "revoked", upcoming: "current"}
     assert _private_key(database, old) == b""
     revoked = [e for e in _audit(caplog) if e["event"] == "key.revoked"]
-    assert revoked == [{"event": "key.revoked", "kid": old, "algorithm": "ES256",
-                        "replacement": upcoming}]  # fmt: skip
+    assert revoked == [
+        {"event": "key.revoked", "kid": old, "algorithm": "ES256", "replacement": upcoming}
+    ]
     # The schedule starts again from the promoted key's activation.
     clock.t = T0 + 950 + 899
     assert not store.maintain().created
