@@ -264,14 +264,15 @@ class SigningKeyStore:
 
         If it was the current key, the earliest *next* key (already published,
         so verifiers know it) signs at once; if there is none, a new key does.
-        Revoking a revoked key changes nothing.
+        Revoking a revoked key changes nothing. With a passphrase that decrypts
+        no stored key, the key is still revoked, but no replacement is made here
+        (the servers' scheduler makes one).
 
         Returns:
             The revoked key's metadata.
 
         Raises:
-            KeyStoreError: No key has that kid, or the passphrase does not
-                decrypt the stored keys (when a replacement is needed).
+            KeyStoreError: No key has that kid.
             StorageError: The database is unavailable.
         """
         now = self._now()
@@ -289,11 +290,15 @@ class SigningKeyStore:
             if row["revoked_at"] is None:
                 current = pick_current(writer.live(), writer.now)
                 was_current = current is not None and current["kid"] == kid
-                if was_current:
-                    rows.check_passphrase(conn, self._passphrase)
+                # The revocation itself never depends on the passphrase: it is the
+                # emergency brake, and the key may be revoked for being corrupted.
+                # A replacement does: it must be one the other replicas can decrypt.
+                replace = was_current and (
+                    rows.probe_passphrase(conn, self._passphrase) is not False
+                )
                 writer.revoke(row)
                 successor = None
-                if was_current:
+                if replace:
                     successor = writer.promote()
                     if successor is None:
                         successor = writer.rotate(
@@ -302,6 +307,12 @@ class SigningKeyStore:
                             writer.now,
                             "revocation",
                         )
+                elif was_current:
+                    _LOGGER.error(
+                        "revoked the current key without a replacement: this passphrase"
+                        " decrypts no stored key; a server started with the right one"
+                        " creates the next key within a second"
+                    )
                 writer.changes.events.append(
                     (
                         "key.revoked",

@@ -10,6 +10,7 @@ every rotation.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -353,3 +354,48 @@ def test_jwks_max_age_never_outlives_the_next_scheduled_change(rig: Rig) -> None
     # The old key retires TTL + 30 s after its last signature: that caps max-age now.
     rig.clock.t += TTL + 30 - 7
     assert max_age() == 7
+
+
+def test_changing_the_algorithm_migrates_with_both_accepted_meanwhile(
+    loop_thread: EventLoopThread, tmp_path: Path
+) -> None:
+    clock = Clock(T0)
+    database_url = f"sqlite:///{tmp_path / 'ssot-auth.db'}"
+
+    def start(algorithm: str) -> RunningAuthServer:
+        config = make_config(tmp_path, database_url, algorithm=algorithm, key_poll_interval=0.05)
+        return loop_thread.run(start_auth_server(config, now=clock))
+
+    first = start("RS256")
+    first.components.users.add("alice", PASSWORD, ("resource.read",))
+    loop_thread.run(first.stop(0.5))
+    server = start("EdDSA")  # restarted with a new --algorithm
+    keys = KeyCache(GrpcJwksSource(server.grpc_target), now=clock, cooldown=math.inf)
+    keys.start()
+    verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), now=clock)
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    def login() -> str:
+        request = auth_pb2.LoginRequest(username="alice", password=PASSWORD)
+        return str(stub.Login(request, timeout=10).access_token)
+
+    try:
+        assert keys.wait_until_loaded(10)
+        old = login()
+        assert jwt.get_unverified_header(old)["alg"] == "RS256"  # no key is switched at once
+        assert {k["alg"] for k in server.publisher.snapshot.keys} == {"RS256", "EdDSA"}
+        with urllib.request.urlopen(
+            f"{server.http_base_url}/.well-known/openid-configuration"
+        ) as response:
+            discovery = json.load(response)
+        assert discovery["id_token_signing_alg_values_supported"] == ["EdDSA", "RS256"]
+
+        clock.t += 600  # 2 x the default max-age later, the EdDSA key signs
+        new = login()
+        assert jwt.get_unverified_header(new)["alg"] == "EdDSA"
+        assert verifier.verify(old).username == verifier.verify(new).username == "alice"
+    finally:
+        channel.close()
+        keys.close()
+        loop_thread.run(server.stop(0.5))
