@@ -206,8 +206,8 @@ def new_row(
     return key, values
 
 
-def decrypt(kid: str, pem: bytes, passphrase: bytes) -> PrivateKey:
-    """Decrypt a stored private key.
+def decrypt(kid: str, pem: bytes, passphrase: bytes, *, log: bool = True) -> PrivateKey:
+    """Decrypt a stored private key (``log``: say which key failed, at ERROR).
 
     Raises:
         KeyStoreError: Wrong passphrase, corrupted PEM or an unsupported key type.
@@ -215,10 +215,12 @@ def decrypt(kid: str, pem: bytes, passphrase: bytes) -> PrivateKey:
     try:
         private_key = serialization.load_pem_private_key(pem, password=passphrase)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
+        if log:
+            _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
         raise KeyStoreError(WRONG_PASSPHRASE) from err
     if not isinstance(private_key, PRIVATE_TYPES):
-        _LOGGER.error("signing key %s has an unsupported key type", kid)
+        if log:
+            _LOGGER.error("signing key %s has an unsupported key type", kid)
         raise KeyStoreError(UNUSABLE)
     return private_key
 
@@ -273,7 +275,7 @@ def probe_passphrase(
     probes = [(kid, pem) for kid, pem in found if kid not in exclude][:_PASSPHRASE_PROBES]
     for kid, pem in probes:
         try:
-            decrypt(kid, pem, passphrase)
+            decrypt(kid, pem, passphrase, log=False)
         except KeyStoreError:
             continue
         return True

@@ -275,12 +275,17 @@ class SigningKeyStore:
             KeyStoreError: No key has that kid.
             StorageError: The database is unavailable.
         """
+        # Everything slow (decrypting, generating) happens before the locked
+        # transaction, so the revocation commits moments after it is stamped.
         now = self._now()
         with self._db.transaction() as conn:
             current = pick_current(rows.select_live(conn, now), now)
             pending = [r for r in rows.select_live(conn, now) if r["activates_at"] > now]
+            passphrase_ok = rows.probe_passphrase(conn, self._passphrase) is not False
         replacement: PrivateKey | None = None
-        if current is not None and current["kid"] == kid and not pending:
+        # Decrypting the next keys now also caches them for the promotion below.
+        usable_next = [r for r in pending if self._is_usable(r["kid"])]
+        if current is not None and current["kid"] == kid and passphrase_ok and not usable_next:
             replacement = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
@@ -293,9 +298,7 @@ class SigningKeyStore:
                 # The revocation itself never depends on the passphrase: it is the
                 # emergency brake, and the key may be revoked for being corrupted.
                 # A replacement does: it must be one the other replicas can decrypt.
-                replace = was_current and (
-                    rows.probe_passphrase(conn, self._passphrase) is not False
-                )
+                replace = was_current and passphrase_ok
                 writer.revoke(row)
                 successor = None
                 if replace:
@@ -339,7 +342,7 @@ class SigningKeyStore:
 
         Raises:
             KeyStoreError: The passphrase does not decrypt the stored keys
-                (when a key must be created).
+                (when a key must be created, or a next key does not decrypt).
             StorageError: The database is unavailable.
         """
         now = self._now()
@@ -364,10 +367,9 @@ class SigningKeyStore:
                     if record["kid"] in unusable:
                         writer.withdraw(record, "unusable")
             elif unusable:
-                _LOGGER.error(
-                    "cannot decrypt the next signing key, nor any other: wrong passphrase?"
-                    " Nothing is withdrawn; restart with the passphrase the keys use"
-                )
+                # Not a corrupted row: this server cannot decrypt any key. Withdraw
+                # nothing (the keys are fine for the others) and say so.
+                raise KeyStoreError(rows.WRONG_PASSPHRASE)
             records = rows.select_all(conn)
             due = rotation_due(records, now, self._lifecycle, self._algorithm)
             if due is not None:
@@ -485,8 +487,13 @@ class SigningKeyStore:
         # Decrypt next keys ahead of time: a corrupted one is found before it
         # should sign, and activation needs no decryption on the login path.
         bad = set()
+        with self._cache_lock:
+            known_bad = set(self._unusable)
         for record in records:
             if is_live(record, now) and record["activates_at"] > now:
+                if record["kid"] in known_bad:  # already logged; no retry every tick
+                    bad.add(record["kid"])
+                    continue
                 try:
                     self._load(record["kid"])
                 except KeyStoreError:

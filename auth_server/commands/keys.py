@@ -186,8 +186,14 @@ def _cmd_keys_revoke(ns: argparse.Namespace) -> int:
         print(f"key {ns.kid} was already revoked")
         return 0
     store.revoke(ns.kid)
-    current = [k for k in store.list_keys() if k.state == "current"]
-    signer = f"; key {current[0].kid} ({current[0].algorithm}) signs now" if current else ""
+    signer = ""
+    if before[ns.kid].state == "current":
+        current = [k for k in store.list_keys() if k.state == "current"]
+        signer = (
+            f"; key {current[0].kid} ({current[0].algorithm}) signs now"
+            if current
+            else "; no replacement: the servers create one within a second"
+        )
     print(f"revoked key {ns.kid}{signer}")
     print(
         "running servers drop it within a second; push verifiers (--auth-target) at once,"
