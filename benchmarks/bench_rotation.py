@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,9 @@ def revocation_trials(
                         raise
                     time.sleep(0.01)
             kid = store.current().kid
+            # Each trial starts right after a poll (that is how the verifier learned
+            # the new key): revoke at a random phase of the poll cycle instead.
+            time.sleep(random.uniform(0, server.config.key_poll_interval))
             revoke(kid)
             revoked_at = next(k.revoked_at for k in store.list_keys() if k.kid == kid)
             assert revoked_at is not None
