@@ -12,8 +12,16 @@ from auth_server.errors import (
     UserExists,
     UserNotFound,
 )
-from auth_server.keys import KeyInfo, SigningKey, SigningKeyStore
+from auth_server.keys import (
+    KeyInfo,
+    MaintenanceReport,
+    PublishedKeys,
+    SigningKey,
+    SigningKeyStore,
+)
+from auth_server.lifecycle import KeyLifecycle, LifecycleError
 from auth_server.passwords import Argon2Parameters, PasswordHasher
+from auth_server.scheduler import KeyScheduler
 from auth_server.storage import Database
 from auth_server.tokens import IssuedToken, TokenIssuer
 from auth_server.users import User, UserStore
@@ -28,8 +36,13 @@ __all__ = [
     "IssuedToken",
     "JwksSnapshot",
     "KeyInfo",
+    "KeyLifecycle",
+    "KeyScheduler",
     "KeyStoreError",
+    "LifecycleError",
+    "MaintenanceReport",
     "PasswordHasher",
+    "PublishedKeys",
     "RunningAuthServer",
     "SigningKey",
     "SigningKeyStore",

@@ -19,6 +19,7 @@ from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
+from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
@@ -61,6 +62,7 @@ def build_components(
         algorithm=config.algorithm,
         rsa_bits=config.rsa_bits,
         now=now,
+        lifecycle=config.key_lifecycle,
     )
     keys.ensure_signing_key()
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
@@ -89,6 +91,7 @@ class RunningAuthServer:
     grpc_server: grpc.aio.Server
     http_runner: web.AppRunner
     publisher: JwksPublisher
+    scheduler: KeyScheduler
     health: health.aio.HealthServicer
     grpc_port: int
     http_port: int
@@ -109,6 +112,7 @@ class RunningAuthServer:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
+        await self.scheduler.stop()
         await self.publisher.stop()
         await self.grpc_server.stop(grace)
         await self.http_runner.cleanup()
@@ -132,6 +136,12 @@ async def start_auth_server(
     components = await asyncio.to_thread(build_components, config, now=now)
     publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
     await publisher.start()
+    # Changes this process makes are published at once; others' within the poll interval.
+    components.keys.subscribe(publisher.request_refresh)
+    scheduler = KeyScheduler(
+        components.keys, interval=config.key_check_interval, on_change=publisher.refresh
+    )
+    await scheduler.start()
 
     server = grpc.aio.server(
         options=[
@@ -152,11 +162,12 @@ async def start_auth_server(
     try:
         grpc_port = server.add_insecure_port(config.grpc_address)
     except RuntimeError as exc:
+        await scheduler.stop()
         await publisher.stop()
         raise StartupError(f"cannot listen on {config.grpc_address} (--grpc)") from exc
     await server.start()
 
-    app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm])
+    app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm], now=now)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_address(config.http_address)
@@ -166,6 +177,7 @@ async def start_auth_server(
     except OSError as exc:
         await server.stop(0)
         await runner.cleanup()
+        await scheduler.stop()
         await publisher.stop()
         raise StartupError(f"cannot listen on {config.http_address} (--http)") from exc
     http_port = runner.addresses[0][1]
@@ -184,6 +196,7 @@ async def start_auth_server(
         grpc_server=server,
         http_runner=runner,
         publisher=publisher,
+        scheduler=scheduler,
         health=health_servicer,
         grpc_port=grpc_port,
         http_port=http_port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,18 +35,43 @@ class TokenGrant:
 
 @dataclass(frozen=True, kw_only=True)
 class JwksSnapshot:
-    """One version of the published key set, with its HTTP validators."""
+    """One version of the published key set, with its HTTP validators.
+
+    Attributes:
+        keys: The public JWKs.
+        max_age: The configured ``--jwks-max-age``.
+        body: The exact JSON served over HTTP.
+        etag: Strong validator, without quotes.
+        next_change_at: When the set is next scheduled to change (a key joins or
+            leaves), epoch seconds; ``None`` if nothing is scheduled.
+    """
 
     keys: tuple[Mapping[str, str], ...]
     max_age: int
-    body: bytes  # the exact JSON served over HTTP
-    etag: str  # strong validator, without quotes
+    body: bytes
+    etag: str
+    next_change_at: float | None = None
+
+    def max_age_at(self, now: float) -> int:
+        """The ``max-age`` to send at ``now``: never past the next scheduled change.
+
+        At least 1 s, so a change that is due but not yet made cannot turn
+        every verifier's cache into a refetch loop.
+        """
+        if self.next_change_at is None:
+            return self.max_age
+        left = math.floor(self.next_change_at - now)
+        return max(1, min(self.max_age, left))
 
 
-def make_jwks_snapshot(keys: Sequence[Mapping[str, str]], max_age: int) -> JwksSnapshot:
+def make_jwks_snapshot(
+    keys: Sequence[Mapping[str, str]], max_age: int, *, next_change_at: float | None = None
+) -> JwksSnapshot:
     body = json.dumps({"keys": list(keys)}, separators=(",", ":"), sort_keys=True).encode()
     etag = hashlib.sha256(body).hexdigest()[:32]
-    return JwksSnapshot(keys=tuple(keys), max_age=max_age, body=body, etag=etag)
+    return JwksSnapshot(
+        keys=tuple(keys), max_age=max_age, body=body, etag=etag, next_change_at=next_change_at
+    )
 
 
 def _check_size(value: str, name: str, limit: int) -> None:
@@ -106,4 +132,7 @@ class TokenAuthority:
 
     def jwks(self) -> JwksSnapshot:
         """The key set verifiers must know now, as published over gRPC and HTTP."""
-        return make_jwks_snapshot(self._keys.published_jwks(), self._jwks_max_age)
+        published = self._keys.published_set()
+        return make_jwks_snapshot(
+            published.keys, self._jwks_max_age, next_change_at=published.next_change_at
+        )

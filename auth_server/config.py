@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auth_server.jwk import ALGORITHMS
+from auth_server.jwk import ALGORITHMS, check_rsa_bits
+from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -44,13 +45,22 @@ class AuthServerConfig:
         database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
         issuer: The ``iss`` of every token, an https URL (http only on loopback).
         audience: The ``aud`` of every token.
-        algorithm: Signing algorithm for new keys.
+        algorithm: Signing algorithm for new keys; changing it migrates through
+            a pre-published next key like any rotation.
+        rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
         access_token_ttl: Access token lifetime in seconds.
         jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
         key_passphrase: Encrypts private keys at rest.
         reflection: Serve gRPC server reflection.
         key_poll_interval: How often to look for key changes made by the CLI or
             other replicas, seconds.
+        key_rotation_interval: Seconds each key signs before the next takes
+            over (default 30 days); 0 rotates only on ``ssot-auth keys rotate``.
+        key_activate_after: Seconds a new key is published before it signs;
+            ``None`` means 2 x ``jwks_max_age``.
+        key_retire_after: Seconds a replaced key stays published; ``None``
+            means ``access_token_ttl`` + 30 s leeway.
+        key_check_interval: How often the key scheduler runs, seconds.
         argon2: Password hashing cost.
     """
 
@@ -66,7 +76,11 @@ class AuthServerConfig:
     jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
     key_passphrase: bytes = field(repr=False)
     reflection: bool = True
-    key_poll_interval: float = 1.0
+    key_poll_interval: float = 0.25
+    key_rotation_interval: float = DEFAULT_ROTATION_INTERVAL
+    key_activate_after: float | None = None
+    key_retire_after: float | None = None
+    key_check_interval: float = 1.0
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
 
     def __post_init__(self) -> None:
@@ -83,8 +97,10 @@ class AuthServerConfig:
             raise ValueError("--audience must not be empty")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
-        if self.rsa_bits < 2048:
-            raise ValueError("RSA keys must have at least 2048 bits")
+        try:
+            check_rsa_bits(self.rsa_bits)
+        except ValueError:
+            raise ValueError("--rsa-bits must be 2048, or 3072 or more") from None
         if not 30 <= self.access_token_ttl <= 86400:
             raise ValueError("--access-token-ttl must be between 30 and 86400 seconds")
         if not 1 <= self.jwks_max_age <= 86400:
@@ -93,6 +109,23 @@ class AuthServerConfig:
             raise ValueError("the key passphrase must be at least 16 bytes")
         if self.key_poll_interval <= 0:
             raise ValueError("key_poll_interval must be positive")
+        if self.key_check_interval <= 0:
+            raise ValueError("key_check_interval must be positive")
+        # Refuse a schedule that lets a verifier meet an unknown kid or a token outlive its key.
+        self.key_lifecycle.check(
+            jwks_max_age=self.jwks_max_age, access_token_ttl=self.access_token_ttl
+        )
+
+    @property
+    def key_lifecycle(self) -> KeyLifecycle:
+        """The signing key schedule these settings ask for, defaults filled in."""
+        return KeyLifecycle.for_server(
+            jwks_max_age=self.jwks_max_age,
+            access_token_ttl=self.access_token_ttl,
+            rotation_interval=self.key_rotation_interval,
+            activate_after=self.key_activate_after,
+            retire_after=self.key_retire_after,
+        )
 
     @property
     def resolved_database_url(self) -> str:

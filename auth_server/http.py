@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -10,8 +13,13 @@ from auth_server.publisher import JwksPublisher
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+# RFC 5861. A cache may serve the set up to max-age + stale-while-revalidate old,
+# which the next key's pre-publication (2 x max-age) covers; while the issuer is
+# down it may serve it an hour longer, as the verifiers' own caches do.
+STALE_IF_ERROR = 3600
 _PUBLISHER = web.AppKey("publisher", JwksPublisher)
-_DISCOVERY = web.AppKey("discovery", bytes)
+_DISCOVERY: web.AppKey[Mapping[str, Any]] = web.AppKey("discovery")
+_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -26,8 +34,12 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 async def _jwks(request: web.Request) -> web.Response:
     snapshot = request.app[_PUBLISHER].snapshot
+    max_age = snapshot.max_age_at(request.app[_CLOCK]())
     headers = {
-        "Cache-Control": f"public, max-age={snapshot.max_age}",
+        "Cache-Control": (
+            f"public, max-age={max_age}, stale-while-revalidate={snapshot.max_age},"
+            f" stale-if-error={STALE_IF_ERROR}"
+        ),
         "ETag": f'"{snapshot.etag}"',
     }
     if _etag_matches(request.headers.get("If-None-Match"), snapshot.etag):
@@ -38,8 +50,15 @@ async def _jwks(request: web.Request) -> web.Response:
 
 
 async def _discovery(request: web.Request) -> web.Response:
+    base: Mapping[str, Any] = request.app[_DISCOVERY]
+    document = dict(base)
+    # During an --algorithm migration the set holds keys of both algorithms.
+    published = {k["alg"] for k in request.app[_PUBLISHER].snapshot.keys if "alg" in k}
+    document["id_token_signing_alg_values_supported"] = sorted(
+        published.union(document["id_token_signing_alg_values_supported"])
+    )
     return web.Response(
-        body=request.app[_DISCOVERY],
+        body=json.dumps(document, separators=(",", ":")).encode(),
         content_type="application/json",
         headers={"Cache-Control": "public, max-age=3600"},
     )
@@ -51,11 +70,16 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
 
 
 def build_http_app(
-    publisher: JwksPublisher, *, issuer: str, algorithms: Sequence[str]
+    publisher: JwksPublisher,
+    *,
+    issuer: str,
+    algorithms: Sequence[str],
+    now: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The aiohttp application serving the well-known documents."""
-    import json
+    """The aiohttp application serving the well-known documents.
 
+    ``now`` is the key schedule's clock, for the JWKS ``max-age``.
+    """
     base = issuer.rstrip("/")
     discovery = {
         "issuer": issuer,
@@ -80,7 +104,8 @@ def build_http_app(
     }
     app = web.Application(client_max_size=4096)
     app[_PUBLISHER] = publisher
-    app[_DISCOVERY] = json.dumps(discovery, separators=(",", ":")).encode()
+    app[_DISCOVERY] = discovery
+    app[_CLOCK] = now
     app.on_response_prepare.append(_drop_server_header)
     app.router.add_get(JWKS_PATH, _jwks)
     app.router.add_get(DISCOVERY_PATH, _discovery)

@@ -1,107 +1,64 @@
-"""Signing keys: stored encrypted in the database, rotated, revoked and published.
+"""Signing keys: stored encrypted in the database, rotated on a schedule, revoked and published.
 
 A key's life: *next* (published, not yet signing) -> *current* (signs) ->
 *previous* (a newer key signs; still published so its tokens verify) ->
-*retired* (``retires_at`` passed; no longer published). *Revoked* keys leave
-the published set at once, whatever their state.
+*retired* (``retires_at`` passed: no longer published, private key destroyed).
+*Revoked* keys leave the published set at once, whatever their state, and
+their private key is destroyed. Every transition time is stored, so replicas
+on one database compute the same states and publish the same set; the policy
+that sets those times is :class:`auth_server.lifecycle.KeyLifecycle`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
-import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
 
 import sqlalchemy as sa
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import exc
 
+from auth_server import _keyrows as rows
+from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
+from auth_server._keyrows import KeyInfo, Record, SigningKey
+from auth_server.audit import audit_event
 from auth_server.errors import InvalidRequest, KeyStoreError
-from auth_server.jwk import (
-    ALGORITHMS,
-    PrivateKey,
-    check_rsa_bits,
-    generate_private_key,
-    jwk_thumbprint,
-    public_jwk,
+from auth_server.jwk import ALGORITHMS, PrivateKey, check_rsa_bits, generate_private_key
+from auth_server.lifecycle import (
+    KeyLifecycle,
+    activation_order,
+    is_live,
+    needs_retirement,
+    next_change_at,
+    pick_current,
+    rotation_due,
+    rotation_reason,
 )
 from auth_server.storage import Database, signing_keys
+
+__all__ = ["KeyInfo", "MaintenanceReport", "PublishedKeys", "SigningKey", "SigningKeyStore"]
 
 _LOGGER = logging.getLogger(__name__)
 
 # Key changes run one at a time across replicas (see Database.transaction).
 _LOCK_NAME = "ssot-auth.signing_keys"
-_WRONG_PASSPHRASE = "cannot decrypt signing key: wrong passphrase?"  # noqa: S105
-_UNUSABLE = "signing key is unusable"
-# How many stored keys to try when checking the passphrase before adding a key.
-_PASSPHRASE_PROBES = 5
-_PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
-
-# A row as read from signing_keys (column name -> value).
-_Record: TypeAlias = Mapping[Any, Any]
-
-_METADATA_COLUMNS = (
-    signing_keys.c.kid,
-    signing_keys.c.algorithm,
-    signing_keys.c.created_at,
-    signing_keys.c.activates_at,
-    signing_keys.c.deactivated_at,
-    signing_keys.c.retires_at,
-    signing_keys.c.revoked_at,
-)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SigningKey:
-    """A decrypted key that can sign tokens.
+class PublishedKeys:
+    """The public keys verifiers must know now, and when that set next changes.
 
     Attributes:
-        kid: The key id (RFC 7638 thumbprint of the public key).
-        algorithm: The JWS algorithm, one of :data:`auth_server.jwk.ALGORITHMS`.
-        private_key: The private key (never log or serialise it).
-        public_jwk: The public JWK, as published.
+        keys: Public JWKs, the current key first.
+        next_change_at: The next scheduled time a key joins or leaves the set
+            (epoch seconds), or ``None`` if none is scheduled.
     """
 
-    kid: str
-    algorithm: str
-    private_key: PrivateKey
-    public_jwk: Mapping[str, str]
-
-    def __repr__(self) -> str:
-        return f"SigningKey(kid={self.kid!r}, algorithm={self.algorithm!r})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class KeyInfo:
-    """A key's metadata, without key material.
-
-    Attributes:
-        kid: The key id.
-        algorithm: The JWS algorithm.
-        state: ``"next"``, ``"current"``, ``"previous"``, ``"retired"`` or ``"revoked"``.
-        created_at: When the key was made, epoch seconds.
-        activates_at: When it may start signing.
-        deactivated_at: When a newer key took over, if one did.
-        retires_at: When it leaves the published set, if decided.
-        revoked_at: When it was revoked, if it was.
-    """
-
-    kid: str
-    algorithm: str
-    state: str
-    created_at: float
-    activates_at: float
-    deactivated_at: float | None
-    retires_at: float | None
-    revoked_at: float | None
+    keys: tuple[dict[str, str], ...]
+    next_change_at: float | None
 
 
 class SigningKeyStore:
@@ -120,15 +77,19 @@ class SigningKeyStore:
         algorithm: str = "RS256",
         rsa_bits: int = 2048,
         now: Callable[[], float] = time.time,
+        lifecycle: KeyLifecycle | None = None,
     ) -> None:
         """Create the store (no database access yet).
 
         Args:
             db: The database (schema already created).
             passphrase: Encrypts the private keys at rest. Must not be empty.
-            algorithm: The algorithm of keys this store creates.
+            algorithm: The algorithm of keys this store creates; when the newest
+                stored key uses another, :meth:`maintain` migrates to it.
             rsa_bits: RSA modulus size for RS256/PS256 keys it creates.
             now: Clock, epoch seconds.
+            lifecycle: When keys are pre-published, rotated and retired; the
+                defaults of :class:`KeyLifecycle` if not given.
 
         Raises:
             ValueError: Empty passphrase, unknown algorithm or bad RSA size.
@@ -137,17 +98,36 @@ class SigningKeyStore:
             raise ValueError(f"unsupported algorithm {algorithm!r}")
         check_rsa_bits(rsa_bits)
         self._db = db
-        self._passphrase = _check_passphrase_value(passphrase)
+        self._passphrase = rows.check_passphrase_value(passphrase)
         self._algorithm = algorithm
         self._rsa_bits = rsa_bits
         self._now = now
+        self._lifecycle = lifecycle or KeyLifecycle()
         self._cache: dict[str, SigningKey] = {}
+        self._unusable: set[str] = set()
         self._cache_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._observed_current: str | None = None
 
     @property
     def algorithm(self) -> str:
         """The algorithm of the keys this store creates."""
         return self._algorithm
+
+    @property
+    def lifecycle(self) -> KeyLifecycle:
+        """The policy that sets transition times."""
+        return self._lifecycle
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after this store commits a key change (on the changing thread).
+
+        Changes made by other processes are not seen here: poll for those.
+        """
+        with self._cache_lock:
+            self._listeners.append(callback)
+
+    # -- signing ---------------------------------------------------------------------
 
     def ensure_signing_key(self) -> SigningKey:
         """Make sure a key can sign now, creating the first one if there is none.
@@ -165,19 +145,22 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = _pick_current(_select_live(conn, now), now)
+            row = pick_current(rows.select_live(conn, now), now)
         if row is not None:
             return self._load(row["kid"])
-        private_key = generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
+        private_key = self._generate()
+        changes = Changes()
         try:
             with self._db.transaction(lock=_LOCK_NAME) as conn:
-                now = self._now()
-                if _pick_current(_select_live(conn, now), now) is None:
-                    self._check_passphrase(conn)
-                    key = self._insert(conn, private_key, created_at=now, activates_at=now)
-                    _LOGGER.info("created signing key %s (%s)", key.kid, key.algorithm)
+                writer = self._writer(conn)
+                if pick_current(writer.live(), writer.now) is None:
+                    rows.check_passphrase(conn, self._passphrase)
+                    writer.rotate(private_key, self._algorithm, writer.now, "first")
+                    changes = writer.changes
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
+            changes = Changes()
+        self._committed(changes)
         return self.current()
 
     def current(self) -> SigningKey:
@@ -192,51 +175,67 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = _pick_current(_select_live(conn, now), now)
+            row = pick_current(rows.select_live(conn, now), now)
         if row is None:
             raise KeyStoreError("no signing key is active")
         return self._load(row["kid"])
 
+    # -- publishing ------------------------------------------------------------------
+
     def published_jwks(self) -> list[dict[str, str]]:
-        """Return the public JWKs that verifiers must know now.
+        """Return the public JWKs that verifiers must know now (see :meth:`published_set`)."""
+        return [dict(jwk) for jwk in self.published_set().keys]
+
+    def published_set(self) -> PublishedKeys:
+        """Return the public keys that verifiers must know now.
 
         Every key that is not revoked and not retired, including *next* keys
         that do not sign yet: the current key first, then by activation time,
         newest first. A row whose public key is unreadable is left out (and
-        logged), so the set never holds a key that is not stored.
+        logged), and so is a *next* key this store found it cannot decrypt: the
+        set never holds a key the server could not use.
 
         Raises:
             StorageError: The database is unavailable.
         """
         now = self._now()
         with self._db.transaction() as conn:
-            rows = conn.execute(
-                sa.select(*_METADATA_COLUMNS, signing_keys.c.public_jwk).where(_live(now))
+            found = conn.execute(
+                sa.select(*rows.METADATA_COLUMNS, signing_keys.c.public_jwk).where(rows.live(now))
             ).all()
-        records: list[_Record] = [row._mapping for row in rows]
-        current = _pick_current(records, now)
-        ordered = sorted(records, key=lambda r: (r is current, *_activation_order(r)), reverse=True)
-        result = []
+        records: list[Record] = [row._mapping for row in found]
+        current = pick_current(records, now)
+        ordered = sorted(records, key=lambda r: (r is current, *activation_order(r)), reverse=True)
+        with self._cache_lock:
+            unusable = set(self._unusable)
+        keys = []
         for record in ordered:
-            jwk = _parse_public_jwk(record["public_jwk"], record["kid"], record["algorithm"])
-            if jwk is None:
-                _LOGGER.error(
-                    "signing key %s has an unreadable public key; not published", record["kid"]
-                )
+            kid = record["kid"]
+            if record["activates_at"] > now and kid in unusable:
                 continue
-            result.append(jwk)
-        return result
+            jwk = rows.parse_public_jwk(record["public_jwk"], kid, record["algorithm"])
+            if jwk is None:
+                _LOGGER.error("signing key %s has an unreadable public key; not published", kid)
+                continue
+            keys.append(jwk)
+        return PublishedKeys(
+            keys=tuple(keys), next_change_at=next_change_at(records, now, self._lifecycle)
+        )
+
+    # -- changes -----------------------------------------------------------------------
 
     def rotate(self, *, activate_after: float = 0.0) -> KeyInfo:
         """Create a new key that starts signing ``activate_after`` seconds from now.
 
         The new key is published at once. The key it replaces gets
-        ``deactivated_at`` = the new key's activation time and stays published
-        (until a later retirement) so its tokens keep verifying.
+        ``deactivated_at`` = the new key's activation time (and ``retires_at``
+        ``retire_after`` later) and stays published so its tokens keep
+        verifying. A *next* key that would have activated later is withdrawn.
+        If no key signs now, the new key signs at once.
 
         Args:
             activate_after: Delay before the new key signs; publish it ahead
-                (e.g. 2 x JWKS max-age) so no verifier meets an unknown kid.
+                (2 x JWKS max-age) so no verifier meets an unknown kid.
 
         Returns:
             The new key's metadata.
@@ -246,79 +245,147 @@ class SigningKeyStore:
             KeyStoreError: The passphrase does not decrypt the stored keys.
             StorageError: The database is unavailable.
         """
-        if not isinstance(activate_after, int | float) or not (
-            math.isfinite(activate_after) and activate_after >= 0
+        if (
+            isinstance(activate_after, bool)
+            or not isinstance(activate_after, int | float)
+            or not (math.isfinite(activate_after) and activate_after >= 0)
         ):
             raise InvalidRequest("activate_after must be a finite number of seconds >= 0")
-        private_key = generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
+        private_key = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            self._check_passphrase(conn)
-            now = self._now()
-            activates_at = now + activate_after
-            replaced = _pick_current(_select_live(conn, now), activates_at)
-            if replaced is not None and (
-                replaced["deactivated_at"] is None or replaced["deactivated_at"] > activates_at
-            ):
-                conn.execute(
-                    signing_keys.update()
-                    .where(signing_keys.c.kid == replaced["kid"])
-                    .values(deactivated_at=activates_at)
-                )
-            key = self._insert(conn, private_key, created_at=now, activates_at=activates_at)
-        _LOGGER.info(
-            "rotated signing keys: new key %s activates at %.0f, replacing %s",
-            key.kid,
-            activates_at,
-            "none" if replaced is None else replaced["kid"],
-        )
-        return self._describe(key.kid)
+            rows.check_passphrase(conn, self._passphrase)
+            writer = self._writer(conn)
+            kid = writer.rotate(private_key, self._algorithm, writer.now + activate_after, "manual")
+        self._committed(writer.changes)
+        return self._describe(kid)
 
     def revoke(self, kid: str) -> KeyInfo:
-        """Revoke a key: it leaves the published set at once and never signs again.
+        """Revoke a key: it leaves the published set at once, never signs again, is destroyed.
 
-        If it was the current key, a new key is created and signs at once.
-        Revoking a revoked key changes nothing.
+        If it was the current key, the earliest *next* key (already published,
+        so verifiers know it) signs at once; if there is none, a new key does.
+        Revoking a revoked key changes nothing. With a passphrase that decrypts
+        no stored key, the key is still revoked, but no replacement is made here
+        (the servers' scheduler makes one).
 
         Returns:
             The revoked key's metadata.
 
         Raises:
-            KeyStoreError: No key has that kid, or the passphrase does not
-                decrypt the stored keys (when a replacement is needed).
+            KeyStoreError: No key has that kid.
+            StorageError: The database is unavailable.
+        """
+        # Everything slow (decrypting, generating) happens before the locked
+        # transaction, so the revocation commits moments after it is stamped.
+        now = self._now()
+        with self._db.transaction() as conn:
+            current = pick_current(rows.select_live(conn, now), now)
+            pending = [r for r in rows.select_live(conn, now) if r["activates_at"] > now]
+            passphrase_ok = rows.probe_passphrase(conn, self._passphrase) is not False
+        replacement: PrivateKey | None = None
+        # Decrypting the next keys now also caches them for the promotion below.
+        usable_next = [r for r in pending if self._is_usable(r["kid"])]
+        if current is not None and current["kid"] == kid and passphrase_ok and not usable_next:
+            replacement = self._generate()
+        with self._db.transaction(lock=_LOCK_NAME) as conn:
+            writer = self._writer(conn)
+            row = rows.select_one(conn, kid)
+            if row is None:
+                raise KeyStoreError("unknown signing key")
+            if row["revoked_at"] is None:
+                current = pick_current(writer.live(), writer.now)
+                was_current = current is not None and current["kid"] == kid
+                # The revocation itself never depends on the passphrase: it is the
+                # emergency brake, and the key may be revoked for being corrupted.
+                # A replacement does: it must be one the other replicas can decrypt.
+                replace = was_current and passphrase_ok
+                writer.revoke(row)
+                successor = None
+                if replace:
+                    successor = writer.promote()
+                    if successor is None:
+                        successor = writer.rotate(
+                            replacement or self._generate(),
+                            self._algorithm,
+                            writer.now,
+                            "revocation",
+                        )
+                elif was_current:
+                    _LOGGER.error(
+                        "revoked the current key without a replacement: this passphrase"
+                        " decrypts no stored key; a server started with the right one"
+                        " creates the next key within a second"
+                    )
+                writer.changes.events.append(
+                    (
+                        "key.revoked",
+                        {"kid": kid, "algorithm": row["algorithm"], "replacement": successor},
+                    )
+                )
+                _LOGGER.warning(
+                    "revoked signing key %s%s",
+                    kid,
+                    "" if successor is None else f"; key {successor} signs now",
+                )
+        self._committed(writer.changes)
+        return self._describe(kid)
+
+    def maintain(self) -> MaintenanceReport:
+        """Apply the lifecycle policy now; what the server's scheduler runs every tick.
+
+        Creates the next key when the schedule (or an ``--algorithm`` change)
+        calls for one, stores when replaced keys retire, destroys the private
+        keys of retired and revoked keys, and withdraws a *next* key whose row
+        cannot be used. Reads once without a lock; only when something is due
+        does it take the replicas' shared lock and re-check, so replicas never
+        both act.
+
+        Raises:
+            KeyStoreError: The passphrase does not decrypt the stored keys
+                (when a key must be created, or a next key does not decrypt).
             StorageError: The database is unavailable.
         """
         now = self._now()
         with self._db.transaction() as conn:
-            current = _pick_current(_select_live(conn, now), now)
-        replacement: PrivateKey | None = None
-        if current is not None and current["kid"] == kid:
-            replacement = generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
-        new_kid = None
+            records = rows.select_all(conn)
+        activated = self._observe_current(records, now)
+        unusable = self._unusable_pending(records, now)
+        due = rotation_due(records, now, self._lifecycle, self._algorithm)
+        if (
+            due is None
+            and not unusable
+            and not any(needs_retirement(r, now, self._lifecycle) for r in records)
+            and not any(rows.is_spent(r, now) for r in records)
+        ):
+            return MaintenanceReport(activated=activated)
+        private_key = self._generate() if due is not None else None
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            row = _select_one(conn, kid)
-            if row is None:
-                raise KeyStoreError("unknown signing key")
-            now = self._now()
-            if row["revoked_at"] is None:
-                current = _pick_current(_select_live(conn, now), now)
-                was_current = current is not None and current["kid"] == kid
-                if was_current:
-                    self._check_passphrase(conn)
-                    if replacement is None:
-                        replacement = generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
-                conn.execute(
-                    signing_keys.update().where(signing_keys.c.kid == kid).values(revoked_at=now)
-                )
-                if was_current and replacement is not None:
-                    new_kid = self._insert(conn, replacement, created_at=now, activates_at=now).kid
-                _LOGGER.warning(
-                    "revoked signing key %s%s",
-                    kid,
-                    "" if new_kid is None else f"; new current key {new_kid}",
-                )
-        with self._cache_lock:
-            self._cache.pop(kid, None)
-        return self._describe(kid)
+            writer = self._writer(conn)
+            now = writer.now
+            if unusable and rows.probe_passphrase(conn, self._passphrase, exclude=unusable):
+                for record in writer.live():
+                    if record["kid"] in unusable:
+                        writer.withdraw(record, "unusable")
+            elif unusable:
+                # Not a corrupted row: this server cannot decrypt any key. Withdraw
+                # nothing (the keys are fine for the others) and say so.
+                raise KeyStoreError(rows.WRONG_PASSPHRASE)
+            records = rows.select_all(conn)
+            due = rotation_due(records, now, self._lifecycle, self._algorithm)
+            if due is not None:
+                rows.check_passphrase(conn, self._passphrase)
+                reason = rotation_reason(records, now, self._algorithm)
+                writer.rotate(private_key or self._generate(), self._algorithm, due, reason)
+                records = rows.select_all(conn)
+            for record in records:
+                retires_at = needs_retirement(record, now, self._lifecycle)
+                if retires_at is not None:
+                    writer.extend_retirement(record["kid"], retires_at)
+            for record in rows.select_all(conn):
+                if rows.is_spent(record, now):
+                    writer.destroy(record)
+        self._committed(writer.changes)
+        return writer.changes.report(activated)
 
     def list_keys(self) -> list[KeyInfo]:
         """Return every stored key's metadata with its state now, newest activation first.
@@ -328,20 +395,20 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            rows = conn.execute(sa.select(*_METADATA_COLUMNS)).all()
-        records = sorted((row._mapping for row in rows), key=_activation_order, reverse=True)
-        current = _pick_current([r for r in records if _is_live(r, now)], now)
+            records = rows.select_all(conn)
+        records.sort(key=activation_order, reverse=True)
+        current = pick_current(records, now)
         current_kid = None if current is None else current["kid"]
-        return [_key_info(record, now, current_kid=current_kid) for record in records]
+        return [rows.key_info(record, now, current_kid=current_kid) for record in records]
 
     def rewrap(self, new_passphrase: bytes) -> int:
         """Re-encrypt every stored private key under ``new_passphrase``, all or nothing.
 
-        Other replicas must be restarted with the new passphrase before they
-        next need to decrypt a key.
+        Running servers keep signing with the keys they hold in memory; restart
+        them with the new passphrase before they next need to decrypt or add a key.
 
         Returns:
-            The number of keys re-encrypted.
+            The number of keys re-encrypted (destroyed keys are skipped).
 
         Raises:
             ValueError: The new passphrase is empty.
@@ -349,29 +416,98 @@ class SigningKeyStore:
                 (nothing is changed then).
             StorageError: The database is unavailable.
         """
-        new_passphrase = _check_passphrase_value(new_passphrase)
-        encryption = serialization.BestAvailableEncryption(new_passphrase)
+        new_passphrase = rows.check_passphrase_value(new_passphrase)
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            rows = conn.execute(sa.select(signing_keys.c.kid, signing_keys.c.private_key)).all()
-            for kid, pem in rows:
-                private_key = self._decrypt(kid, pem)
-                conn.execute(
-                    signing_keys.update()
-                    .where(signing_keys.c.kid == kid)
-                    .values(private_key=_encrypt(private_key, encryption))
+            found = conn.execute(
+                sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
+                    rows.HAS_PRIVATE_KEY
                 )
+            ).all()
+            for kid, pem in found:
+                private_key = rows.decrypt(kid, pem, self._passphrase)
+                rows.update(conn, kid, private_key=rows.encrypt(private_key, new_passphrase))
         self._passphrase = new_passphrase
-        _LOGGER.info("re-encrypted %d signing keys under a new passphrase", len(rows))
-        return len(rows)
+        with self._cache_lock:
+            self._unusable.clear()
+        _LOGGER.info("re-encrypted %d signing keys under a new passphrase", len(found))
+        audit_event("key.rewrapped", count=len(found))
+        return len(found)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _writer(self, conn: sa.Connection) -> KeyWriter:
+        return KeyWriter(
+            conn,
+            now=self._now(),
+            lifecycle=self._lifecycle,
+            passphrase=self._passphrase,
+            usable=self._is_usable,
+        )
+
+    def _is_usable(self, kid: str) -> bool:
+        try:
+            self._load(kid)
+        except KeyStoreError:
+            return False
+        return True
+
+    def _committed(self, changes: Changes) -> None:
+        with self._cache_lock:
+            for key in changes.inserted:
+                self._cache[key.kid] = key
+            for kid in changes.gone:
+                self._cache.pop(kid, None)
+        for event, fields in changes.events:
+            audit_event(event, **fields)
+        if not changes.changed:
+            return
+        with self._cache_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # one bad listener must not undo a committed change
+                _LOGGER.exception("key change listener failed")
+
+    # -- internals: reading keys -------------------------------------------------------
+
+    def _observe_current(self, records: list[Record], now: float) -> str | None:
+        current = pick_current(records, now)
+        kid = None if current is None else str(current["kid"])
+        with self._cache_lock:
+            before, self._observed_current = self._observed_current, kid
+        if kid is None or before is None or kid == before:
+            return None
+        assert current is not None
+        audit_event("key.activated", kid=kid, algorithm=current["algorithm"], replaces=before)
+        _LOGGER.info("signing key %s is current now, replacing %s", kid, before)
+        return kid
+
+    def _unusable_pending(self, records: list[Record], now: float) -> frozenset[str]:
+        # Decrypt next keys ahead of time: a corrupted one is found before it
+        # should sign, and activation needs no decryption on the login path.
+        bad = set()
+        with self._cache_lock:
+            known_bad = set(self._unusable)
+        for record in records:
+            if is_live(record, now) and record["activates_at"] > now:
+                if record["kid"] in known_bad:  # already logged; no retry every tick
+                    bad.add(record["kid"])
+                    continue
+                try:
+                    self._load(record["kid"])
+                except KeyStoreError:
+                    bad.add(record["kid"])
+        return frozenset(bad)
 
     def _describe(self, kid: str) -> KeyInfo:
         now = self._now()
         with self._db.transaction() as conn:
-            row = _select_one(conn, kid)
-            current = _pick_current(_select_live(conn, now), now)
+            row = rows.select_one(conn, kid)
+            current = pick_current(rows.select_live(conn, now), now)
         if row is None:
             raise KeyStoreError("unknown signing key")
-        return _key_info(row, now, current_kid=None if current is None else current["kid"])
+        return rows.key_info(row, now, current_kid=None if current is None else current["kid"])
 
     def _load(self, kid: str) -> SigningKey:
         with self._cache_lock:
@@ -388,197 +524,16 @@ class SigningKeyStore:
             ).first()
         if row is None:
             raise KeyStoreError("no signing key is active")
-        algorithm, pem, stored_jwk = row
-        private_key = self._decrypt(kid, pem)
         try:
-            jwk = public_jwk(private_key, algorithm)
-        except ValueError as err:
-            _LOGGER.error("signing key %s does not fit its algorithm", kid)
-            raise KeyStoreError(_UNUSABLE) from err
-        if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < 2048:
-            _LOGGER.error("signing key %s is too small", kid)
-            raise KeyStoreError(_UNUSABLE)
-        # Sign only with a key whose public half is exactly what is published.
-        if jwk["kid"] != kid or _parse_public_jwk(stored_jwk, kid, algorithm) != jwk:
-            _LOGGER.error("signing key %s does not match its stored public key", kid)
-            raise KeyStoreError(_UNUSABLE)
-        key = SigningKey(
-            kid=kid,
-            algorithm=algorithm,
-            private_key=private_key,
-            public_jwk=types.MappingProxyType(jwk),
-        )
+            key = rows.signing_key_from_row(kid, *row, self._passphrase)
+        except KeyStoreError:
+            with self._cache_lock:
+                self._unusable.add(kid)
+            raise
         with self._cache_lock:
             self._cache[kid] = key
+            self._unusable.discard(kid)
         return key
 
-    def _decrypt(self, kid: str, pem: bytes) -> PrivateKey:
-        try:
-            private_key = serialization.load_pem_private_key(pem, password=self._passphrase)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-            _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
-            raise KeyStoreError(_WRONG_PASSPHRASE) from err
-        if not isinstance(private_key, _PRIVATE_TYPES):
-            _LOGGER.error("signing key %s has an unsupported key type", kid)
-            raise KeyStoreError(_UNUSABLE)
-        return private_key
-
-    def _check_passphrase(self, conn: sa.Connection) -> None:
-        # Before adding a key, make sure this store's passphrase is the one the
-        # stored keys use: a replica started with a wrong one must not add a
-        # current key that the others cannot decrypt.
-        rows = conn.execute(
-            sa.select(signing_keys.c.kid, signing_keys.c.private_key)
-            .order_by(signing_keys.c.created_at.desc())
-            .limit(_PASSPHRASE_PROBES)
-        ).all()
-        error: KeyStoreError | None = None
-        for kid, pem in rows:
-            try:
-                self._decrypt(kid, pem)
-            except KeyStoreError as err:
-                error = err
-            else:
-                return
-        if error is not None:
-            raise error
-
-    def _insert(
-        self,
-        conn: sa.Connection,
-        private_key: PrivateKey,
-        *,
-        created_at: float,
-        activates_at: float,
-    ) -> SigningKey:
-        jwk = public_jwk(private_key, self._algorithm)
-        conn.execute(
-            signing_keys.insert().values(
-                kid=jwk["kid"],
-                algorithm=self._algorithm,
-                private_key=_encrypt(
-                    private_key, serialization.BestAvailableEncryption(self._passphrase)
-                ),
-                public_jwk=json.dumps(jwk, separators=(",", ":")),
-                created_at=created_at,
-                activates_at=activates_at,
-                deactivated_at=None,
-                retires_at=None,
-                revoked_at=None,
-            )
-        )
-        key = SigningKey(
-            kid=jwk["kid"],
-            algorithm=self._algorithm,
-            private_key=private_key,
-            public_jwk=types.MappingProxyType(jwk),
-        )
-        # Cached before commit: harmless, as only kids read back from the
-        # database are ever looked up.
-        with self._cache_lock:
-            self._cache[key.kid] = key
-        return key
-
-
-def _check_passphrase_value(passphrase: bytes) -> bytes:
-    if not isinstance(passphrase, bytes) or not passphrase:
-        raise ValueError("the signing key passphrase must be non-empty bytes")
-    return passphrase
-
-
-def _encrypt(
-    private_key: PrivateKey, encryption: serialization.KeySerializationEncryption
-) -> bytes:
-    return private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-
-
-def _live(now: float) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        signing_keys.c.revoked_at.is_(None),
-        sa.or_(signing_keys.c.retires_at.is_(None), signing_keys.c.retires_at > now),
-    )
-
-
-def _is_live(record: _Record, now: float) -> bool:
-    return record["revoked_at"] is None and (
-        record["retires_at"] is None or record["retires_at"] > now
-    )
-
-
-def _select_live(conn: sa.Connection, now: float) -> list[_Record]:
-    rows = conn.execute(sa.select(*_METADATA_COLUMNS).where(_live(now))).all()
-    return [row._mapping for row in rows]
-
-
-def _select_one(conn: sa.Connection, kid: str) -> _Record | None:
-    row = conn.execute(sa.select(*_METADATA_COLUMNS).where(signing_keys.c.kid == kid)).first()
-    return None if row is None else row._mapping
-
-
-def _activation_order(record: _Record) -> tuple[float, float, str]:
-    return (record["activates_at"], record["created_at"], record["kid"])
-
-
-def _pick_current(records: Iterable[_Record], at: float) -> _Record | None:
-    """The key that signs at ``at`` among live (not revoked, not retired) keys.
-
-    The newest activated key wins, but one whose ``deactivated_at`` has passed
-    yields to any that has not: a rotation at the same clock tick as the key it
-    replaces must still take over.
-    """
-    candidates: Sequence[_Record] = [
-        r for r in records if r["activates_at"] <= at and _is_live(r, at)
-    ]
-    if not candidates:
-        return None
-    return max(
-        candidates,
-        key=lambda r: (
-            r["deactivated_at"] is None or r["deactivated_at"] > at,
-            *_activation_order(r),
-        ),
-    )
-
-
-def _key_info(record: _Record, now: float, *, current_kid: str | None = None) -> KeyInfo:
-    if record["revoked_at"] is not None:
-        state = "revoked"
-    elif record["retires_at"] is not None and record["retires_at"] <= now:
-        state = "retired"
-    elif record["activates_at"] > now:
-        state = "next"
-    elif record["kid"] == current_kid:
-        state = "current"
-    else:
-        state = "previous"
-    return KeyInfo(
-        kid=record["kid"],
-        algorithm=record["algorithm"],
-        state=state,
-        created_at=record["created_at"],
-        activates_at=record["activates_at"],
-        deactivated_at=record["deactivated_at"],
-        retires_at=record["retires_at"],
-        revoked_at=record["revoked_at"],
-    )
-
-
-def _parse_public_jwk(text: str, kid: str, algorithm: str) -> dict[str, str] | None:
-    try:
-        jwk = json.loads(text)
-    except ValueError:
-        return None
-    if (
-        not isinstance(jwk, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in jwk.items())
-        or jwk.get("kid") != kid
-        or jwk.get("alg") != algorithm
-    ):
-        return None
-    try:
-        thumbprint = jwk_thumbprint(jwk)
-    except ValueError:
-        return None
-    return jwk if thumbprint == kid else None
+    def _generate(self) -> PrivateKey:
+        return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)

@@ -18,16 +18,20 @@ class JwksPublisher:
 
     Key changes can come from this process, from ``ssot-auth keys ...`` run
     beside it, or from another replica sharing the database, so the set is
-    re-read from storage every ``poll_interval`` seconds; ``refresh()`` forces
-    a read at once.
+    re-read from storage every ``poll_interval`` seconds (one small query:
+    an emergency revocation reaches ``WatchJwks`` subscribers well within a
+    second); ``refresh()`` reads at once, and ``request_refresh()`` asks for
+    that from any thread (the key store calls it after its own changes).
     """
 
-    def __init__(self, load: Callable[[], JwksSnapshot], *, poll_interval: float = 1.0) -> None:
+    def __init__(self, load: Callable[[], JwksSnapshot], *, poll_interval: float = 0.25) -> None:
         self._load = load
         self._poll_interval = poll_interval
         self._snapshot: JwksSnapshot | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def snapshot(self) -> JwksSnapshot:
@@ -38,9 +42,19 @@ class JwksPublisher:
     async def start(self) -> None:
         """Load the first set (errors propagate: a server must not start without keys)."""
         self._snapshot = await asyncio.to_thread(self._load)
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._poll(), name="jwks-poll")
 
+    def request_refresh(self) -> None:
+        """Re-read the key set soon; safe to call from any thread, even after stop()."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._wake.set)
+
     async def stop(self) -> None:
+        self._loop = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -57,6 +71,9 @@ class JwksPublisher:
 
     async def _publish(self, snapshot: JwksSnapshot) -> None:
         if self._snapshot is not None and snapshot.etag == self._snapshot.etag:
+            # Same keys; only the schedule (HTTP max-age) may have moved: no push.
+            if snapshot.next_change_at != self._snapshot.next_change_at:
+                self._snapshot = snapshot
             return
         _LOGGER.info("key set changed etag=%s keys=%d", snapshot.etag, len(snapshot.keys))
         async with self._changed:
@@ -66,7 +83,9 @@ class JwksPublisher:
     async def _poll(self) -> None:
         failing = False
         while True:
-            await asyncio.sleep(self._poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
             try:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - the poll loop must outlive any failure
@@ -84,7 +103,9 @@ class JwksPublisher:
         last: JwksSnapshot | None = None
         while True:
             async with self._changed:
-                while self._snapshot is last or self._snapshot is None:
+                while self._snapshot is None or (
+                    last is not None and self._snapshot.etag == last.etag
+                ):
                     if self._task is None and last is not None:
                         return
                     await self._changed.wait()

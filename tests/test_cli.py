@@ -170,13 +170,15 @@ def test_wrong_passphrase_refuses_to_start(
 
 
 def test_keys_rotate_and_list(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["keys", "rotate"]) == 0
-    assert run(["keys", "rotate"]) == 0
+    assert run(["keys", "rotate"]) == 0  # no key yet: the first one signs at once
+    assert run(["keys", "rotate"]) == 0  # pre-published for 2 x the default max-age
     capsys.readouterr()
     assert run(["keys", "list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 2 and sorted(r["state"] for r in rows) == ["current", "previous"]
+    assert [r["state"] for r in rows] == ["next", "current"]
     assert all(r["algorithm"] == "RS256" for r in rows)
+    assert rows[0]["activates_at"] == pytest.approx(rows[0]["created_at"] + 600)
+    assert rows[1]["deactivated_at"] == rows[0]["activates_at"]
 
 
 @pytest.fixture

@@ -335,7 +335,9 @@ def test_grpc_and_http_publish_the_same_key_set(auth: AuthHarness) -> None:
     with urllib.request.urlopen(auth.jwks_url) as response:
         body = json.load(response)
         etag = response.headers["ETag"]
-        assert response.headers["Cache-Control"] == "public, max-age=300"
+        assert response.headers["Cache-Control"] == (
+            "public, max-age=300, stale-while-revalidate=300, stale-if-error=3600"
+        )
         assert response.headers["Content-Type"] == "application/jwk-set+json"
         assert "Server" not in response.headers
     assert [k.kid for k in over_grpc.keys] == [k["kid"] for k in body["keys"]]

@@ -1,68 +1,223 @@
-"""``ssot-auth keys ...``: list, rotate and revoke signing keys."""
+"""``ssot-auth keys ...``: list, rotate, revoke and re-encrypt signing keys."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
-from auth_server.commands._common import open_key_store
+from auth_server.commands._common import CommandError, open_database
+from auth_server.commands.serve import duration
+from auth_server.config import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_JWKS_MAX_AGE
 from auth_server.jwk import ALGORITHMS
-from auth_server.settings import add_passphrase_argument, add_storage_arguments, env_default
+from auth_server.keys import KeyInfo, SigningKeyStore
+from auth_server.lifecycle import KeyLifecycle
+from auth_server.settings import (
+    add_passphrase_argument,
+    add_storage_arguments,
+    env_default,
+    env_int,
+    prepare_data_dir,
+    resolve_passphrase,
+)
+
+_MIN_PASSPHRASE_BYTES = 16
 
 
 def register(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"
     )
-    klist = keys.add_parser("list", help="list signing keys and their states")
+    klist = keys.add_parser("list", help="list signing keys, their states and transition times")
     klist.add_argument("--json", action="store_true", help="print JSON lines")
     klist.set_defaults(run=_cmd_keys_list)
-    rotate = keys.add_parser("rotate", help="create a new signing key")
+
+    rotate = keys.add_parser(
+        "rotate", help="publish a new signing key now; it signs after --activate-after"
+    )
     rotate.add_argument(
         "--activate-after",
-        type=float,
-        default=0.0,
-        help="seconds before the new key starts signing (default: at once)",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="how long the new key is published before it signs; at least 2 x --jwks-max-age"
+        " (default 2 x --jwks-max-age)",
     )
     rotate.add_argument(
-        "--algorithm", choices=ALGORITHMS, default=env_default("ALGORITHM", "RS256")
+        "--jwks-max-age",
+        type=int,
+        default=env_int("JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE),
+        help="the servers' --jwks-max-age (SSOT_JWKS_MAX_AGE, default 300)",
+    )
+    rotate.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=env_default("ALGORITHM", "RS256"),
+        help="algorithm of the new key; use the servers' --algorithm, which their schedule"
+        " follows (SSOT_ALGORITHM, default RS256)",
+    )
+    rotate.add_argument(
+        "--rsa-bits", type=int, default=env_int("RSA_BITS", 2048), help="RSA key size"
     )
     rotate.set_defaults(run=_cmd_keys_rotate)
-    revoke = keys.add_parser("revoke", help="remove a compromised key from the key set at once")
+
+    revoke = keys.add_parser(
+        "revoke", help="remove a compromised key from the key set at once (and replace it)"
+    )
     revoke.add_argument("kid")
     revoke.set_defaults(run=_cmd_keys_revoke)
-    for sub in (klist, rotate, revoke):
+
+    rewrap = keys.add_parser("rewrap", help="re-encrypt every private key under a new passphrase")
+    source = rewrap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--new-passphrase-file", type=Path, help="file holding the new passphrase")
+    source.add_argument(
+        "--new-passphrase-stdin",
+        action="store_true",
+        help="read the new passphrase from the first line of standard input",
+    )
+    rewrap.set_defaults(run=_cmd_keys_rewrap)
+
+    for sub in (klist, rotate, revoke, rewrap):
         add_storage_arguments(sub)
         add_passphrase_argument(sub)
 
 
+def _open_store(
+    ns: argparse.Namespace, *, jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
+) -> SigningKeyStore:
+    passphrase = resolve_passphrase(ns, prepare_data_dir(ns.data_dir), create=False)
+    lifecycle = KeyLifecycle.for_server(
+        jwks_max_age=jwks_max_age,
+        access_token_ttl=env_int("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL),
+        rotation_interval=0,
+    )
+    try:
+        return SigningKeyStore(
+            open_database(ns),
+            passphrase,
+            algorithm=getattr(ns, "algorithm", "RS256"),
+            rsa_bits=getattr(ns, "rsa_bits", 2048),
+            lifecycle=lifecycle,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _cmd_keys_list(ns: argparse.Namespace) -> int:
-    for k in open_key_store(ns).list_keys():
-        row = {
-            "kid": k.kid,
-            "algorithm": k.algorithm,
-            "state": k.state,
-            "created_at": k.created_at,
-            "activates_at": k.activates_at,
-            "deactivated_at": k.deactivated_at,
-            "retires_at": k.retires_at,
-            "revoked_at": k.revoked_at,
-        }
-        if ns.json:
-            print(json.dumps(row))
-        else:
-            print(f"{k.kid}\t{k.algorithm}\t{k.state}")
+    infos = _open_store(ns).list_keys()
+    if ns.json:
+        for k in infos:
+            print(json.dumps(_as_dict(k)))
+        return 0
+    header = ("KID", "ALG", "STATE", "CREATED", "SIGNS FROM", "SIGNS UNTIL", "RETIRES", "REVOKED")
+    table = [header] + [
+        (
+            k.kid,
+            k.algorithm,
+            k.state,
+            _when(k.created_at),
+            _when(k.activates_at),
+            _when(k.deactivated_at),
+            _when(k.retires_at),
+            _when(k.revoked_at),
+        )
+        for k in infos
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
+def _as_dict(k: KeyInfo) -> dict[str, object]:
+    return {
+        "kid": k.kid,
+        "algorithm": k.algorithm,
+        "state": k.state,
+        "created_at": k.created_at,
+        "activates_at": k.activates_at,
+        "deactivated_at": k.deactivated_at,
+        "retires_at": k.retires_at,
+        "revoked_at": k.revoked_at,
+    }
+
+
 def _cmd_keys_rotate(ns: argparse.Namespace) -> int:
-    info = open_key_store(ns, ns.algorithm).rotate(activate_after=ns.activate_after)
-    print(f"new key {info.kid} ({info.algorithm}), state {info.state}")
+    minimum = 2 * ns.jwks_max_age
+    activate_after = minimum if ns.activate_after is None else ns.activate_after
+    if activate_after < minimum:
+        raise CommandError(
+            f"--activate-after {activate_after:g} s is less than 2 x --jwks-max-age"
+            f" ({minimum:g} s): a verifier that cached the key set could meet the new key"
+            " before it knows it; wait longer, or give --jwks-max-age if the servers use a"
+            " smaller one (for a compromised key, use `ssot-auth keys revoke KID`)"
+        )
+    info = _open_store(ns, jwks_max_age=ns.jwks_max_age).rotate(activate_after=activate_after)
+    if info.state == "current":
+        print(f"new key {info.kid} ({info.algorithm}) signs now: no key was signing")
+    else:
+        print(
+            f"new key {info.kid} ({info.algorithm}) is published now"
+            f" and signs from {_when(info.activates_at)}"
+        )
     return 0
 
 
 def _cmd_keys_revoke(ns: argparse.Namespace) -> int:
-    info = open_key_store(ns).revoke(ns.kid)
-    print(f"revoked key {info.kid}")
+    store = _open_store(ns)
+    before = {k.kid: k for k in store.list_keys()}
+    if ns.kid not in before:
+        raise CommandError(
+            f"unknown kid {ns.kid[:80]!r}: `ssot-auth keys list` shows the stored keys"
+        )
+    if before[ns.kid].state == "revoked":
+        print(f"key {ns.kid} was already revoked")
+        return 0
+    store.revoke(ns.kid)
+    signer = ""
+    if before[ns.kid].state == "current":
+        current = [k for k in store.list_keys() if k.state == "current"]
+        signer = (
+            f"; key {current[0].kid} ({current[0].algorithm}) signs now"
+            if current
+            else "; no replacement: the servers create one within a second"
+        )
+    print(f"revoked key {ns.kid}{signer}")
+    print(
+        "running servers drop it within a second; push verifiers (--auth-target) at once,"
+        " HTTP verifiers at their next JWKS refresh"
+    )
+    return 0
+
+
+def _cmd_keys_rewrap(ns: argparse.Namespace) -> int:
+    if ns.new_passphrase_stdin:
+        new = sys.stdin.readline().strip().encode()
+    else:
+        try:
+            new = Path(ns.new_passphrase_file).read_bytes().strip()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read --new-passphrase-file {ns.new_passphrase_file}: {exc.strerror}"
+            ) from None
+    if len(new) < _MIN_PASSPHRASE_BYTES:
+        raise CommandError(f"the new passphrase must be at least {_MIN_PASSPHRASE_BYTES} bytes")
+    count = _open_store(ns).rewrap(new)
+    print(
+        f"re-encrypted {count} signing keys under the new passphrase; running servers keep"
+        " signing with the keys they hold: restart them with the new passphrase before the"
+        " next rotation"
+    )
     return 0

@@ -17,6 +17,7 @@ from auth_server.config import (
     AuthServerConfig,
 )
 from auth_server.jwk import ALGORITHMS
+from auth_server.lifecycle import parse_duration
 from auth_server.settings import (
     add_passphrase_argument,
     add_storage_arguments,
@@ -69,6 +70,12 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         help="signing algorithm for new keys (SSOT_ALGORITHM, default RS256)",
     )
     parser.add_argument(
+        "--rsa-bits",
+        type=int,
+        default=env_int("RSA_BITS", 2048),
+        help="RSA key size for RS256/PS256: 2048, 3072 or 4096 (SSOT_RSA_BITS, default 2048)",
+    )
+    parser.add_argument(
         "--access-token-ttl",
         type=int,
         default=env_int("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL),
@@ -80,11 +87,46 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         default=env_int("JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE),
         help="JWKS Cache-Control max-age in seconds (SSOT_JWKS_MAX_AGE, default 300)",
     )
+    add_key_schedule_arguments(parser)
     parser.add_argument(
         "--no-reflection",
         action="store_true",
         default=env_default("NO_REFLECTION", "") not in ("", "0", "false"),
         help="do not serve gRPC server reflection (SSOT_NO_REFLECTION=1)",
+    )
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_key_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-rotation-interval",
+        type=duration,
+        default=env_default("KEY_ROTATION_INTERVAL", "30d"),
+        metavar="DURATION",
+        help="how long each signing key signs before the next takes over, e.g. 30d; 0 rotates"
+        " only on `keys rotate` (SSOT_KEY_ROTATION_INTERVAL, default 30d)",
+    )
+    parser.add_argument(
+        "--key-activate-after",
+        type=duration,
+        default=env_default("KEY_ACTIVATE_AFTER"),
+        metavar="DURATION",
+        help="how long a new key is published before it signs; at least 2 x --jwks-max-age"
+        " (SSOT_KEY_ACTIVATE_AFTER, default 2 x --jwks-max-age)",
+    )
+    parser.add_argument(
+        "--key-retire-after",
+        type=duration,
+        default=env_default("KEY_RETIRE_AFTER"),
+        metavar="DURATION",
+        help="how long a replaced key stays published; at least --access-token-ttl + 30 s"
+        " (SSOT_KEY_RETIRE_AFTER, default --access-token-ttl + 30 s)",
     )
 
 
@@ -99,10 +141,14 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             issuer=issuer,
             audience=audience,
             algorithm=ns.algorithm,
+            rsa_bits=ns.rsa_bits,
             access_token_ttl=ns.access_token_ttl,
             jwks_max_age=ns.jwks_max_age,
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
             reflection=not ns.no_reflection,
+            key_rotation_interval=ns.key_rotation_interval,
+            key_activate_after=ns.key_activate_after,
+            key_retire_after=ns.key_retire_after,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

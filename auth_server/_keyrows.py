@@ -1,0 +1,292 @@
+"""Rows of the signing_keys table: reading them, and the key material they hold.
+
+Private to :mod:`auth_server.keys`; nothing here decides when a key changes state
+(that is :mod:`auth_server.lifecycle`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import sqlalchemy as sa
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from auth_server.errors import KeyStoreError
+from auth_server.jwk import PrivateKey, jwk_thumbprint, public_jwk
+from auth_server.lifecycle import is_live, state_of
+from auth_server.storage import signing_keys
+
+_LOGGER = logging.getLogger(__name__)
+
+WRONG_PASSPHRASE = "cannot decrypt signing key: wrong passphrase?"  # noqa: S105
+UNUSABLE = "signing key is unusable"
+# How many stored keys to try when checking the passphrase.
+_PASSPHRASE_PROBES = 5
+
+# A row as read from signing_keys (column name -> value).
+Record: TypeAlias = Mapping[Any, Any]
+
+PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+# What a destroyed private key column holds (the column is NOT NULL).
+DESTROYED = b""
+
+METADATA_COLUMNS = (
+    signing_keys.c.kid,
+    signing_keys.c.algorithm,
+    signing_keys.c.created_at,
+    signing_keys.c.activates_at,
+    signing_keys.c.deactivated_at,
+    signing_keys.c.retires_at,
+    signing_keys.c.revoked_at,
+)
+# Whether the private key is still stored, without reading it.
+HAS_PRIVATE_KEY = sa.func.length(signing_keys.c.private_key) > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningKey:
+    """A decrypted key that can sign tokens.
+
+    Attributes:
+        kid: The key id (RFC 7638 thumbprint of the public key).
+        algorithm: The JWS algorithm, one of :data:`auth_server.jwk.ALGORITHMS`.
+        private_key: The private key (never log or serialise it).
+        public_jwk: The public JWK, as published.
+    """
+
+    kid: str
+    algorithm: str
+    private_key: PrivateKey
+    public_jwk: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        return f"SigningKey(kid={self.kid!r}, algorithm={self.algorithm!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyInfo:
+    """A key's metadata, without key material.
+
+    Attributes:
+        kid: The key id.
+        algorithm: The JWS algorithm.
+        state: ``"next"``, ``"current"``, ``"previous"``, ``"retired"`` or ``"revoked"``.
+        created_at: When the key was made, epoch seconds.
+        activates_at: When it may start signing.
+        deactivated_at: When a newer key takes (or took) over, if decided.
+        retires_at: When it leaves the published set, if decided.
+        revoked_at: When it was revoked, if it was.
+    """
+
+    kid: str
+    algorithm: str
+    state: str
+    created_at: float
+    activates_at: float
+    deactivated_at: float | None
+    retires_at: float | None
+    revoked_at: float | None
+
+
+def live(now: float) -> sa.ColumnElement[bool]:
+    """SQL for :func:`auth_server.lifecycle.is_live`."""
+    return sa.and_(
+        signing_keys.c.revoked_at.is_(None),
+        sa.or_(signing_keys.c.retires_at.is_(None), signing_keys.c.retires_at > now),
+    )
+
+
+def select_all(conn: sa.Connection) -> list[Record]:
+    rows = conn.execute(
+        sa.select(*METADATA_COLUMNS, HAS_PRIVATE_KEY.label("has_private_key"))
+    ).all()
+    return [row._mapping for row in rows]
+
+
+def select_live(conn: sa.Connection, now: float) -> list[Record]:
+    rows = conn.execute(sa.select(*METADATA_COLUMNS).where(live(now))).all()
+    return [row._mapping for row in rows]
+
+
+def select_one(conn: sa.Connection, kid: str) -> Record | None:
+    row = conn.execute(sa.select(*METADATA_COLUMNS).where(signing_keys.c.kid == kid)).first()
+    return None if row is None else row._mapping
+
+
+def update(conn: sa.Connection, kid: str, **values: object) -> None:
+    conn.execute(signing_keys.update().where(signing_keys.c.kid == kid).values(**values))
+
+
+def key_info(record: Record, now: float, *, current_kid: str | None = None) -> KeyInfo:
+    return KeyInfo(
+        kid=record["kid"],
+        algorithm=record["algorithm"],
+        state=state_of(record, now, current_kid),
+        created_at=record["created_at"],
+        activates_at=record["activates_at"],
+        deactivated_at=record["deactivated_at"],
+        retires_at=record["retires_at"],
+        revoked_at=record["revoked_at"],
+    )
+
+
+def is_spent(record: Record, now: float) -> bool:
+    """Revoked or retired, with its private key still stored: destroy it."""
+    return bool(record["has_private_key"]) and not is_live(record, now)
+
+
+def check_passphrase_value(passphrase: bytes) -> bytes:
+    if not isinstance(passphrase, bytes) or not passphrase:
+        raise ValueError("the signing key passphrase must be non-empty bytes")
+    return passphrase
+
+
+def encrypt(private_key: PrivateKey, passphrase: bytes) -> bytes:
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def parse_public_jwk(text: str, kid: str, algorithm: str) -> dict[str, str] | None:
+    """The stored public JWK if it is well formed and really has ``kid`` and ``algorithm``."""
+    try:
+        jwk = json.loads(text)
+    except ValueError:
+        return None
+    if (
+        not isinstance(jwk, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in jwk.items())
+        or jwk.get("kid") != kid
+        or jwk.get("alg") != algorithm
+    ):
+        return None
+    try:
+        thumbprint = jwk_thumbprint(jwk)
+    except ValueError:
+        return None
+    return jwk if thumbprint == kid else None
+
+
+def new_row(
+    private_key: PrivateKey,
+    algorithm: str,
+    passphrase: bytes,
+    *,
+    created_at: float,
+    activates_at: float,
+) -> tuple[SigningKey, dict[str, object]]:
+    """A new key and the signing_keys row that stores it (private key encrypted)."""
+    jwk = public_jwk(private_key, algorithm)
+    values: dict[str, object] = {
+        "kid": jwk["kid"],
+        "algorithm": algorithm,
+        "private_key": encrypt(private_key, passphrase),
+        "public_jwk": json.dumps(jwk, separators=(",", ":")),
+        "created_at": created_at,
+        "activates_at": activates_at,
+        "deactivated_at": None,
+        "retires_at": None,
+        "revoked_at": None,
+    }
+    key = SigningKey(
+        kid=jwk["kid"],
+        algorithm=algorithm,
+        private_key=private_key,
+        public_jwk=types.MappingProxyType(jwk),
+    )
+    return key, values
+
+
+def decrypt(kid: str, pem: bytes, passphrase: bytes, *, log: bool = True) -> PrivateKey:
+    """Decrypt a stored private key (``log``: say which key failed, at ERROR).
+
+    Raises:
+        KeyStoreError: Wrong passphrase, corrupted PEM or an unsupported key type.
+    """
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=passphrase)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        if log:
+            _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
+        raise KeyStoreError(WRONG_PASSPHRASE) from err
+    if not isinstance(private_key, PRIVATE_TYPES):
+        if log:
+            _LOGGER.error("signing key %s has an unsupported key type", kid)
+        raise KeyStoreError(UNUSABLE)
+    return private_key
+
+
+def signing_key_from_row(
+    kid: str, algorithm: str, pem: bytes, stored_jwk: str, passphrase: bytes
+) -> SigningKey:
+    """Decrypt and check a stored key: it must fit its algorithm and its published JWK.
+
+    Raises:
+        KeyStoreError: The row cannot be used to sign.
+    """
+    if not pem:
+        _LOGGER.error("signing key %s has no private key (retired or revoked)", kid)
+        raise KeyStoreError(UNUSABLE)
+    private_key = decrypt(kid, pem, passphrase)
+    try:
+        jwk = public_jwk(private_key, algorithm)
+    except ValueError as err:
+        _LOGGER.error("signing key %s does not fit its algorithm", kid)
+        raise KeyStoreError(UNUSABLE) from err
+    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < 2048:
+        _LOGGER.error("signing key %s is too small", kid)
+        raise KeyStoreError(UNUSABLE)
+    # Sign only with a key whose public half is exactly what is published.
+    if jwk["kid"] != kid or parse_public_jwk(stored_jwk, kid, algorithm) != jwk:
+        _LOGGER.error("signing key %s does not match its stored public key", kid)
+        raise KeyStoreError(UNUSABLE)
+    return SigningKey(
+        kid=kid,
+        algorithm=algorithm,
+        private_key=private_key,
+        public_jwk=types.MappingProxyType(jwk),
+    )
+
+
+def probe_passphrase(
+    conn: sa.Connection, passphrase: bytes, *, exclude: frozenset[str] = frozenset()
+) -> bool | None:
+    """Whether ``passphrase`` decrypts one of the newest stored keys (``None``: none to try).
+
+    Before a key is added this catches a replica started with the wrong
+    passphrase, which must not add a key the others cannot decrypt; and when one
+    key fails to decrypt, it tells a corrupted row from a wrong passphrase.
+    """
+    found = conn.execute(
+        sa.select(signing_keys.c.kid, signing_keys.c.private_key)
+        .where(HAS_PRIVATE_KEY)
+        .order_by(signing_keys.c.created_at.desc())
+        .limit(_PASSPHRASE_PROBES + len(exclude))
+    ).all()
+    probes = [(kid, pem) for kid, pem in found if kid not in exclude][:_PASSPHRASE_PROBES]
+    for kid, pem in probes:
+        try:
+            decrypt(kid, pem, passphrase, log=False)
+        except KeyStoreError:
+            continue
+        return True
+    return False if probes else None
+
+
+def check_passphrase(conn: sa.Connection, passphrase: bytes) -> None:
+    """Raise unless ``passphrase`` decrypts a stored key (or none is stored).
+
+    Raises:
+        KeyStoreError: It decrypts none of the newest keys.
+    """
+    if probe_passphrase(conn, passphrase) is False:
+        raise KeyStoreError(WRONG_PASSPHRASE)
