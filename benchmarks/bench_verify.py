@@ -180,7 +180,6 @@ def main() -> int:
                 public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
             return len(inputs)
 
-
         def full() -> int:
             # A fresh verifier per run, so no token is a cache hit.
             v = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
