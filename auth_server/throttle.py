@@ -83,6 +83,7 @@ class Attempt:
 
     keys: dict[str, str] = field(repr=False)  # layer -> counter key
     address: str
+    counted: frozenset[str] = frozenset()  # the layers whose counters admit() raised
 
 
 def client_address(peer: str) -> str:
@@ -139,9 +140,8 @@ class LoginThrottle:
             _ADDRESS: _key(_ADDRESS, address),
             _USER: _key(_USER, username),
         }
-        attempt = Attempt(keys=keys, address=address)
         if not self.policy.enabled:
-            return attempt
+            return Attempt(keys=keys, address=address)
         policy = self.policy
         ordered = sorted(keys.values())  # one lock order for every transaction: no deadlocks
         with self._db.transaction(write=True) as conn:
@@ -161,11 +161,17 @@ class LoginThrottle:
                 .with_for_update()
             ).all()
             state = {row.key: _Counter.of(row, now, policy.window) for row in rows}
-            layer, retry_after = self._verdict(
-                state[keys[_USER_ADDRESS]], state[keys[_ADDRESS]], state[keys[_USER]], now
+            pair = state[keys[_USER_ADDRESS]]
+            known = (
+                pair.succeeded_at is not None and now - pair.succeeded_at < policy.known_address_ttl
             )
+            layer, retry_after = self._verdict(
+                pair, state[keys[_ADDRESS]], state[keys[_USER]], now, known=known
+            )
+            # An address that logged in as the user before is outside the user layer.
+            counted = frozenset(k for k in keys if not (known and k == _USER))
             if layer is None:
-                for key in ordered:
+                for key in sorted(keys[k] for k in counted):
                     counter = state[key]
                     conn.execute(
                         login_throttle.update()
@@ -184,7 +190,7 @@ class LoginThrottle:
                 "login.throttled", layer=layer, address=address, retry_after=error.retry_after
             )
             raise error
-        return attempt
+        return Attempt(keys=keys, address=address, counted=counted)
 
     def succeeded(self, attempt: Attempt) -> None:
         """Take back the failure :meth:`admit` counted; the address becomes known for the user.
@@ -194,7 +200,10 @@ class LoginThrottle:
         """
         if not self.policy.enabled:
             return
-        ordered = sorted(attempt.keys.items(), key=lambda item: item[1])
+        ordered = sorted(
+            ((layer, key) for layer, key in attempt.keys.items() if layer in attempt.counted),
+            key=lambda item: item[1],
+        )
         with self._db.transaction(write=True) as conn:
             now = self._now()
             for layer, key in ordered:
@@ -236,17 +245,13 @@ class LoginThrottle:
         return int(result.rowcount or 0)
 
     def _verdict(
-        self, user_address: _Counter, address: _Counter, user: _Counter, now: float
+        self, user_address: _Counter, address: _Counter, user: _Counter, now: float, *, known: bool
     ) -> tuple[str | None, float]:
         policy = self.policy
         if user_address.failures >= policy.per_user_address:
             return _USER_ADDRESS, user_address.window_start + policy.window - now
         if address.failures >= policy.per_address:
             return _ADDRESS, address.window_start + policy.window - now
-        known = (
-            user_address.succeeded_at is not None
-            and now - user_address.succeeded_at < policy.known_address_ttl
-        )
         if not known and user.failures >= policy.per_user and user.last_failure_at is not None:
             excess = min(user.failures - policy.per_user, 30)
             delay = min(2.0**excess, policy.max_delay)
