@@ -6,15 +6,19 @@ from auth_server.config import AuthServerConfig
 from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
+    InvalidRefreshToken,
     InvalidRequest,
     KeyStoreError,
+    LoginThrottled,
     StorageError,
     UserExists,
     UserNotFound,
 )
 from auth_server.keys import KeyInfo, SigningKey, SigningKeyStore
 from auth_server.passwords import Argon2Parameters, PasswordHasher
+from auth_server.sessions import SessionPolicy, SessionStore
 from auth_server.storage import Database
+from auth_server.throttle import LoginThrottle, ThrottlePolicy
 from auth_server.tokens import IssuedToken, TokenIssuer
 from auth_server.users import User, UserStore
 
@@ -24,17 +28,23 @@ __all__ = [
     "AuthServerError",
     "Database",
     "InvalidCredentials",
+    "InvalidRefreshToken",
     "InvalidRequest",
     "IssuedToken",
     "JwksSnapshot",
     "KeyInfo",
     "KeyStoreError",
+    "LoginThrottle",
+    "LoginThrottled",
     "PasswordHasher",
     "RunningAuthServer",
+    "SessionPolicy",
+    "SessionStore",
     "SigningKey",
     "SigningKeyStore",
     "StartupError",
     "StorageError",
+    "ThrottlePolicy",
     "TokenAuthority",
     "TokenGrant",
     "TokenIssuer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -139,6 +140,8 @@ class RunningAuthServer:
         await self.health.enter_graceful_shutdown()
         if self._cleanup is not None:
             self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup
         await self.publisher.stop()
         if self.revocations is not None:
             await self.revocations.stop()
