@@ -120,7 +120,7 @@ class RunningAuthServer:
     grpc_port: int
     http_port: int
     revocations: RevocationPublisher | None = None
-    _cleanup: asyncio.Task[None] | None = None
+    cleanup_task: asyncio.Task[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -138,10 +138,10 @@ class RunningAuthServer:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
-        if self._cleanup is not None:
-            self._cleanup.cancel()
+        if self.cleanup_task is not None:
+            self.cleanup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup
+                await self.cleanup_task
         await self.publisher.stop()
         if self.revocations is not None:
             await self.revocations.stop()
@@ -233,7 +233,7 @@ async def start_auth_server(
         grpc_port=grpc_port,
         http_port=http_port,
         revocations=revocations,
-        _cleanup=asyncio.create_task(
+        cleanup_task=asyncio.create_task(
             _clean_up_periodically(components, config.cleanup_interval), name="cleanup"
         ),
     )

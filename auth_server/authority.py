@@ -89,10 +89,6 @@ class TokenAuthority:
         self._jwks_max_age = jwks_max_age
         self._throttle = throttle
 
-    @property
-    def sessions(self) -> SessionStore:
-        return self._sessions
-
     def login(
         self, username: str, password: str, scope: str = "", *, address: str = ""
     ) -> TokenGrant:
