@@ -516,18 +516,22 @@ class SessionStore:
     @staticmethod
     def _locked_session(conn: sa.Connection, token_hash: str) -> Any:
         """The session that issued ``token_hash`` (current or spent), its row locked; or None."""
+        # The common case, a current token, in one statement. On PostgreSQL a
+        # concurrent refresh that rotated the row while we waited for its lock
+        # makes this find nothing (the WHERE is re-checked on the new version):
+        # the token is then among the spent ones, committed by that refresh.
+        row = conn.execute(
+            sa.select(sessions).where(sessions.c.refresh_token_hash == token_hash).with_for_update()
+        ).first()
+        if row is not None:
+            return row
         session_id = conn.execute(
-            sa.select(sessions.c.id).where(sessions.c.refresh_token_hash == token_hash)
+            sa.select(spent_refresh_tokens.c.session_id).where(
+                spent_refresh_tokens.c.token_hash == token_hash
+            )
         ).scalar()
         if session_id is None:
-            session_id = conn.execute(
-                sa.select(spent_refresh_tokens.c.session_id).where(
-                    spent_refresh_tokens.c.token_hash == token_hash
-                )
-            ).scalar()
-        if session_id is None:
             return None
-        # Read again under the lock: a concurrent refresh may have rotated it meanwhile.
         return conn.execute(
             sa.select(sessions).where(sessions.c.id == session_id).with_for_update()
         ).one()
