@@ -21,9 +21,10 @@ from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
+from auth_server.refresh_tokens import derive_refresh_secret
 from auth_server.revocations import RevocationPublisher
 from auth_server.service import AuthServicer
-from auth_server.sessions import SessionStore, derive_refresh_secret
+from auth_server.sessions import SessionStore
 from auth_server.storage import Database
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer

@@ -1,12 +1,11 @@
 """Login sessions and their refresh tokens (stored only as SHA-256 hashes).
 
-A session starts at login with a random 256-bit refresh token. ``Refresh``
-spends it and hands out its successor, ``HMAC(secret, spent token)``: derived,
-not random, so a repeat of the same spent token within the grace window gets
-the same successor back although the database holds only hashes (racing
-clients are not logged out: Zitadel#9631, hydra#1831). Outside the window, or
-once the successor is spent too, a spent token revokes the whole session
-(RFC 9700 §4.14).
+A session starts at login with a random refresh token. ``Refresh`` spends it
+and hands out its derived successor (:mod:`auth_server.refresh_tokens`), so a
+repeat of the same spent token within the grace window gets the same successor
+back (racing clients are not logged out: Zitadel#9631, hydra#1831). Outside the
+window, or once the successor is spent too, a spent token revokes the whole
+session (RFC 9700 §4.14).
 
 Every change to a session runs in one transaction that locks its row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite write transactions are
@@ -16,12 +15,8 @@ either the old token or its successor spendable, never neither.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import math
-import re
 import secrets
 import time
 import uuid
@@ -30,11 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlalchemy import exc
 
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
+from auth_server.refresh_tokens import (
+    checked_hash,
+    hash_refresh_token,
+    new_refresh_token,
+    successor_token,
+)
 from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,9 +47,6 @@ DEFAULT_MAX_SESSIONS_PER_USER = 50
 #: revocation list: covers a verifier's clock leeway (30 s) and some clock skew.
 REVOCATION_RETENTION = 120.0
 
-# secrets.token_urlsafe(32) and the base64url HMAC-SHA256 successor: 43 characters.
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-_SUCCESSOR_CONTEXT = b"ssot-auth/refresh-successor/v1\x00"
 _PURGE_BATCH = 1000
 
 
@@ -156,23 +153,6 @@ class SessionInfo:
     revoke_reason: str | None
 
 
-def hash_refresh_token(refresh_token: str) -> str:
-    """Return the SHA-256 hex digest under which a refresh token is stored."""
-    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
-
-
-def derive_refresh_secret(passphrase: bytes) -> bytes:
-    """Derive the successor-token secret from the key passphrase (scrypt, ~50 ms).
-
-    Every replica holds the passphrase, so every replica derives the same
-    secret and a repeat within the grace window works on any of them. scrypt,
-    not a fast KDF, so the secret is no cheaper a way to guess the passphrase
-    than the encrypted private keys are.
-    """
-    kdf = Scrypt(salt=b"ssot-auth refresh-successor secret", length=32, n=2**14, r=8, p=1)
-    return kdf.derive(passphrase)
-
-
 class SessionStore:
     """Creates, refreshes and ends sessions in the database; thread-safe."""
 
@@ -236,7 +216,7 @@ class SessionStore:
             StorageError: The database is unavailable.
         """
         session_id = str(uuid.uuid4())
-        refresh_token = secrets.token_urlsafe(32)
+        refresh_token = new_refresh_token()
         policy = self.policy
         try:
             with self._db.transaction(write=True) as conn:
@@ -297,8 +277,8 @@ class SessionStore:
             InvalidRefreshToken: Malformed, unknown, expired or revoked.
             StorageError: The database is unavailable.
         """
-        token_hash = _checked_hash(refresh_token)
-        successor = self._successor(refresh_token)
+        token_hash = checked_hash(refresh_token)
+        successor = successor_token(self._secret, refresh_token)
         successor_hash = hash_refresh_token(successor)
         grace = self.policy.refresh_grace
         with self._db.transaction(write=True) as conn:
@@ -372,7 +352,7 @@ class SessionStore:
             InvalidRefreshToken: Malformed or unknown token.
             StorageError: The database is unavailable.
         """
-        token_hash = _checked_hash(refresh_token)
+        token_hash = checked_hash(refresh_token)
         with self._db.transaction(write=True) as conn:
             now = self._now()
             row = self._locked_session(conn, token_hash)
@@ -476,12 +456,6 @@ class SessionStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _successor(self, refresh_token: str) -> str:
-        digest = hmac.new(
-            self._secret, _SUCCESSOR_CONTEXT + refresh_token.encode("ascii"), hashlib.sha256
-        ).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
     def _live(self, now: float) -> sa.ColumnElement[bool]:
         return sa.and_(
             sessions.c.revoked_at.is_(None),
@@ -568,10 +542,3 @@ def audit_revoked(session_ids: Iterable[str], *, user_id: str | None, reason: st
     """Record ``session.revoked`` for each id (call after the revoking transaction committed)."""
     for sid in session_ids:
         audit_event("session.revoked", sid=sid, user_id=user_id, reason=reason)
-
-
-def _checked_hash(refresh_token: str) -> str:
-    """Hash a presented refresh token; one that could never have been issued fails at once."""
-    if not isinstance(refresh_token, str) or not _TOKEN_RE.fullmatch(refresh_token):
-        raise InvalidRefreshToken()
-    return hash_refresh_token(refresh_token)

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
 from auth_server.passwords import Argon2Parameters, PasswordHasher
-from auth_server.sessions import REVOCATION_RETENTION, SessionStore, derive_refresh_secret
+from auth_server.refresh_tokens import derive_refresh_secret
+from auth_server.sessions import REVOCATION_RETENTION, SessionStore
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import User, UserStore
 

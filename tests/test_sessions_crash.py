@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from auth_server.passwords import PasswordHasher
-from auth_server.sessions import hash_refresh_token
+from auth_server.refresh_tokens import hash_refresh_token
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import UserStore
 from conftest import FAST_ARGON2, PASSPHRASE
