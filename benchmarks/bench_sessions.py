@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -162,6 +163,8 @@ def measure_propagation(
 
             login, md = session()
             sid = jwt.decode(login.access_token, options={"verify_signature": False})["sid"]
+            # At a random point of the poll cycle (the loop would otherwise lock onto it).
+            time.sleep(random.uniform(0, 0.25))
             other_process.revoke(sid)
             by_cli.append(probe_until_refused(stub, login.access_token))
         kind = "aio " if aio else "sync"
