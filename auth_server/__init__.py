@@ -6,8 +6,10 @@ from auth_server.config import AuthServerConfig
 from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
+    InvalidRefreshToken,
     InvalidRequest,
     KeyStoreError,
+    LoginThrottled,
     StorageError,
     UserExists,
     UserNotFound,
@@ -22,7 +24,9 @@ from auth_server.keys import (
 from auth_server.lifecycle import KeyLifecycle, LifecycleError
 from auth_server.passwords import Argon2Parameters, PasswordHasher
 from auth_server.scheduler import KeyScheduler
+from auth_server.sessions import SessionPolicy, SessionStore
 from auth_server.storage import Database
+from auth_server.throttle import LoginThrottle, ThrottlePolicy
 from auth_server.tokens import IssuedToken, TokenIssuer
 from auth_server.users import User, UserStore
 
@@ -32,6 +36,7 @@ __all__ = [
     "AuthServerError",
     "Database",
     "InvalidCredentials",
+    "InvalidRefreshToken",
     "InvalidRequest",
     "IssuedToken",
     "JwksSnapshot",
@@ -40,14 +45,19 @@ __all__ = [
     "KeyScheduler",
     "KeyStoreError",
     "LifecycleError",
+    "LoginThrottle",
+    "LoginThrottled",
     "MaintenanceReport",
     "PasswordHasher",
     "PublishedKeys",
     "RunningAuthServer",
+    "SessionPolicy",
+    "SessionStore",
     "SigningKey",
     "SigningKeyStore",
     "StartupError",
     "StorageError",
+    "ThrottlePolicy",
     "TokenAuthority",
     "TokenGrant",
     "TokenIssuer",

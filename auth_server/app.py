@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,14 +16,18 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
+from auth_server.errors import AuthServerError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
+from auth_server.refresh_tokens import derive_refresh_secret
+from auth_server.revocations import RevocationPublisher
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
+from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore
 from protos import auth_pb2, auth_pb2_grpc
@@ -44,6 +49,8 @@ class Components:
     users: UserStore
     keys: SigningKeyStore
     authority: TokenAuthority
+    sessions: SessionStore
+    throttle: LoginThrottle
 
 
 def build_components(
@@ -66,9 +73,22 @@ def build_components(
     )
     keys.ensure_signing_key()
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
+    policy = config.sessions
+    sessions = SessionStore(
+        database,
+        ttl=policy.max_lifetime,
+        idle_ttl=policy.idle_timeout,
+        refresh_grace=policy.refresh_grace,
+        max_per_user=policy.max_per_user,
+        # Every replica derives the same secret, so a refresh repeated within
+        # the grace window gets the same successor on any of them.
+        secret=derive_refresh_secret(config.key_passphrase),
+        now=now,
+    )
+    throttle = LoginThrottle(database, config.throttle, now=now)
     authority = TokenAuthority(
         users=users,
-        sessions=SessionStore(database, now=now),
+        sessions=sessions,
         issuer=TokenIssuer(
             keys,
             issuer=config.issuer,
@@ -78,8 +98,16 @@ def build_components(
         ),
         keys=keys,
         jwks_max_age=config.jwks_max_age,
+        throttle=throttle,
     )
-    return Components(database=database, users=users, keys=keys, authority=authority)
+    return Components(
+        database=database,
+        users=users,
+        keys=keys,
+        authority=authority,
+        sessions=sessions,
+        throttle=throttle,
+    )
 
 
 @dataclass(kw_only=True)
@@ -95,6 +123,8 @@ class RunningAuthServer:
     health: health.aio.HealthServicer
     grpc_port: int
     http_port: int
+    revocations: RevocationPublisher | None = None
+    cleanup_task: asyncio.Task[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -113,7 +143,13 @@ class RunningAuthServer:
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
         await self.scheduler.stop()
+        if self.cleanup_task is not None:
+            self.cleanup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.cleanup_task
         await self.publisher.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         await self.grpc_server.stop(grace)
         await self.http_runner.cleanup()
         await asyncio.to_thread(self.components.database.dispose)
@@ -142,6 +178,15 @@ async def start_auth_server(
         components.keys, interval=config.key_check_interval, on_change=publisher.refresh
     )
     await scheduler.start()
+    revocations = RevocationPublisher(
+        components.authority.revoked_sessions, poll_interval=config.revocation_poll_interval
+    )
+    try:
+        await revocations.start()
+    except BaseException:
+        await scheduler.stop()
+        await publisher.stop()
+        raise
 
     server = grpc.aio.server(
         options=[
@@ -151,7 +196,7 @@ async def start_auth_server(
         ]
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(components.authority, publisher), server
+        AuthServicer(components.authority, publisher, revocations), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -164,6 +209,7 @@ async def start_auth_server(
     except RuntimeError as exc:
         await scheduler.stop()
         await publisher.stop()
+        await revocations.stop()
         raise StartupError(f"cannot listen on {config.grpc_address} (--grpc)") from exc
     await server.start()
 
@@ -179,6 +225,7 @@ async def start_auth_server(
         await runner.cleanup()
         await scheduler.stop()
         await publisher.stop()
+        await revocations.stop()
         raise StartupError(f"cannot listen on {config.http_address} (--http)") from exc
     http_port = runner.addresses[0][1]
 
@@ -200,4 +247,21 @@ async def start_auth_server(
         health=health_servicer,
         grpc_port=grpc_port,
         http_port=http_port,
+        revocations=revocations,
+        cleanup_task=asyncio.create_task(
+            _clean_up_periodically(components, config.cleanup_interval), name="cleanup"
+        ),
     )
+
+
+async def _clean_up_periodically(components: Components, interval: float) -> None:
+    """Delete ended sessions and stale throttle counters (the database stays small)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while await asyncio.to_thread(components.sessions.purge_expired) > 0:
+                pass
+            await asyncio.to_thread(components.throttle.purge)
+        except Exception as exc:  # noqa: BLE001 - retried next interval
+            reason = exc.message if isinstance(exc, AuthServerError) else type(exc).__name__
+            _LOGGER.warning("cleanup of ended sessions failed: %s", reason)

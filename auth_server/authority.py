@@ -9,9 +9,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from auth_server.errors import InvalidRequest
+from auth_server.audit import audit_event
+from auth_server.errors import InvalidCredentials, InvalidRefreshToken, InvalidRequest
 from auth_server.keys import SigningKeyStore
-from auth_server.sessions import SessionStore
+from auth_server.sessions import EndedSession, SessionStore
+from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore, validate_scopes
 
@@ -20,6 +22,7 @@ _LOGGER = logging.getLogger(__name__)
 MAX_USERNAME_BYTES = 256
 MAX_PASSWORD_BYTES = 1024
 MAX_SCOPE_BYTES = 2048
+MAX_REFRESH_TOKEN_BYTES = 512
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +77,13 @@ def make_jwks_snapshot(
     )
 
 
+def _check_refresh_token(value: str) -> None:
+    if not value:
+        raise InvalidRequest("refresh_token is required")
+    if len(value) > MAX_REFRESH_TOKEN_BYTES:
+        raise InvalidRefreshToken()
+
+
 def _check_size(value: str, name: str, limit: int) -> None:
     if not value:
         raise InvalidRequest(f"{name} is required")
@@ -82,7 +92,7 @@ def _check_size(value: str, name: str, limit: int) -> None:
 
 
 class TokenAuthority:
-    """Checks passwords, opens sessions and issues access tokens.
+    """Checks passwords, opens, refreshes and ends sessions, and issues access tokens.
 
     Every method is blocking (argon2 and database work); the gRPC servicer
     runs them in worker threads.
@@ -96,18 +106,30 @@ class TokenAuthority:
         issuer: TokenIssuer,
         keys: SigningKeyStore,
         jwks_max_age: int,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._users = users
         self._sessions = sessions
         self._issuer = issuer
         self._keys = keys
         self._jwks_max_age = jwks_max_age
+        self._throttle = throttle
 
-    def login(self, username: str, password: str, scope: str = "") -> TokenGrant:
-        """Check credentials and issue a token pair.
+    def login(
+        self, username: str, password: str, scope: str = "", *, address: str = ""
+    ) -> TokenGrant:
+        """Check credentials and issue a token pair for a new session.
+
+        Args:
+            username: The account name.
+            password: Its password.
+            scope: Space-separated scopes wanted; empty means all the user holds.
+            address: The client's address (see :func:`auth_server.throttle.client_address`),
+                for throttling and the audit trail.
 
         Raises:
             InvalidRequest: a field is empty, too long or not well formed.
+            LoginThrottled: too many recent failures; nothing was checked.
             InvalidCredentials: unknown user, wrong password or disabled user.
         """
         _check_size(username, "username", MAX_USERNAME_BYTES)
@@ -115,13 +137,26 @@ class TokenAuthority:
         if len(scope.encode()) > MAX_SCOPE_BYTES:
             raise InvalidRequest(f"scope is longer than {MAX_SCOPE_BYTES} bytes")
         wanted = validate_scopes(scope.split()) if scope.strip() else None
-        user = self._users.authenticate(username, password)
+        # Throttled before argon2 runs: a refused attempt costs a database round trip only.
+        attempt = self._throttle.admit(username, address) if self._throttle else None
+        try:
+            user = self._users.authenticate(username, password)
+        except InvalidCredentials:
+            audit_event("login.failed", reason="bad_credentials", address=address or None)
+            raise
+        if self._throttle is not None and attempt is not None:
+            self._throttle.succeeded(attempt)
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
-        session = self._sessions.create(user.id)
-        token = self._issuer.issue(user, scopes=granted, session_id=session.session_id)
+        session = self._sessions.create(user.id, scope=granted, access_ttl=self._issuer.ttl)
+        token = self._issuer.issue(
+            user, scopes=granted, session_id=session.session_id, issued_at=session.issued_at
+        )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
+        audit_event(
+            "login.succeeded", user_id=user.id, sid=session.session_id, address=address or None
+        )
         return TokenGrant(
             access_token=token.access_token,
             token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
@@ -129,6 +164,62 @@ class TokenAuthority:
             refresh_token=session.refresh_token,
             scope=token.scope,
         )
+
+    def refresh(self, refresh_token: str) -> TokenGrant:
+        """Spend a refresh token: a new access token and the successor refresh token.
+
+        Within the grace window a repeat of the just-spent token returns the
+        same successor refresh token (and a fresh access token).
+
+        Raises:
+            InvalidRequest: the token is empty.
+            InvalidRefreshToken: malformed, unknown, expired, spent or revoked
+                (:class:`~auth_server.errors.RefreshTokenReused` when a spent
+                token revoked its session just now).
+            StorageError: the database is unavailable.
+        """
+        _check_refresh_token(refresh_token)
+        rotation = self._sessions.refresh(refresh_token, access_ttl=self._issuer.ttl)
+        user = self._users.get_by_id(rotation.user_id)
+        if user is None or user.disabled:
+            # Disabling a user revokes its sessions in the same transaction; this
+            # is only the moment between the two.
+            raise InvalidRefreshToken()
+        held = set(user.scopes)
+        granted = tuple(s for s in rotation.scope if s in held)
+        token = self._issuer.issue(
+            user, scopes=granted, session_id=rotation.session_id, issued_at=rotation.issued_at
+        )
+        _LOGGER.info(
+            "refresh succeeded user_id=%s sid=%s%s",
+            user.id,
+            rotation.session_id,
+            " (repeat within grace)" if rotation.repeated else "",
+        )
+        return TokenGrant(
+            access_token=token.access_token,
+            token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
+            expires_in=token.expires_in,
+            refresh_token=rotation.refresh_token,
+            scope=token.scope,
+        )
+
+    def logout(self, refresh_token: str) -> EndedSession:
+        """End the session ``refresh_token`` belongs to.
+
+        Raises:
+            InvalidRequest: the token is empty.
+            InvalidRefreshToken: malformed or unknown.
+            StorageError: the database is unavailable.
+        """
+        _check_refresh_token(refresh_token)
+        ended = self._sessions.logout(refresh_token)
+        _LOGGER.info("logout user_id=%s sid=%s", ended.user_id, ended.session_id)
+        return ended
+
+    def revoked_sessions(self) -> dict[str, float]:
+        """The revocation list verifiers follow: ``{sid: exp of its last access token}``."""
+        return self._sessions.revoked_sessions()
 
     def jwks(self) -> JwksSnapshot:
         """The key set verifiers must know now, as published over gRPC and HTTP."""

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
+from auth_server.sessions import SessionPolicy
+from auth_server.throttle import ThrottlePolicy
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
@@ -62,6 +64,12 @@ class AuthServerConfig:
             means ``access_token_ttl`` + 30 s leeway.
         key_check_interval: How often the key scheduler runs, seconds.
         argon2: Password hashing cost.
+        sessions: Session lifetimes, refresh grace window, sessions per user.
+        throttle: Login throttling thresholds.
+        revocation_poll_interval: How often to look for sessions revoked by
+            the CLI or other replicas, seconds.
+        cleanup_interval: How often ended sessions and stale throttle counters
+            are deleted, seconds.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -82,6 +90,10 @@ class AuthServerConfig:
     key_retire_after: float | None = None
     key_check_interval: float = 1.0
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    revocation_poll_interval: float = 0.25
+    cleanup_interval: float = 600.0
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -109,6 +121,8 @@ class AuthServerConfig:
             raise ValueError("the key passphrase must be at least 16 bytes")
         if self.key_poll_interval <= 0:
             raise ValueError("key_poll_interval must be positive")
+        if self.revocation_poll_interval <= 0 or self.cleanup_interval <= 0:
+            raise ValueError("revocation_poll_interval and cleanup_interval must be positive")
         if self.key_check_interval <= 0:
             raise ValueError("key_check_interval must be positive")
         # Refuse a schedule that lets a verifier meet an unknown kid or a token outlive its key.

@@ -7,6 +7,7 @@ or the text of a library exception.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import grpc
@@ -79,3 +80,41 @@ class StorageError(AuthServerError):
 
     code = grpc.StatusCode.UNAVAILABLE
     message = "storage unavailable"
+
+
+class InvalidRefreshToken(AuthServerError):
+    """A malformed, unknown, expired, spent or revoked refresh token: one message for all."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    message = "invalid refresh token"
+
+    def __init__(self) -> None:
+        # Fixed on purpose: which case it was is for the audit trail, not the client.
+        super().__init__()
+
+
+class RefreshTokenReused(InvalidRefreshToken):
+    """A spent refresh token came back after the grace window: its session is now revoked.
+
+    Looks exactly like :class:`InvalidRefreshToken` on the wire.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__()
+        self.session_id = session_id
+
+
+class LoginThrottled(AuthServerError):
+    """Too many failed logins for this user, address or both; try again later.
+
+    Attributes:
+        retry_after: Whole seconds after which a new attempt may be admitted;
+            sent as the ``retry-after`` trailing metadata entry.
+    """
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = "too many login attempts, retry later"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__()
+        self.retry_after = max(1, math.ceil(retry_after))

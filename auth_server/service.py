@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
 
-from auth_server.authority import JwksSnapshot, TokenAuthority
-from auth_server.errors import AuthServerError
+from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
+from auth_server.errors import AuthServerError, LoginThrottled, RefreshTokenReused
 from auth_server.publisher import JwksPublisher
+from auth_server.revocations import RevocationBatch, RevocationPublisher
+from auth_server.throttle import client_address
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -24,7 +27,32 @@ def jwks_message(snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
     return auth_pb2.JwkSet(keys=keys, max_age_seconds=snapshot.max_age, etag=snapshot.etag)
 
 
+def revocation_message(batch: RevocationBatch) -> auth_pb2.RevocationUpdate:
+    return auth_pb2.RevocationUpdate(
+        full=batch.full,
+        sessions=[
+            auth_pb2.RevokedSession(session_id=sid, expires_at=math.ceil(exp))
+            for sid, exp in sorted(batch.sessions.items())
+        ],
+    )
+
+
+def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
+    return auth_pb2.TokenResponse(
+        access_token=grant.access_token,
+        token_type=grant.token_type,
+        expires_in=grant.expires_in,
+        refresh_token=grant.refresh_token,
+        scope=grant.scope,
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Exception) -> NoReturn:
+    if isinstance(exc, LoginThrottled):
+        # RFC 9110 §10.2.3 semantics, as gRPC trailing metadata: seconds to wait.
+        await context.abort(
+            exc.code, exc.message, trailing_metadata=(("retry-after", str(exc.retry_after)),)
+        )
     if isinstance(exc, AuthServerError):
         await context.abort(exc.code, exc.message)
     # Anything else is a bug or an outage; the client learns nothing of it.
@@ -44,42 +72,83 @@ async def _run(
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """``ssot.auth.v1.AuthService`` over a :class:`TokenAuthority`."""
 
-    def __init__(self, authority: TokenAuthority, publisher: JwksPublisher) -> None:
+    def __init__(
+        self,
+        authority: TokenAuthority,
+        publisher: JwksPublisher,
+        revocations: RevocationPublisher | None = None,
+    ) -> None:
         self._authority = authority
         self._publisher = publisher
+        self._revocations = revocations
 
     async def Login(
         self,
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
+        address = client_address(context.peer())
         grant = await _run(
             context,  # type: ignore[arg-type]
             lambda: asyncio.to_thread(
-                self._authority.login, request.username, request.password, request.scope
+                self._authority.login,
+                request.username,
+                request.password,
+                request.scope,
+                address=address,
             ),
         )
-        return auth_pb2.TokenResponse(
-            access_token=grant.access_token,
-            token_type=grant.token_type,
-            expires_in=grant.expires_in,
-            refresh_token=grant.refresh_token,
-            scope=grant.scope,
-        )
+        return _token_response(grant)
 
     async def Refresh(
         self,
         request: auth_pb2.RefreshRequest,
         context: grpc.aio.ServicerContext[auth_pb2.RefreshRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "refresh is not supported yet")
+        async def refresh() -> TokenGrant:
+            try:
+                return await asyncio.to_thread(self._authority.refresh, request.refresh_token)
+            except RefreshTokenReused:
+                # The session was revoked just now: push that before answering.
+                await self._push_revocations()
+                raise
+
+        grant = await _run(context, refresh)  # type: ignore[arg-type]
+        return _token_response(grant)
 
     async def Logout(
         self,
         request: auth_pb2.LogoutRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse],
     ) -> auth_pb2.LogoutResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "logout is not supported yet")
+        await _run(
+            context,  # type: ignore[arg-type]
+            lambda: asyncio.to_thread(self._authority.logout, request.refresh_token),
+        )
+        # Handed to every WatchRevocations stream before Logout returns.
+        await self._push_revocations()
+        return auth_pb2.LogoutResponse()
+
+    async def WatchRevocations(
+        self,
+        request: auth_pb2.WatchRevocationsRequest,
+        context: grpc.aio.ServicerContext[
+            auth_pb2.WatchRevocationsRequest, auth_pb2.RevocationUpdate
+        ],
+    ) -> AsyncIterator[auth_pb2.RevocationUpdate]:
+        if self._revocations is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "revocations are not published")
+        async for batch in self._revocations.watch():
+            yield revocation_message(batch)
+
+    async def _push_revocations(self) -> None:
+        if self._revocations is None:
+            return
+        try:
+            await self._revocations.refresh()
+        except AuthServerError as exc:
+            # The revocation is committed; the poll loop will publish it.
+            _LOGGER.warning("could not publish a revocation at once: %s", exc.message)
 
     async def GetJwks(
         self,

@@ -1,24 +1,81 @@
-"""Login sessions and their refresh tokens (stored only as SHA-256 hashes)."""
+"""Login sessions and their refresh tokens (stored only as SHA-256 hashes).
+
+A session starts at login with a random refresh token. ``Refresh`` spends it
+and hands out its derived successor (:mod:`auth_server.refresh_tokens`), so a
+repeat of the same spent token within the grace window gets the same successor
+back (racing clients are not logged out: Zitadel#9631, hydra#1831). Outside the
+window, or once the successor is spent too, a spent token revokes the whole
+session (RFC 9700 §4.14).
+
+Every change to a session runs in one transaction that locks its row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite write transactions are
+exclusive), so concurrent refreshes cannot fork a session, and a crash leaves
+either the old token or its successor spendable, never neither.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc
 
-from auth_server.errors import UserNotFound
-from auth_server.storage import Database, sessions
+from auth_server.audit import audit_event
+from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
+from auth_server.refresh_tokens import (
+    checked_hash,
+    hash_refresh_token,
+    new_refresh_token,
+    successor_token,
+)
+from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_SESSION_TTL = 14 * 86400.0
+DEFAULT_SESSION_TTL = 30 * 86400.0
+DEFAULT_IDLE_TTL = 7 * 86400.0
+DEFAULT_REFRESH_GRACE = 20.0
+DEFAULT_MAX_SESSIONS_PER_USER = 50
+#: How long past its last access token's ``exp`` a revoked session stays on the
+#: revocation list: covers a verifier's clock leeway (30 s) and some clock skew.
+REVOCATION_RETENTION = 120.0
+
+_PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionPolicy:
+    """How long sessions live and how refresh tokens may be reused.
+
+    Attributes:
+        max_lifetime: Absolute session lifetime in seconds, however often it is refreshed.
+        idle_timeout: A session not refreshed for this many seconds ends.
+        refresh_grace: Seconds after a refresh token is spent during which
+            presenting it again returns the same successor instead of revoking.
+        max_per_user: Live sessions a user may hold; a new login ends the oldest.
+    """
+
+    max_lifetime: float = DEFAULT_SESSION_TTL
+    idle_timeout: float = DEFAULT_IDLE_TTL
+    refresh_grace: float = DEFAULT_REFRESH_GRACE
+    max_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
+
+    def __post_init__(self) -> None:
+        for name in ("max_lifetime", "idle_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"session {name} must be a positive number of seconds")
+        if not (math.isfinite(self.refresh_grace) and 0 <= self.refresh_grace <= 300):
+            raise ValueError("refresh grace must be between 0 and 300 seconds")
+        if isinstance(self.max_per_user, bool) or not 1 <= self.max_per_user <= 100_000:
+            raise ValueError("max sessions per user must be between 1 and 100000")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,53 +86,127 @@ class NewSession:
         session_id: The session id, the access token's ``sid`` claim.
         refresh_token: The opaque refresh token; handed to the client once,
             never stored or logged.
-        expires_at: When the session ends, epoch seconds.
+        expires_at: When the session ends at the latest, epoch seconds.
+        issued_at: The time its first access token must carry as ``iat``.
+        ended: Sessions of the same user this login ended (the per-user limit).
     """
 
     session_id: str
     refresh_token: str
     expires_at: float
+    issued_at: float = 0.0
+    ended: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"NewSession(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
 
 
-def hash_refresh_token(refresh_token: str) -> str:
-    """Return the SHA-256 hex digest under which a refresh token is stored."""
-    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
+@dataclass(frozen=True, kw_only=True)
+class Rotation:
+    """The result of a successful refresh.
+
+    Attributes:
+        session_id: The session refreshed.
+        user_id: Its user.
+        scope: The scopes granted at login.
+        refresh_token: The successor refresh token (never log it).
+        issued_at: The time the new access token must carry as ``iat``.
+        repeated: This was a repeat within the grace window (same successor again).
+    """
+
+    session_id: str
+    user_id: str
+    scope: tuple[str, ...]
+    refresh_token: str
+    issued_at: float
+    repeated: bool
+
+    def __repr__(self) -> str:
+        return f"Rotation(session_id={self.session_id!r}, repeated={self.repeated!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndedSession:
+    """A session that :meth:`SessionStore.logout` ended (or found already ended)."""
+
+    session_id: str
+    user_id: str
+    already_ended: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionInfo:
+    """A session as ``ssot-auth sessions list`` shows it (no token material).
+
+    Attributes:
+        state: ``"active"``, ``"revoked"`` or ``"expired"``.
+        ends_at: When it ends unless refreshed first (the idle or absolute end).
+    """
+
+    session_id: str
+    user_id: str
+    state: str
+    created_at: float
+    last_used_at: float
+    ends_at: float
+    revoked_at: float | None
+    revoke_reason: str | None
 
 
 class SessionStore:
-    """Creates sessions in the database; thread-safe."""
+    """Creates, refreshes and ends sessions in the database; thread-safe."""
 
     def __init__(
         self,
         db: Database,
         *,
         ttl: float = DEFAULT_SESSION_TTL,
+        idle_ttl: float = DEFAULT_IDLE_TTL,
+        refresh_grace: float = DEFAULT_REFRESH_GRACE,
+        max_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
+        secret: bytes | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         """Create the store.
 
         Args:
             db: The database (schema already created).
-            ttl: Session lifetime in seconds.
+            ttl: Absolute session lifetime in seconds.
+            idle_ttl: A session unused for this long ends.
+            refresh_grace: See :class:`SessionPolicy`.
+            max_per_user: See :class:`SessionPolicy`.
+            secret: Derives successor refresh tokens; every replica must use the
+                same one (:func:`derive_refresh_secret`). Without it a random
+                one is made, which is fine for a process that never refreshes
+                (the CLI) or runs alone.
             now: Clock, epoch seconds.
 
         Raises:
-            ValueError: ``ttl`` is not a positive finite number.
+            ValueError: A lifetime or limit is out of range.
         """
-        if not (math.isfinite(ttl) and ttl > 0):
-            raise ValueError("session ttl must be a positive number of seconds")
+        self.policy = SessionPolicy(
+            max_lifetime=ttl,
+            idle_timeout=idle_ttl,
+            refresh_grace=refresh_grace,
+            max_per_user=max_per_user,
+        )
         self._db = db
-        self._ttl = float(ttl)
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._now = now
 
-    def create(self, user_id: str) -> NewSession:
+    # -- login, refresh, logout ----------------------------------------------------
+
+    def create(self, user_id: str, *, scope: Iterable[str] = (), access_ttl: int = 0) -> NewSession:
         """Start a session for a user, with a new random refresh token.
+
+        When the user already holds ``max_per_user`` live sessions, the oldest
+        are ended (revoked) in the same transaction.
 
         Args:
             user_id: The user's id (``User.id``).
+            scope: The scopes granted; later refreshes grant no more than these.
+            access_ttl: Lifetime of the access token about to be issued, so the
+                session knows until when a revocation must be remembered.
 
         Returns:
             The session id, its refresh token and its end.
@@ -85,22 +216,329 @@ class SessionStore:
             StorageError: The database is unavailable.
         """
         session_id = str(uuid.uuid4())
-        refresh_token = secrets.token_urlsafe(32)
-        now = self._now()
-        expires_at = now + self._ttl
+        refresh_token = new_refresh_token()
+        policy = self.policy
         try:
             with self._db.transaction(write=True) as conn:
+                now = self._now()
+                # Locks the user's row: concurrent logins of one user count one at a time.
+                found = conn.execute(
+                    sa.select(users.c.id).where(users.c.id == user_id).with_for_update()
+                ).first()
+                if found is None:
+                    raise UserNotFound()
+                live = conn.execute(
+                    sa.select(sessions.c.id)
+                    .where(sessions.c.user_id == user_id, self._live(now))
+                    .order_by(sessions.c.created_at, sessions.c.id)
+                ).all()
+                ended = [row.id for row in live[: max(len(live) - policy.max_per_user + 1, 0)]]
+                if ended:
+                    conn.execute(
+                        sessions.update()
+                        .where(sessions.c.id.in_(ended))
+                        .values(revoked_at=now, revoke_reason="session_limit")
+                    )
                 conn.execute(
                     sessions.insert().values(
                         id=session_id,
                         user_id=user_id,
                         created_at=now,
-                        expires_at=expires_at,
+                        expires_at=now + policy.max_lifetime,
                         revoked_at=None,
                         refresh_token_hash=hash_refresh_token(refresh_token),
+                        last_used_at=now,
+                        access_expires_at=int(now) + access_ttl,
+                        scope=" ".join(scope),
                     )
                 )
         except exc.IntegrityError as err:
             raise UserNotFound() from err
+        audit_revoked(ended, user_id=user_id, reason="session_limit")
         _LOGGER.info("session %s started for user id %s", session_id, user_id)
-        return NewSession(session_id=session_id, refresh_token=refresh_token, expires_at=expires_at)
+        return NewSession(
+            session_id=session_id,
+            refresh_token=refresh_token,
+            expires_at=now + policy.max_lifetime,
+            issued_at=now,
+            ended=tuple(ended),
+        )
+
+    def refresh(self, refresh_token: str, *, access_ttl: int = 0) -> Rotation:
+        """Spend a refresh token and return its successor.
+
+        Args:
+            refresh_token: The token the client presents.
+            access_ttl: Lifetime of the access token about to be issued.
+
+        Raises:
+            RefreshTokenReused: A spent token outside the grace window; the
+                session is revoked (committed) before this is raised.
+            InvalidRefreshToken: Malformed, unknown, expired or revoked.
+            StorageError: The database is unavailable.
+        """
+        token_hash = checked_hash(refresh_token)
+        successor = successor_token(self._secret, refresh_token)
+        successor_hash = hash_refresh_token(successor)
+        grace = self.policy.refresh_grace
+        with self._db.transaction(write=True) as conn:
+            now = self._now()
+            row = self._locked_session(conn, token_hash)
+            if row is None or self._end_reason(row, now) is not None:
+                if row is not None:
+                    _LOGGER.info(
+                        "refresh refused: session %s is %s", row.id, self._end_reason(row, now)
+                    )
+                raise InvalidRefreshToken()
+            session_id, reused = row.id, False
+            touch = {
+                "last_used_at": now,
+                "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),
+            }
+            if row.refresh_token_hash == token_hash:
+                conn.execute(
+                    spent_refresh_tokens.insert().values(
+                        token_hash=token_hash, session_id=session_id, spent_at=now
+                    )
+                )
+                conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id == session_id)
+                    .values(refresh_token_hash=successor_hash, **touch)
+                )
+                repeated = False
+            else:
+                spent_at = conn.execute(
+                    sa.select(spent_refresh_tokens.c.spent_at).where(
+                        spent_refresh_tokens.c.token_hash == token_hash
+                    )
+                ).scalar()
+                # A repeat only while its successor is still the one to spend: once
+                # the client has moved on, the old token coming back is a thief's.
+                if (
+                    spent_at is not None
+                    and now - spent_at <= grace
+                    and row.refresh_token_hash == successor_hash
+                ):
+                    conn.execute(
+                        sessions.update().where(sessions.c.id == session_id).values(**touch)
+                    )
+                    repeated = True
+                else:
+                    conn.execute(
+                        sessions.update()
+                        .where(sessions.c.id == session_id)
+                        .values(revoked_at=now, revoke_reason="reuse")
+                    )
+                    reused = repeated = True
+        if reused:
+            _LOGGER.warning("spent refresh token presented again: session %s revoked", session_id)
+            audit_event("refresh.reuse_detected", sid=session_id, user_id=row.user_id)
+            audit_event("session.revoked", sid=session_id, user_id=row.user_id, reason="reuse")
+            raise RefreshTokenReused(session_id)
+        return Rotation(
+            session_id=session_id,
+            user_id=row.user_id,
+            scope=tuple((row.scope or "").split()),
+            refresh_token=successor,
+            issued_at=now,
+            repeated=repeated,
+        )
+
+    def logout(self, refresh_token: str) -> EndedSession:
+        """End the session that issued ``refresh_token`` (spent or not). Idempotent.
+
+        Raises:
+            InvalidRefreshToken: Malformed or unknown token.
+            StorageError: The database is unavailable.
+        """
+        token_hash = checked_hash(refresh_token)
+        with self._db.transaction(write=True) as conn:
+            now = self._now()
+            row = self._locked_session(conn, token_hash)
+            if row is None:
+                raise InvalidRefreshToken()
+            already = row.revoked_at is not None
+            if not already:
+                conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id == row.id)
+                    .values(revoked_at=now, revoke_reason="logout")
+                )
+        if not already:
+            audit_event("session.logout", sid=row.id, user_id=row.user_id)
+        return EndedSession(session_id=row.id, user_id=row.user_id, already_ended=already)
+
+    # -- administration --------------------------------------------------------------
+
+    def revoke(self, session_id: str, *, reason: str = "admin") -> bool:
+        """Revoke one session by id; False if there is no such live-or-expired session to end.
+
+        Raises:
+            StorageError: The database is unavailable.
+        """
+        with self._db.transaction(write=True) as conn:
+            result = conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+                .values(revoked_at=self._now(), revoke_reason=reason)
+            )
+        if result.rowcount:
+            audit_event("session.revoked", sid=session_id, reason=reason)
+        return bool(result.rowcount)
+
+    def revoke_user(self, user_id: str, *, reason: str = "admin") -> list[str]:
+        """Revoke every session of a user; return their ids.
+
+        Raises:
+            StorageError: The database is unavailable.
+        """
+        with self._db.transaction(write=True) as conn:
+            ids = revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
+        audit_revoked(ids, user_id=user_id, reason=reason)
+        return ids
+
+    def list_for_user(self, user_id: str, *, include_ended: bool = False) -> list[SessionInfo]:
+        """The user's sessions, oldest first; only live ones unless ``include_ended``."""
+        now = self._now()
+        query = sa.select(sessions).where(sessions.c.user_id == user_id)
+        if not include_ended:
+            query = query.where(self._live(now))
+        with self._db.transaction() as conn:
+            rows = conn.execute(query.order_by(sessions.c.created_at, sessions.c.id)).all()
+        return [self._info(row, now) for row in rows]
+
+    def revoked_sessions(self) -> dict[str, float]:
+        """Revoked sessions whose access tokens may still be live: ``{sid: last exp}``.
+
+        This is the list pushed to verifiers; a session leaves it
+        :data:`REVOCATION_RETENTION` seconds after its last access token expired.
+        """
+        since = self._now() - REVOCATION_RETENTION
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                sa.select(sessions.c.id, sessions.c.access_expires_at).where(
+                    sessions.c.revoked_at.isnot(None), sessions.c.access_expires_at > since
+                )
+            ).all()
+        return {row.id: float(row.access_expires_at) for row in rows}
+
+    def purge_expired(self, *, limit: int = _PURGE_BATCH) -> int:
+        """Delete up to ``limit`` ended sessions no verifier needs to hear of any more.
+
+        Returns:
+            How many sessions were deleted (with their spent tokens).
+        """
+        now = self._now()
+        ended = sa.or_(
+            sessions.c.revoked_at.isnot(None),
+            sessions.c.expires_at <= now,
+            sa.func.coalesce(sessions.c.last_used_at, sessions.c.created_at)
+            <= now - self.policy.idle_timeout,
+        )
+        forgotten = (
+            sa.func.coalesce(sessions.c.access_expires_at, 0.0) <= now - REVOCATION_RETENTION
+        )
+        with self._db.transaction(write=True) as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(sessions.c.id).where(ended, forgotten).limit(limit)
+                ).scalars()
+            )
+            if ids:
+                conn.execute(
+                    spent_refresh_tokens.delete().where(spent_refresh_tokens.c.session_id.in_(ids))
+                )
+                conn.execute(sessions.delete().where(sessions.c.id.in_(ids)))
+        if ids:
+            _LOGGER.info("purged %d ended sessions", len(ids))
+        return len(ids)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _live(self, now: float) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > now,
+            sa.func.coalesce(sessions.c.last_used_at, sessions.c.created_at)
+            > now - self.policy.idle_timeout,
+        )
+
+    def _end_reason(self, row: Any, now: float) -> str | None:
+        if row.revoked_at is not None:
+            return "revoked"
+        if now >= row.expires_at:
+            return "expired"
+        if now >= (row.last_used_at or row.created_at) + self.policy.idle_timeout:
+            return "idle"
+        return None
+
+    def _info(self, row: Any, now: float) -> SessionInfo:
+        last_used = float(row.last_used_at or row.created_at)
+        reason = self._end_reason(row, now)
+        return SessionInfo(
+            session_id=row.id,
+            user_id=row.user_id,
+            state="active" if reason is None else "revoked" if reason == "revoked" else "expired",
+            created_at=float(row.created_at),
+            last_used_at=last_used,
+            ends_at=min(float(row.expires_at), last_used + self.policy.idle_timeout),
+            revoked_at=row.revoked_at,
+            revoke_reason=row.revoke_reason,
+        )
+
+    @staticmethod
+    def _locked_session(conn: sa.Connection, token_hash: str) -> Any:
+        """The session that issued ``token_hash`` (current or spent), its row locked; or None."""
+        # The common case, a current token, in one statement. On PostgreSQL a
+        # concurrent refresh that rotated the row while we waited for its lock
+        # makes this find nothing (the WHERE is re-checked on the new version):
+        # the token is then among the spent ones, committed by that refresh.
+        row = conn.execute(
+            sa.select(sessions).where(sessions.c.refresh_token_hash == token_hash).with_for_update()
+        ).first()
+        if row is not None:
+            return row
+        session_id = conn.execute(
+            sa.select(spent_refresh_tokens.c.session_id).where(
+                spent_refresh_tokens.c.token_hash == token_hash
+            )
+        ).scalar()
+        if session_id is None:
+            return None
+        return conn.execute(
+            sa.select(sessions).where(sessions.c.id == session_id).with_for_update()
+        ).one()
+
+
+def revoke_user_sessions(
+    conn: sa.Connection, user_id: str, *, now: float, reason: str
+) -> list[str]:
+    """Revoke every unrevoked session of ``user_id`` inside the caller's transaction.
+
+    Used where ending the sessions must commit together with another change
+    (disabling a user, setting a new password). The caller audits the ids
+    (:func:`audit_revoked`) once the transaction has committed.
+    """
+    ids: Sequence[str] = (
+        conn.execute(
+            sa.select(sessions.c.id).where(
+                sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if ids:
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id.in_(ids))
+            .values(revoked_at=now, revoke_reason=reason)
+        )
+    return list(ids)
+
+
+def audit_revoked(session_ids: Iterable[str], *, user_id: str | None, reason: str) -> None:
+    """Record ``session.revoked`` for each id (call after the revoking transaction committed)."""
+    for sid in session_ids:
+        audit_event("session.revoked", sid=sid, user_id=user_id, reason=reason)

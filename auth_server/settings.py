@@ -33,6 +33,16 @@ def env_int(name: str, default: int) -> int:
         raise SettingsError(f"SSOT_{name} must be an integer") from None
 
 
+def env_float(name: str, default: float) -> float:
+    value = env_default(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"SSOT_{name} must be a number") from None
+
+
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",

@@ -48,15 +48,61 @@ signing_keys = sa.Table(
     sa.Column("revoked_at", sa.Float, nullable=True),
 )
 
+# One row per login session. ``refresh_token_hash`` is the SHA-256 of the one
+# refresh token that can be spent now; spent ones move to spent_refresh_tokens.
 sessions = sa.Table(
     "sessions",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # absolute end of the session
     sa.Column("revoked_at", sa.Float, nullable=True),
     sa.Column("refresh_token_hash", sa.String(64), nullable=True, unique=True),
+    # Columns added with refresh and revocation (nullable, so older databases
+    # gain them in place; see Database.create_schema).
+    sa.Column("last_used_at", sa.Float, nullable=True),  # login or last refresh: idle expiry
+    sa.Column("access_expires_at", sa.Float, nullable=True),  # exp of its last access token
+    sa.Column("scope", sa.Text, nullable=True),  # the scopes granted at login
+    sa.Column("revoke_reason", sa.String(32), nullable=True),
+)
+# The revocation list that verifiers follow: revoked sessions whose access
+# tokens may still be unexpired. Polled several times a second, so indexed.
+sa.Index(
+    "ix_sessions_revoked_access_expires_at",
+    sessions.c.access_expires_at,
+    sqlite_where=sessions.c.revoked_at.isnot(None),
+    postgresql_where=sessions.c.revoked_at.isnot(None),
+)
+
+# Every refresh token a session has spent (RFC 9700 §4.14: presenting one
+# again outside the grace window revokes the session).
+spent_refresh_tokens = sa.Table(
+    "spent_refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("spent_at", sa.Float, nullable=False),
+)
+
+# Login throttling counters, shared by every replica. ``key`` is a hash of the
+# layer and its subject (user, address or both), so names and addresses are
+# not stored in the clear.
+login_throttle = sa.Table(
+    "login_throttle",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("last_failure_at", sa.Float, nullable=True),
+    sa.Column("succeeded_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False, index=True),
 )
 
 
@@ -118,9 +164,48 @@ class Database:
         """
         try:
             metadata.create_all(self.engine)
+            self._add_missing_columns()
         except exc.SQLAlchemyError as err:
             _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
             raise StorageError() from err
+
+    def _add_missing_columns(self) -> None:
+        # create_all() creates missing tables but never alters existing ones: a
+        # database made by an older version gains its new nullable columns here.
+        inspector = sa.inspect(self.engine)
+        preparer = self.engine.dialect.identifier_preparer
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                ddl = (
+                    f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
+                    f"{preparer.format_column(column)} "
+                    f"{column.type.compile(dialect=self.engine.dialect)}"
+                )
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+                _LOGGER.info("added column %s.%s", table.name, column.name)
+            for index in table.indexes:
+                index.create(self.engine, checkfirst=True)
+
+    def insert_ignoring_duplicates(
+        self, conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> None:
+        """Insert ``rows``, skipping any whose primary key exists (no error, no abort)."""
+        if not rows:
+            return
+        if self._is_postgresql:
+            from sqlalchemy.dialects import postgresql
+
+            conn.execute(postgresql.insert(table).on_conflict_do_nothing(), rows)
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -76,13 +76,27 @@ class TokenIssuer:
         self._ttl = ttl
         self._now = now
 
-    def issue(self, user: User, *, scopes: Iterable[str], session_id: str) -> IssuedToken:
+    @property
+    def ttl(self) -> int:
+        """Access token lifetime in seconds."""
+        return self._ttl
+
+    def issue(
+        self,
+        user: User,
+        *,
+        scopes: Iterable[str],
+        session_id: str,
+        issued_at: float | None = None,
+    ) -> IssuedToken:
         """Sign an access token for ``user``.
 
         Args:
             user: The authenticated user; ``sub`` is its id.
             scopes: The scopes to grant; each must be one the user holds.
             session_id: The session the token belongs to (``sid``).
+            issued_at: The ``iat`` to use (the session recorded ``iat + ttl`` as
+                its last token's expiry); the clock's time if not given.
 
         Returns:
             The token and its metadata.
@@ -101,7 +115,7 @@ class TokenIssuer:
         if user.disabled:
             raise InvalidCredentials()
         key = self._keys.current()
-        issued_at = int(self._now())
+        issued_at = int(self._now() if issued_at is None else issued_at)
         expires_at = issued_at + self._ttl
         token_id = secrets.token_urlsafe(16)
         scope = " ".join(granted)

@@ -20,6 +20,7 @@ from auth_server.errors import (
     UserNotFound,
 )
 from auth_server.passwords import PasswordHasher
+from auth_server.sessions import audit_revoked, revoke_user_sessions
 from auth_server.storage import Database, users
 
 _LOGGER = logging.getLogger(__name__)
@@ -161,6 +162,12 @@ class UserStore:
             row = conn.execute(users.select().where(users.c.username == username)).first()
         return None if row is None else _to_user(row._mapping)
 
+    def get_by_id(self, user_id: str) -> User | None:
+        """Return the user whose id is ``user_id``, or None if there is none."""
+        with self._db.transaction() as conn:
+            row = conn.execute(users.select().where(users.c.id == user_id)).first()
+        return None if row is None else _to_user(row._mapping)
+
     def list(self) -> list[User]:
         """Return every user, ordered by username."""
         with self._db.transaction() as conn:
@@ -168,12 +175,14 @@ class UserStore:
         return [_to_user(row._mapping) for row in rows]
 
     def disable(self, username: str) -> User:
-        """Disable a user: its logins fail from now on.
+        """Disable a user: its logins fail from now on and all its sessions end.
+
+        The sessions end in the same transaction, so no refresh can slip in between.
 
         Raises:
             UserNotFound: No user has that name.
         """
-        return self._update(username, disabled=True)
+        return self._update(username, end_sessions="user_disabled", disabled=True)
 
     def enable(self, username: str) -> User:
         """Enable a disabled user again.
@@ -184,14 +193,16 @@ class UserStore:
         return self._update(username, disabled=False)
 
     def set_password(self, username: str, password: str) -> User:
-        """Replace a user's password.
+        """Replace a user's password and end all its sessions (in the same transaction).
 
         Raises:
             InvalidRequest: The password is not acceptable.
             UserNotFound: No user has that name.
         """
         validate_password(password)
-        return self._update(username, password_hash=self._hasher.hash(password))
+        return self._update(
+            username, end_sessions="password_changed", password_hash=self._hasher.hash(password)
+        )
 
     def set_scopes(self, username: str, scopes: Iterable[str]) -> User:
         """Replace the scopes a user holds.
@@ -247,19 +258,24 @@ class UserStore:
             # The login itself succeeded; the upgrade is retried next time.
             _LOGGER.warning("could not store an upgraded password hash for user id %s", user_id)
 
-    def _update(self, username: str, **values: Any) -> User:
+    def _update(self, username: str, *, end_sessions: str | None = None, **values: Any) -> User:
         if not _is_valid_username(username):
             raise UserNotFound()
+        ended: list[str] = []
         with self._db.transaction(write=True) as conn:
+            now = self._now()
             result = conn.execute(
-                users.update()
-                .where(users.c.username == username)
-                .values(updated_at=self._now(), **values)
+                users.update().where(users.c.username == username).values(updated_at=now, **values)
             )
             if result.rowcount == 0:
                 raise UserNotFound()
             row = conn.execute(users.select().where(users.c.username == username)).one()
+            if end_sessions is not None:
+                ended = revoke_user_sessions(conn, row.id, now=now, reason=end_sessions)
         _LOGGER.info("user changed: %s (%s)", username, ", ".join(sorted(values)))
+        if ended:
+            _LOGGER.info("ended %d sessions of %s (%s)", len(ended), username, end_sessions)
+            audit_revoked(ended, user_id=row.id, reason=end_sessions or "")
         return _to_user(row._mapping)
 
 

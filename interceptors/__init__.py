@@ -20,10 +20,18 @@ from interceptors._errors import (
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    RevokedToken,
     UnknownKey,
 )
 from interceptors._keyset import KeySet, VerificationKey
 from interceptors._policy import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._revocation import (
+    RevocationBatch,
+    RevocationList,
+    RevocationSource,
+    RevocationStats,
+    RevocationStream,
+)
 from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_token
 from interceptors._sources import (
     DiscoverySource,
@@ -34,7 +42,13 @@ from interceptors._sources import (
     KeyWatch,
     StaticSource,
 )
-from interceptors._verify import KeyProvider, Principal, TokenPolicy, TokenVerifier
+from interceptors._verify import (
+    KeyProvider,
+    Principal,
+    RevocationChecker,
+    TokenPolicy,
+    TokenVerifier,
+)
 
 __all__ = [
     "HEALTH_METHODS",
@@ -66,6 +80,13 @@ __all__ = [
     "MethodPolicy",
     "MissingToken",
     "Principal",
+    "RevocationBatch",
+    "RevocationChecker",
+    "RevocationList",
+    "RevocationSource",
+    "RevocationStats",
+    "RevocationStream",
+    "RevokedToken",
     "StaticSource",
     "TokenManager",
     "TokenPolicy",

@@ -73,6 +73,12 @@ class UnknownKey(InvalidToken):
     message = "unknown signing key"
 
 
+class RevokedToken(InvalidToken):
+    """The token's session (``sid``) was ended: logout, reuse of a refresh token, an admin."""
+
+    message = "token revoked"
+
+
 class InsufficientScope(AuthError):
     """The token is valid but lacks a scope the method requires."""
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from interceptors._errors import KeySetError
+from interceptors._revocation import RevocationBatch
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -227,7 +228,10 @@ class DiscoverySource:
 
 
 class GrpcJwksSource:
-    """Fetches keys with ``AuthService.GetJwks`` and follows ``AuthService.WatchJwks``."""
+    """Fetches keys with ``AuthService.GetJwks`` and follows ``AuthService.WatchJwks``.
+
+    Also a :class:`~interceptors.RevocationSource`: ``WatchRevocations`` on the same channel.
+    """
 
     def __init__(
         self,
@@ -295,10 +299,45 @@ class GrpcJwksSource:
             raise KeySetError("WatchJwks failed: channel closed") from exc
         return _GrpcWatch(call)
 
+    def watch_revocations(self) -> _GrpcRevocationWatch:
+        """Open a ``WatchRevocations`` stream.
+
+        Raises:
+            KeySetError: The stream cannot be opened (the channel is closed).
+        """
+        try:
+            call: Any = self._stub.WatchRevocations(auth_pb2.WatchRevocationsRequest())
+        except ValueError as exc:
+            raise KeySetError("WatchRevocations failed: channel closed") from exc
+        return _GrpcRevocationWatch(call)
+
     def close(self) -> None:
         """Close the channel this source opened (not one it was given)."""
         if self._owned is not None:
             self._owned.close()
+
+
+class _GrpcRevocationWatch:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[RevocationBatch]:
+        try:
+            for message in self._call:
+                yield RevocationBatch(
+                    full=message.full,
+                    sessions={s.session_id: float(s.expires_at) for s in message.sessions},
+                )
+        except (grpc.RpcError, ValueError) as exc:
+            if self._cancelled.is_set():
+                return
+            why = _status_name(exc) if isinstance(exc, grpc.RpcError) else "channel closed"
+            raise KeySetError(f"WatchRevocations stream broke: {why}") from exc
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._call.cancel()
 
 
 class _GrpcWatch:

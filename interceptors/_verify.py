@@ -30,6 +30,7 @@ from interceptors._errors import (
     InvalidClaims,
     InvalidSignature,
     MalformedToken,
+    RevokedToken,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ class KeyProvider(Protocol):
 
     def add_removal_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
         """Call ``callback`` with the kids that left the key set, whenever some do."""
+        ...
+
+
+class RevocationChecker(Protocol):
+    """Tells whether a session was revoked; :class:`interceptors.RevocationList` is the real one."""
+
+    def is_revoked(self, session_id: str) -> bool:
+        """True when tokens carrying this ``sid`` must be refused; must not block."""
         ...
 
 
@@ -191,6 +200,7 @@ class TokenVerifier:
 
     Verified tokens are remembered (bounded LRU keyed by the exact token) until their
     ``exp``; entries signed by a key are dropped the moment that key leaves the set.
+    A token whose session was revoked is refused whether or not it is remembered.
     """
 
     def __init__(
@@ -200,6 +210,7 @@ class TokenVerifier:
         *,
         cache_size: int = 4096,
         now: Callable[[], float] = time.time,
+        revocations: RevocationChecker | None = None,
     ) -> None:
         """Create a verifier.
 
@@ -208,11 +219,16 @@ class TokenVerifier:
             policy: What a token must satisfy.
             cache_size: How many verified tokens to remember; 0 disables the cache.
             now: The clock, in seconds since the epoch.
+            revocations: Revoked sessions (a :class:`~interceptors.RevocationList`
+                following the auth service); a token whose ``sid`` it names is
+                refused with :class:`RevokedToken`. Without it a token of an
+                ended session passes until its ``exp``.
         """
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._keys = keys
         self._policy = policy
+        self._revocations = revocations
         self._now = now
         self._cache_size = cache_size
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -229,22 +245,38 @@ class TokenVerifier:
             AuthError: A subclass naming why the token was refused (see ``_errors``).
         """
         principal = self._cached(token)
-        if principal is not None:
-            return principal
-        parsed = self._parse(token)
-        removals = self._removals
-        key = self._keys.get_key(parsed.kid)
-        return self._finish(parsed, key, removals)
+        if principal is None:
+            parsed = self._parse(token)
+            removals = self._removals
+            key = self._keys.get_key(parsed.kid)
+            principal = self._finish(parsed, key, removals)
+        return self._unrevoked(principal)
 
     async def averify(self, token: str) -> Principal:
         """Like :meth:`verify`, but never blocks the event loop on a key fetch."""
         principal = self._cached(token)
-        if principal is not None:
-            return principal
-        parsed = self._parse(token)
-        removals = self._removals
-        key = await self._keys.aget_key(parsed.kid)
-        return self._finish(parsed, key, removals)
+        if principal is None:
+            parsed = self._parse(token)
+            removals = self._removals
+            key = await self._keys.aget_key(parsed.kid)
+            principal = self._finish(parsed, key, removals)
+        return self._unrevoked(principal)
+
+    @property
+    def revocations(self) -> RevocationChecker | None:
+        """The revoked-session list this verifier consults, if any."""
+        return self._revocations
+
+    def _unrevoked(self, principal: Principal) -> Principal:
+        # Checked after the cache too: a session revoked after its token was cached still fails.
+        revocations = self._revocations
+        if (
+            revocations is not None
+            and principal.session_id is not None
+            and revocations.is_revoked(principal.session_id)
+        ):
+            raise RevokedToken("the token's session was revoked")
+        return principal
 
     # -- cache -----------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class AuthServiceStub:
                 request_serializer=protos_dot_auth__pb2.LogoutRequest.SerializeToString,
                 response_deserializer=protos_dot_auth__pb2.LogoutResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/ssot.auth.v1.AuthService/WatchRevocations',
+                request_serializer=protos_dot_auth__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=protos_dot_auth__pb2.RevocationUpdate.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/ssot.auth.v1.AuthService/GetJwks',
                 request_serializer=protos_dot_auth__pb2.GetJwksRequest.SerializeToString,
@@ -80,18 +85,35 @@ class AuthServiceServicer:
 
     def Refresh(self, request, context):
         """Refresh spends a refresh token and returns a new access/refresh pair for
-        the same session. Errors: INVALID_ARGUMENT (empty token),
-        UNAUTHENTICATED (unknown, expired, spent or revoked token), UNIMPLEMENTED
-        on servers that do not support refresh yet.
+        the same session. Presenting a spent token again revokes the whole
+        session (RFC 9700 §4.14), except within a short grace window after it was
+        spent, when the same successor refresh token comes back (with a fresh
+        access token) so that racing clients are not logged out.
+        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed,
+        unknown, expired, spent or revoked token: one message for all).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Logout(self, request, context):
-        """Logout ends the session a refresh token belongs to. Errors:
-        INVALID_ARGUMENT (empty token), UNAUTHENTICATED (unknown token),
-        UNIMPLEMENTED on servers that do not support sessions yet.
+        """Logout ends the session a refresh token belongs to (any token the session
+        issued, spent or not); its access tokens are then rejected by every
+        verifier that follows WatchRevocations. Ending an ended session succeeds.
+        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed or
+        unknown token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRevocations(self, request, context):
+        """WatchRevocations sends the revoked sessions whose access tokens may not
+        have expired yet (full: true), then every session revoked from then on
+        (full: false), as soon as it is revoked. An entry may be forgotten once
+        its expires_at (plus the verifier's clock leeway) has passed, so the list
+        stays small. After a reconnect the first message is a full list again.
+        Needs no token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +155,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Logout,
                     request_deserializer=protos_dot_auth__pb2.LogoutRequest.FromString,
                     response_serializer=protos_dot_auth__pb2.LogoutResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=protos_dot_auth__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=protos_dot_auth__pb2.RevocationUpdate.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -228,6 +255,33 @@ class AuthService:
             '/ssot.auth.v1.AuthService/Logout',
             protos_dot_auth__pb2.LogoutRequest.SerializeToString,
             protos_dot_auth__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ssot.auth.v1.AuthService/WatchRevocations',
+            protos_dot_auth__pb2.WatchRevocationsRequest.SerializeToString,
+            protos_dot_auth__pb2.RevocationUpdate.FromString,
             options,
             channel_credentials,
             insecure,

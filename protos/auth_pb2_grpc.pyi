@@ -51,14 +51,27 @@ class AuthServiceStub:
     """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.TokenResponse]
     """Refresh spends a refresh token and returns a new access/refresh pair for
-    the same session. Errors: INVALID_ARGUMENT (empty token),
-    UNAUTHENTICATED (unknown, expired, spent or revoked token), UNIMPLEMENTED
-    on servers that do not support refresh yet.
+    the same session. Presenting a spent token again revokes the whole
+    session (RFC 9700 §4.14), except within a short grace window after it was
+    spent, when the same successor refresh token comes back (with a fresh
+    access token) so that racing clients are not logged out.
+    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed,
+    unknown, expired, spent or revoked token: one message for all).
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
-    """Logout ends the session a refresh token belongs to. Errors:
-    INVALID_ARGUMENT (empty token), UNAUTHENTICATED (unknown token),
-    UNIMPLEMENTED on servers that do not support sessions yet.
+    """Logout ends the session a refresh token belongs to (any token the session
+    issued, spent or not); its access tokens are then rejected by every
+    verifier that follows WatchRevocations. Ending an ended session succeeds.
+    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed or
+    unknown token).
+    """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.RevocationUpdate]
+    """WatchRevocations sends the revoked sessions whose access tokens may not
+    have expired yet (full: true), then every session revoked from then on
+    (full: false), as soon as it is revoked. An entry may be forgotten once
+    its expires_at (plus the verifier's clock leeway) has passed, so the list
+    stays small. After a reconnect the first message is a full list again.
+    Needs no token.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.JwkSet]
     """GetJwks returns the public keys that currently verify tokens
@@ -87,14 +100,27 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.TokenResponse]  # type: ignore[assignment]
     """Refresh spends a refresh token and returns a new access/refresh pair for
-    the same session. Errors: INVALID_ARGUMENT (empty token),
-    UNAUTHENTICATED (unknown, expired, spent or revoked token), UNIMPLEMENTED
-    on servers that do not support refresh yet.
+    the same session. Presenting a spent token again revokes the whole
+    session (RFC 9700 §4.14), except within a short grace window after it was
+    spent, when the same successor refresh token comes back (with a fresh
+    access token) so that racing clients are not logged out.
+    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed,
+    unknown, expired, spent or revoked token: one message for all).
     """
     Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
-    """Logout ends the session a refresh token belongs to. Errors:
-    INVALID_ARGUMENT (empty token), UNAUTHENTICATED (unknown token),
-    UNIMPLEMENTED on servers that do not support sessions yet.
+    """Logout ends the session a refresh token belongs to (any token the session
+    issued, spent or not); its access tokens are then rejected by every
+    verifier that follows WatchRevocations. Ending an ended session succeeds.
+    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed or
+    unknown token).
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.RevocationUpdate]  # type: ignore[assignment]
+    """WatchRevocations sends the revoked sessions whose access tokens may not
+    have expired yet (full: true), then every session revoked from then on
+    (full: false), as soon as it is revoked. An entry may be forgotten once
+    its expires_at (plus the verifier's clock leeway) has passed, so the list
+    stays small. After a reconnect the first message is a full list again.
+    Needs no token.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.JwkSet]  # type: ignore[assignment]
     """GetJwks returns the public keys that currently verify tokens
@@ -132,9 +158,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.TokenResponse, _abc.Awaitable[_auth_pb2.TokenResponse]]:
         """Refresh spends a refresh token and returns a new access/refresh pair for
-        the same session. Errors: INVALID_ARGUMENT (empty token),
-        UNAUTHENTICATED (unknown, expired, spent or revoked token), UNIMPLEMENTED
-        on servers that do not support refresh yet.
+        the same session. Presenting a spent token again revokes the whole
+        session (RFC 9700 §4.14), except within a short grace window after it was
+        spent, when the same successor refresh token comes back (with a fresh
+        access token) so that racing clients are not logged out.
+        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed,
+        unknown, expired, spent or revoked token: one message for all).
         """
 
     @_abc_1.abstractmethod
@@ -143,9 +172,25 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LogoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]:
-        """Logout ends the session a refresh token belongs to. Errors:
-        INVALID_ARGUMENT (empty token), UNAUTHENTICATED (unknown token),
-        UNIMPLEMENTED on servers that do not support sessions yet.
+        """Logout ends the session a refresh token belongs to (any token the session
+        issued, spent or not); its access tokens are then rejected by every
+        verifier that follows WatchRevocations. Ending an ended session succeeds.
+        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (malformed or
+        unknown token).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _auth_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_pb2.RevocationUpdate], _abc.AsyncIterator[_auth_pb2.RevocationUpdate]]:
+        """WatchRevocations sends the revoked sessions whose access tokens may not
+        have expired yet (full: true), then every session revoked from then on
+        (full: false), as soon as it is revoked. An entry may be forgotten once
+        its expires_at (plus the verifier's clock leeway) has passed, so the list
+        stays small. After a reconnect the first message is a full list again.
+        Needs no token.
         """
 
     @_abc_1.abstractmethod

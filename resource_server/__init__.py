@@ -5,6 +5,7 @@ from resource_server.app import (
     StartupError,
     build_server,
     build_verifier,
+    close_verifier,
     resource_policy,
     start_aio_server,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "StartupError",
     "build_server",
     "build_verifier",
+    "close_verifier",
     "resource_policy",
     "start_aio_server",
 ]

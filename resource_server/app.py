@@ -19,6 +19,7 @@ from interceptors import (
     KeyCache,
     KeySource,
     MethodPolicy,
+    RevocationList,
     TokenPolicy,
     TokenVerifier,
 )
@@ -47,7 +48,8 @@ class ResourceServerConfig:
     Attributes:
         jwks_url: Fetch keys over HTTP from this JWKS URL.
         auth_target: Fetch keys from the auth service's ``GetJwks`` and follow
-            ``WatchJwks`` (push: rotation and revocation arrive at once).
+            ``WatchJwks`` and ``WatchRevocations`` (push: key rotation and
+            revoked sessions arrive at once).
         discover: Find the JWKS through OIDC discovery on the issuer URL.
     """
 
@@ -82,11 +84,32 @@ def resource_policy() -> MethodPolicy:
 
 
 def build_verifier(config: ResourceServerConfig) -> tuple[KeyCache, TokenVerifier]:
-    """A started key cache and the verifier over it. Close the cache when done."""
-    keys = KeyCache(build_key_source(config), cooldown=config.cooldown)
+    """A started key cache and the verifier over it; release both with :func:`close_verifier`.
+
+    With ``auth_target`` the verifier also follows the auth service's revoked
+    sessions (a :class:`RevocationList` on the same channel), so a logged-out
+    session's tokens are refused at once; other sources reject them at ``exp``.
+    """
+    source = build_key_source(config)
+    keys = KeyCache(source, cooldown=config.cooldown)
     keys.start()
-    verifier = TokenVerifier(keys, TokenPolicy(issuer=config.issuer, audience=config.audience))
+    revocations = None
+    if isinstance(source, GrpcJwksSource):
+        revocations = RevocationList(source)
+        revocations.start()
+    verifier = TokenVerifier(
+        keys,
+        TokenPolicy(issuer=config.issuer, audience=config.audience),
+        revocations=revocations,
+    )
     return keys, verifier
+
+
+def close_verifier(keys: KeyCache, verifier: TokenVerifier) -> None:
+    """Stop the background work of :func:`build_verifier`'s key cache and revocation list."""
+    keys.close()
+    if isinstance(verifier.revocations, RevocationList):
+        verifier.revocations.close()
 
 
 def _add_common_services(server: grpc.Server | grpc.aio.Server, with_reflection: bool) -> None:

@@ -24,6 +24,7 @@ from resource_server.app import (
     StartupError,
     build_server,
     build_verifier,
+    close_verifier,
     start_aio_server,
 )
 
@@ -155,7 +156,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             stopped.wait()
             server.stop(2).wait()
     finally:
-        keys.close()
+        close_verifier(keys, verifier)
     return 0
 
 

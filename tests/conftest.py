@@ -22,7 +22,14 @@ from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
 from auth_server.storage import Database
-from interceptors import GrpcJwksSource, HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier
+from interceptors import (
+    GrpcJwksSource,
+    HttpJwksSource,
+    KeyCache,
+    RevocationList,
+    TokenPolicy,
+    TokenVerifier,
+)
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, start_aio_server
 
@@ -157,6 +164,12 @@ class AuthHarness:
             auth_pb2.LoginRequest(username=name, password=password, scope=scope), timeout=10
         )
 
+    def refresh(self, refresh_token: str) -> auth_pb2.TokenResponse:
+        return self.stub.Refresh(auth_pb2.RefreshRequest(refresh_token=refresh_token), timeout=10)
+
+    def logout(self, refresh_token: str) -> None:
+        self.stub.Logout(auth_pb2.LogoutRequest(refresh_token=refresh_token), timeout=10)
+
     def signing_key(self) -> Any:
         """The current private key: only for crafting edge-case tokens in tests."""
         return self.server.components.keys.current()
@@ -194,8 +207,12 @@ class AuthHarness:
         self.loop_thread.run(self.server.stop(0.5))
 
 
-def start_harness(loop_thread: EventLoopThread, config: AuthServerConfig) -> AuthHarness:
-    server = loop_thread.run(start_auth_server(config))
+def start_harness(
+    loop_thread: EventLoopThread,
+    config: AuthServerConfig,
+    now: Callable[[], float] = time.time,
+) -> AuthHarness:
+    server = loop_thread.run(start_auth_server(config, now=now))
     channel = grpc.insecure_channel(server.grpc_target)
     return AuthHarness(server=server, loop_thread=loop_thread, channel=channel)
 
@@ -228,6 +245,7 @@ class ResourceHarness:
     keys: KeyCache
     aio: bool
     channel: grpc.Channel
+    revocations: RevocationList | None = None
 
     @property
     def stub(self) -> resource_pb2_grpc.ResourceServiceStub:
@@ -238,7 +256,11 @@ class ResourceHarness:
 def running_resource(
     loop_thread: EventLoopThread, auth: AuthHarness, *, aio: bool, push: bool = False, **cache: Any
 ) -> Iterator[ResourceHarness]:
-    """A resource server verifying ``auth``'s tokens, over HTTP JWKS (or gRPC push)."""
+    """A resource server verifying ``auth``'s tokens, over HTTP JWKS (or gRPC push).
+
+    With ``push`` it also follows the auth service's revoked sessions, as
+    ``ssot-resource serve --auth-target`` does, and waits for the first full list.
+    """
     config = ResourceServerConfig(
         grpc_address="127.0.0.1:0",
         issuer=ISSUER,
@@ -249,7 +271,14 @@ def running_resource(
     source = GrpcJwksSource(auth.target) if push else HttpJwksSource(auth.jwks_url)
     keys = KeyCache(source, **cache)
     keys.start()
-    verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
+    revocations = None
+    if isinstance(source, GrpcJwksSource):
+        revocations = RevocationList(source)
+        revocations.start()
+        assert revocations.wait_until_synced(10)
+    verifier = TokenVerifier(
+        keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), revocations=revocations
+    )
     if aio:
         aserver, port = loop_thread.run(start_aio_server(config, verifier))
         stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
@@ -258,11 +287,19 @@ def running_resource(
         stop = lambda: server.stop(0.5).wait()  # noqa: E731
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield ResourceHarness(target=f"127.0.0.1:{port}", keys=keys, aio=aio, channel=channel)
+        yield ResourceHarness(
+            target=f"127.0.0.1:{port}",
+            keys=keys,
+            aio=aio,
+            channel=channel,
+            revocations=revocations,
+        )
     finally:
         channel.close()
         stop()
         keys.close()
+        if revocations is not None:
+            revocations.close()
 
 
 @pytest.fixture(params=[pytest.param(False, id="sync"), pytest.param(True, id="aio")])

@@ -410,13 +410,6 @@ def test_malformed_login_is_invalid_argument(
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_refresh_and_logout_are_not_implemented_yet(auth: AuthHarness) -> None:
-    code, _ = _code(
-        lambda: auth.stub.Refresh(auth_pb2.RefreshRequest(refresh_token="x"), timeout=10)
-    )
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-
-
 def test_login_works_on_every_database(auth_any_db: AuthHarness) -> None:
     user_id = auth_any_db.add_user("alice", PASSWORD, ("resource.read",))
     token = auth_any_db.login("alice", PASSWORD).access_token

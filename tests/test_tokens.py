@@ -261,7 +261,7 @@ def test_sessions_get_distinct_ids_and_tokens(database: Database, clock: Clock, 
 
     assert first.session_id != second.session_id
     assert first.refresh_token != second.refresh_token
-    assert first.expires_at == T0 + 14 * 86400
+    assert first.expires_at == T0 + 30 * 86400  # absolute lifetime (issue 3)
 
 
 def test_session_for_an_unknown_user_raises_user_not_found(database: Database) -> None:

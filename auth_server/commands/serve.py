@@ -18,14 +18,18 @@ from auth_server.config import (
 )
 from auth_server.jwk import ALGORITHMS
 from auth_server.lifecycle import parse_duration
+from auth_server.passwords import Argon2Parameters
+from auth_server.sessions import SessionPolicy
 from auth_server.settings import (
     add_passphrase_argument,
     add_storage_arguments,
     env_default,
+    env_float,
     env_int,
     prepare_data_dir,
     resolve_passphrase,
 )
+from auth_server.throttle import ThrottlePolicy
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -94,6 +98,86 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         default=env_default("NO_REFLECTION", "") not in ("", "0", "false"),
         help="do not serve gRPC server reflection (SSOT_NO_REFLECTION=1)",
     )
+    _add_session_arguments(parser)
+    _add_throttle_arguments(parser)
+    _add_argon2_arguments(parser)
+
+
+def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integer: bool) -> None:
+    """Add a numeric flag whose default comes from its ``SSOT_*`` variable (parser or group)."""
+    env = flag.removeprefix("--").replace("-", "_").upper()
+    value: float = env_int(env, int(default)) if integer else env_float(env, default)
+    shown = int(value) if float(value).is_integer() else value
+    parser.add_argument(
+        flag,
+        type=int if integer else float,
+        default=value,
+        metavar="N" if integer else "SECONDS",
+        help=f"{help_text} (SSOT_{env}, default {shown})",
+    )
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    d = SessionPolicy()
+    group = parser.add_argument_group("sessions")
+    for flag, default, text, integer in (
+        ("--session-idle-ttl", d.idle_timeout, "end a session unused for this many seconds", False),
+        (
+            "--session-max-lifetime",
+            d.max_lifetime,
+            "end every session after this many seconds",
+            False,
+        ),
+        (
+            "--refresh-grace",
+            d.refresh_grace,
+            "seconds a just-spent refresh token still returns the same successor",
+            False,
+        ),
+        (
+            "--max-sessions-per-user",
+            d.max_per_user,
+            "live sessions per user; the oldest end first",
+            True,
+        ),
+    ):
+        _add_number(group, flag, default, text, integer=integer)
+
+
+def _add_throttle_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ThrottlePolicy()
+    group = parser.add_argument_group("login throttling")
+    for flag, default, text, integer in (
+        ("--throttle-window", d.window, "length of each failure-counting window, seconds", False),
+        (
+            "--throttle-user-address",
+            d.per_user_address,
+            "failures per window for one user from one address",
+            True,
+        ),
+        ("--throttle-address", d.per_address, "failures per window from one address", True),
+        (
+            "--throttle-user",
+            d.per_user,
+            "failures per window for one user before each attempt waits a growing delay",
+            True,
+        ),
+        ("--throttle-max-delay", d.max_delay, "longest per-user delay, seconds", False),
+    ):
+        _add_number(group, flag, default, text, integer=integer)
+
+
+def _add_argon2_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Argon2Parameters()
+    group = parser.add_argument_group(
+        "password hashing (argon2id; older hashes are upgraded at the next login)"
+    )
+    for flag, default, text in (
+        ("--argon2-time-cost", d.time_cost, "passes over the memory"),
+        ("--argon2-memory-cost", d.memory_cost, "memory in KiB"),
+        ("--argon2-parallelism", d.parallelism, "lanes"),
+    ):
+        _add_number(group, flag, default, text, integer=True)
 
 
 def duration(text: str) -> float:
@@ -149,6 +233,24 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
             key_retire_after=ns.key_retire_after,
+            sessions=SessionPolicy(
+                idle_timeout=ns.session_idle_ttl,
+                max_lifetime=ns.session_max_lifetime,
+                refresh_grace=ns.refresh_grace,
+                max_per_user=ns.max_sessions_per_user,
+            ),
+            throttle=ThrottlePolicy(
+                window=ns.throttle_window,
+                per_user_address=ns.throttle_user_address,
+                per_address=ns.throttle_address,
+                per_user=ns.throttle_user,
+                max_delay=ns.throttle_max_delay,
+            ),
+            argon2=Argon2Parameters(
+                time_cost=ns.argon2_time_cost,
+                memory_cost=ns.argon2_memory_cost,
+                parallelism=ns.argon2_parallelism,
+            ),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -15,7 +15,12 @@ from auth_server.commands._common import run_until_signalled
 from auth_server.commands.serve import add_server_arguments, server_config
 from auth_server.settings import env_default, write_secret_file
 from auth_server.users import UserStore
-from resource_server import ResourceServerConfig, build_verifier, start_aio_server
+from resource_server import (
+    ResourceServerConfig,
+    build_verifier,
+    close_verifier,
+    start_aio_server,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ def run_demo(ns: argparse.Namespace) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         auth = await start_auth_server(config)
-        keys = None
+        keys = verifier = None
         resource = None
         try:
             created = await asyncio.to_thread(
@@ -93,8 +98,8 @@ def run_demo(ns: argparse.Namespace) -> int:
         finally:
             if resource is not None:
                 await resource.stop(2)
-            if keys is not None:
-                keys.close()
+            if keys is not None and verifier is not None:
+                close_verifier(keys, verifier)
             await auth.stop()
 
     return run_until_signalled(serve)

@@ -1,0 +1,142 @@
+"""The client token helpers against the real auth service, now that Refresh and Logout work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import jwt
+import pytest
+
+from conftest import AuthHarness, EventLoopThread, ResourceHarness, running_resource
+from interceptors import AsyncTokenManager, TokenManager
+from protos import resource_pb2, resource_pb2_grpc
+
+PASSWORD = "correct horse battery"
+
+
+class Clock:
+    """The client's clock, so renewal can be forced without waiting 14 minutes."""
+
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _sid(token: str) -> str:
+    sid: str = jwt.decode(token, options={"verify_signature": False})["sid"]
+    return sid
+
+
+@pytest.fixture
+def alice(auth: AuthHarness) -> str:
+    return auth.add_user("alice", PASSWORD, ("resource.read",))
+
+
+@pytest.fixture
+def pushed(loop_thread: EventLoopThread, auth: AuthHarness) -> Iterator[ResourceHarness]:
+    with running_resource(loop_thread, auth, aio=False, push=True) as resource:
+        yield resource
+
+
+def _live_sessions(auth: AuthHarness, user_id: str) -> list[str]:
+    return [s.session_id for s in auth.server.components.sessions.list_for_user(user_id)]
+
+
+def test_renewal_uses_refresh_and_keeps_the_session(auth: AuthHarness, alice: str) -> None:
+    clock = Clock()
+    manager = TokenManager(auth.channel, "alice", PASSWORD, now=clock)
+    first = manager.token()
+    clock.t += 900  # past the renewal point
+
+    barrier = threading.Barrier(20)
+    tokens: list[str] = []
+
+    def renew() -> None:
+        barrier.wait()
+        tokens.append(manager.token())
+
+    threads = [threading.Thread(target=renew) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert len(set(tokens)) == 1 and tokens[0] != first
+    assert _sid(tokens[0]) == _sid(first)  # Refresh, not a new Login
+    assert _live_sessions(auth, alice) == [_sid(first)]  # one session, not revoked
+
+
+def test_a_revoked_session_makes_the_helper_log_in_again_when_it_holds_the_password(
+    auth: AuthHarness, alice: str, pushed: ResourceHarness
+) -> None:
+    manager = TokenManager(auth.channel, "alice", PASSWORD)
+    channel = grpc.intercept_channel(grpc.insecure_channel(pushed.target), manager.interceptor())
+    stub = resource_pb2_grpc.ResourceServiceStub(channel)
+    try:
+        before = manager.token()
+        assert stub.GetProtectedResource(resource_pb2.GetProtectedResourceRequest(), timeout=10)
+        auth.server.components.sessions.revoke(_sid(before))
+        assert pushed.revocations is not None
+        _wait(
+            lambda: pushed.revocations is not None and pushed.revocations.is_revoked(_sid(before))
+        )
+
+        # Refused with "token revoked"; the interceptor renews (Refresh fails, Login works)
+        # and retries once: the caller sees a success.
+        reply = stub.GetProtectedResource(resource_pb2.GetProtectedResourceRequest(), timeout=10)
+
+        assert reply.user.username == "alice"
+        after = manager.token()
+        assert _sid(after) != _sid(before)
+    finally:
+        channel.close()
+
+
+def test_without_the_password_a_revoked_session_is_the_end(auth: AuthHarness, alice: str) -> None:
+    login = auth.login("alice", PASSWORD)
+    clock = Clock()
+    manager = TokenManager(auth.channel, "alice", refresh_token=login.refresh_token, now=clock)
+    assert _sid(manager.token()) == _sid(login.access_token)
+    auth.logout(login.refresh_token)
+    clock.t += 900
+
+    with pytest.raises(grpc.RpcError) as raised:
+        manager.token()
+
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert login.refresh_token not in repr(manager)
+
+
+def test_the_async_helper_refreshes_once_for_many_tasks_and_recovers_after_logout(
+    auth: AuthHarness, alice: str
+) -> None:
+    clock = Clock()
+
+    async def scenario() -> tuple[str, list[str], str]:
+        async with grpc.aio.insecure_channel(auth.target) as channel:
+            manager = AsyncTokenManager(channel, "alice", PASSWORD, now=clock)
+            first = await manager.token()
+            clock.t += 900
+            renewed = await asyncio.gather(*(manager.token() for _ in range(20)))
+            auth.server.components.sessions.revoke(_sid(first))
+            clock.t += 900
+            again = await manager.token()
+            return first, list(renewed), again
+
+    first, renewed, again = asyncio.run(scenario())
+
+    assert len(set(renewed)) == 1 and _sid(renewed[0]) == _sid(first)
+    assert _sid(again) != _sid(first)
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
