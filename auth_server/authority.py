@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from auth_server.errors import InvalidRequest
 from auth_server.keys import SigningKeyStore
@@ -23,13 +23,15 @@ MAX_SCOPE_BYTES = 2048
 
 @dataclass(frozen=True, kw_only=True)
 class TokenGrant:
-    """What a successful login returns (RFC 6749 §5.1)."""
+    """What a successful login returns (RFC 6749 §5.1), and whom it was for."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str
     expires_in: int
-    refresh_token: str
+    refresh_token: str = field(repr=False)
     scope: str
+    user_id: str = ""
+    session_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +104,8 @@ class TokenAuthority:
             expires_in=token.expires_in,
             refresh_token=session.refresh_token,
             scope=token.scope,
+            user_id=user.id,
+            session_id=session.session_id,
         )
 
     def jwks(self) -> JwksSnapshot:

@@ -14,6 +14,10 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_ACCESS_TOKEN_TTL = 900
 DEFAULT_JWKS_MAX_AGE = 300
+DEFAULT_MAX_METADATA_SIZE = 16 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+DEFAULT_MAX_LOGIN_REQUEST_SIZE = 4096
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -52,6 +56,15 @@ class AuthServerConfig:
         key_poll_interval: How often to look for key changes made by the CLI or
             other replicas, seconds.
         argon2: Password hashing cost.
+        tls_cert, tls_key: Serve gRPC and HTTP over TLS with this certificate chain
+            and key (PEM files).
+        client_ca: Require gRPC clients to present a certificate signed by these
+            CAs (mutual TLS); the public HTTP documents never ask for one.
+        max_metadata_size: Largest request metadata (headers) accepted, bytes.
+        max_message_size: Largest request message accepted, bytes.
+        max_concurrent_streams: Most calls in flight on one client connection.
+        max_login_request_size: Largest serialized ``LoginRequest``, bytes
+            (unknown fields included).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -68,6 +81,13 @@ class AuthServerConfig:
     reflection: bool = True
     key_poll_interval: float = 1.0
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    max_metadata_size: int = DEFAULT_MAX_METADATA_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -93,6 +113,20 @@ class AuthServerConfig:
             raise ValueError("the key passphrase must be at least 16 bytes")
         if self.key_poll_interval <= 0:
             raise ValueError("key_poll_interval must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        for name in (
+            "max_metadata_size",
+            "max_message_size",
+            "max_concurrent_streams",
+            "max_login_request_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_login_request_size > self.max_message_size:
+            raise ValueError("--max-login-request-size cannot exceed --max-message-size")
 
     @property
     def resolved_database_url(self) -> str:

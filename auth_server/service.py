@@ -9,8 +9,10 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from auth_server.authority import JwksSnapshot, TokenAuthority
-from auth_server.errors import AuthServerError
+from auth_server.audit import audit_event
+from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
+from auth_server.config import DEFAULT_MAX_LOGIN_REQUEST_SIZE
+from auth_server.errors import AuthServerError, InvalidCredentials, InvalidRequest
 from auth_server.publisher import JwksPublisher
 from protos import auth_pb2, auth_pb2_grpc
 
@@ -32,6 +34,14 @@ async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Excepti
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _login_failure_reason(exc: Exception) -> str:
+    if isinstance(exc, InvalidCredentials):
+        return "bad_credentials"
+    if isinstance(exc, AuthServerError):
+        return exc.code.name.lower()
+    return "internal"
+
+
 async def _run(
     context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[_T]]
 ) -> _T:
@@ -44,21 +54,38 @@ async def _run(
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """``ssot.auth.v1.AuthService`` over a :class:`TokenAuthority`."""
 
-    def __init__(self, authority: TokenAuthority, publisher: JwksPublisher) -> None:
+    def __init__(
+        self,
+        authority: TokenAuthority,
+        publisher: JwksPublisher,
+        *,
+        max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
+    ) -> None:
         self._authority = authority
         self._publisher = publisher
+        self._max_login_request_size = max_login_request_size
 
     async def Login(
         self,
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
-        grant = await _run(
-            context,  # type: ignore[arg-type]
-            lambda: asyncio.to_thread(
+        peer = context.peer()
+
+        async def login() -> TokenGrant:
+            # Unknown fields count too: they would otherwise ride along unchecked.
+            if request.ByteSize() > self._max_login_request_size:
+                raise InvalidRequest("login request too large")
+            return await asyncio.to_thread(
                 self._authority.login, request.username, request.password, request.scope
-            ),
-        )
+            )
+
+        try:
+            grant = await login()
+        except Exception as exc:  # noqa: BLE001 - audited, then mapped to a status
+            audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
+            await _abort(context, exc)  # type: ignore[arg-type]
+        audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
         return auth_pb2.TokenResponse(
             access_token=grant.access_token,
             token_type=grant.token_type,

@@ -66,10 +66,21 @@ def run_demo(ns: argparse.Namespace) -> int:
                 issuer=issuer,
                 audience=audience,
                 auth_target=auth.grpc_target,
+                # With TLS on, the resource server serves the same certificate, trusts it
+                # for the auth service (self-signed, or a chain file ending in its CA) and
+                # presents it as its client certificate when --client-ca asks for one.
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                client_ca=config.client_ca,
+                auth_tls=config.tls_cert is not None,
+                auth_ca_cert=config.tls_cert,
+                auth_client_cert=config.tls_cert if config.client_ca else None,
+                auth_client_key=config.tls_key if config.client_ca else None,
             )
             keys, verifier = await asyncio.to_thread(build_verifier, rconfig)
             resource, rport = await start_aio_server(rconfig, verifier)
             pw = shlex.quote(password_file)
+            tls = _client_tls_flags(config.tls_cert, config.client_ca is not None)
             lines = [
                 "",
                 "ssot-auth is up:",
@@ -80,10 +91,11 @@ def run_demo(ns: argparse.Namespace) -> int:
                 f"  demo password     {'created in' if created else 'in'} {password_file}",
                 "",
                 "Try it in another terminal:",
-                f"  ssot-auth login {DEMO_USER} --target {auth.grpc_target} --password-stdin "
+                f"  ssot-auth login {DEMO_USER} --target {auth.grpc_target}{tls} --password-stdin "
                 f"< {pw} > token.json",
-                f"  ssot-resource get --target 127.0.0.1:{rport} --token-file token.json",
-                f"  curl -s {auth.http_base_url}/.well-known/jwks.json",
+                f"  ssot-resource get --target 127.0.0.1:{rport}{tls} --token-file token.json",
+                f"  curl -s{_curl_tls_flags(config.tls_cert)} "
+                f"{auth.http_base_url}/.well-known/jwks.json",
                 "",
                 "Ctrl-C stops both servers.",
             ]
@@ -98,3 +110,16 @@ def run_demo(ns: argparse.Namespace) -> int:
             await auth.stop()
 
     return run_until_signalled(serve)
+
+
+def _client_tls_flags(tls_cert: Path | None, mutual: bool) -> str:
+    if tls_cert is None:
+        return ""
+    flags = f" --ca-cert {shlex.quote(str(tls_cert))}"
+    if mutual:
+        flags += " --client-cert CERT --client-key KEY"
+    return flags
+
+
+def _curl_tls_flags(tls_cert: Path | None) -> str:
+    return "" if tls_cert is None else f" --cacert {shlex.quote(str(tls_cert))}"
