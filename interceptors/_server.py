@@ -103,6 +103,13 @@ def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     return error
 
 
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 -- the audit line must never turn a refusal into a crash
+        return "unknown"
+
+
 class _Bound:
     """Holds ``current_principal()`` set while the wrapped handler's code runs."""
 
@@ -145,7 +152,7 @@ class _Guard:
             principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
             self._check(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method, context.peer())
+            error = _rejection(exc, self._method, _peer(context))
             context.abort(error.code, error.message)
         return _Bound(principal)
 
@@ -154,7 +161,7 @@ class _Guard:
             principal = await self._verifier.averify(bearer_token(context.invocation_metadata()))
             self._check(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method, context.peer())
+            error = _rejection(exc, self._method, _peer(context))
             await context.abort(error.code, error.message)
         return _Bound(principal)
 
