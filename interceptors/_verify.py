@@ -473,7 +473,30 @@ def _json_object(raw: bytes, name: str, max_depth: int) -> dict[str, Any]:
     # for documents that could be too deep, never for an ordinary token.
     if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
         raise MalformedToken(f"{name} nests JSON deeper than {max_depth} levels")
+    # JSON can escape a lone UTF-16 surrogate ("\ud800"), which is not Unicode text:
+    # a claim holding one breaks whatever encodes it later (protobuf, logs). Only a
+    # document with a \u escape can hold one, so ordinary tokens skip the walk.
+    if b"\\u" in raw and _holds_lone_surrogate(value):
+        raise MalformedToken(f"{name} holds a lone UTF-16 surrogate")
     return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Tell whether any string (member name or value) is not encodable as UTF-8."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
