@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -24,11 +25,11 @@ _PKCS1 = serialization.PublicFormat.PKCS1
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
-def _hmac(secret_of: object, algorithm: str = "HS256") -> Attack:
+def _hmac(secret_of: Callable[[Issuer], bytes], algorithm: str = "HS256") -> Attack:
     """An ``alg: HS*`` token over the real ``kid``, its MAC keyed with ``secret_of(issuer)``."""
 
     def make(issuer: Issuer) -> str:
-        secret = secret_of(issuer)  # type: ignore[operator]
+        secret = secret_of(issuer)
         header = issuer.header(alg=algorithm)
         signing_input = f"{b64u(json_bytes(header))}.{b64u(json_bytes(issuer.claims()))}"
         mac = hmac.new(secret, signing_input.encode(), _HASHES[algorithm]).digest()
