@@ -204,7 +204,7 @@ def _random_kid_tokens(issuer: Issuer, count: int) -> list[str]:
     ]
 
 
-def _flood(target: Target, tokens: list[str], in_flight: int = 96) -> set[grpc.StatusCode]:
+def _flood(target: Target, tokens: list[str], in_flight: int = 64) -> set[grpc.StatusCode]:
     """Send every token, ``in_flight`` calls at a time (a client within the stream limit)."""
     codes = set()
     call_rpc = target.stub.GetProtectedResource.future
