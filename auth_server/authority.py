@@ -79,8 +79,18 @@ class TokenAuthority:
         self._keys = keys
         self._jwks_max_age = jwks_max_age
 
-    def login(self, username: str, password: str, scope: str = "") -> TokenGrant:
+    def login(
+        self,
+        username: str,
+        password: str,
+        scope: str = "",
+        *,
+        cert_thumbprint: str | None = None,
+    ) -> TokenGrant:
         """Check credentials and issue a token pair.
+
+        With ``cert_thumbprint`` (the client logged in over mutual TLS), the access
+        token is bound to that certificate (RFC 8705 ``cnf``).
 
         Raises:
             InvalidRequest: a field is empty, too long or not well formed.
@@ -96,7 +106,12 @@ class TokenAuthority:
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
         session = self._sessions.create(user.id)
-        token = self._issuer.issue(user, scopes=granted, session_id=session.session_id)
+        token = self._issuer.issue(
+            user,
+            scopes=granted,
+            session_id=session.session_id,
+            cert_thumbprint=cert_thumbprint,
+        )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
         return TokenGrant(
             access_token=token.access_token,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -14,6 +15,7 @@ from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
 from auth_server.config import DEFAULT_MAX_LOGIN_REQUEST_SIZE
 from auth_server.errors import AuthServerError, InvalidCredentials, InvalidRequest
 from auth_server.publisher import JwksPublisher
+from auth_server.tls import client_cert_thumbprint
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,8 +78,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             # Unknown fields count too: they would otherwise ride along unchecked.
             if request.ByteSize() > self._max_login_request_size:
                 raise InvalidRequest("login request too large")
+            # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
+            thumbprint = client_cert_thumbprint(context.auth_context())
             return await asyncio.to_thread(
-                self._authority.login, request.username, request.password, request.scope
+                functools.partial(
+                    self._authority.login,
+                    request.username,
+                    request.password,
+                    request.scope,
+                    cert_thumbprint=thumbprint,
+                )
             )
 
         try:

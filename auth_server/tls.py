@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ssl
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
@@ -62,6 +65,18 @@ def http_server_context(cert: Path, key: Path) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load --tls-cert {cert} with --tls-key {key}") from exc
     return context
+
+
+def client_cert_thumbprint(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The RFC 8705 ``x5t#S256`` of the call's client certificate, or ``None`` without one.
+
+    ``auth_context`` is the gRPC call's ``context.auth_context()``.
+    """
+    pems = list(auth_context.get("x509_pem_cert", ()))
+    if not pems:
+        return None
+    der = ssl.PEM_cert_to_DER_cert(pems[0].decode("ascii"))
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
 def channel_credentials(

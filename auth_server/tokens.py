@@ -76,13 +76,22 @@ class TokenIssuer:
         self._ttl = ttl
         self._now = now
 
-    def issue(self, user: User, *, scopes: Iterable[str], session_id: str) -> IssuedToken:
+    def issue(
+        self,
+        user: User,
+        *,
+        scopes: Iterable[str],
+        session_id: str,
+        cert_thumbprint: str | None = None,
+    ) -> IssuedToken:
         """Sign an access token for ``user``.
 
         Args:
             user: The authenticated user; ``sub`` is its id.
             scopes: The scopes to grant; each must be one the user holds.
             session_id: The session the token belongs to (``sid``).
+            cert_thumbprint: The ``x5t#S256`` of the client certificate the token is
+                bound to (RFC 8705 §3.1, the ``cnf`` claim), or ``None``.
 
         Returns:
             The token and its metadata.
@@ -117,6 +126,8 @@ class TokenIssuer:
             "username": user.username,
             "scope": scope,
         }
+        if cert_thumbprint is not None:
+            claims["cnf"] = {"x5t#S256": cert_thumbprint}
         token = jwt.encode(
             claims,
             key.private_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -148,19 +149,19 @@ def auth_module(
 
 @contextlib.contextmanager
 def tls_resource(
-    loop_thread: EventLoopThread, auth: AuthHarness, pki: Pki, *, aio: bool, **changes: Any
+    loop_thread: EventLoopThread, jwks_url: str, pki: Pki, *, aio: bool, **changes: Any
 ) -> Iterator[str]:
-    """A TLS resource server verifying ``auth``'s tokens; yields its target."""
+    """A TLS resource server verifying tokens with the keys at ``jwks_url``; yields its target."""
     config = ResourceServerConfig(
         grpc_address="127.0.0.1:0",
         issuer=ISSUER,
         audience=AUDIENCE,
-        jwks_url=auth.jwks_url,
+        jwks_url=jwks_url,
         tls_cert=pki.server.cert,
         tls_key=pki.server.key,
         **changes,
     )
-    keys = KeyCache(HttpJwksSource(auth.jwks_url))
+    keys = KeyCache(HttpJwksSource(jwks_url, ca_cert=config.auth_ca_cert))
     verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
     if aio:
         aserver, port = loop_thread.run(start_aio_server(config, verifier))
@@ -195,7 +196,7 @@ def test_the_token_helper_sends_tokens_as_call_credentials_over_tls(
     loop_thread: EventLoopThread, auth_module: AuthHarness, pki: Pki, aio: bool
 ) -> None:
     tokens = TokenManager(auth_module.channel, "alice", PASSWORD)
-    with tls_resource(loop_thread, auth_module, pki, aio=aio) as target:
+    with tls_resource(loop_thread, auth_module.jwks_url, pki, aio=aio) as target:
         creds = grpc.composite_channel_credentials(credentials(pki), tokens.call_credentials())
         assert call(target, creds).user.username == "alice"
         assert refused(target, credentials(pki)).code() == grpc.StatusCode.UNAUTHENTICATED
@@ -213,7 +214,7 @@ def test_subject_binding_needs_the_certificate_of_the_tokens_user(
     alice = auth_module.login("alice", PASSWORD).access_token
     bob = auth_module.login("bob", PASSWORD).access_token
     with tls_resource(
-        loop_thread, auth_module, pki, aio=aio, client_ca=pki.ca, cert_binding="subject"
+        loop_thread, auth_module.jwks_url, pki, aio=aio, client_ca=pki.ca, cert_binding="subject"
     ) as target:
         as_alice = credentials(pki, pki.clients["alice"])
         as_bob = credentials(pki, pki.clients["bob"])
@@ -235,7 +236,7 @@ def test_cnf_binding_needs_the_certificate_whose_thumbprint_the_token_carries(
     bound = auth_module.forge({"cnf": {"x5t#S256": cert_thumbprint(pki.clients["alice"].cert_pem)}})
     unbound = auth_module.forge({})
     with tls_resource(
-        loop_thread, auth_module, pki, aio=aio, client_ca=pki.ca, cert_binding="cnf"
+        loop_thread, auth_module.jwks_url, pki, aio=aio, client_ca=pki.ca, cert_binding="cnf"
     ) as target:
         as_alice = credentials(pki, pki.clients["alice"])
         as_bob = credentials(pki, pki.clients["bob"])
@@ -419,3 +420,41 @@ def test_up_login_and_get_work_over_mutual_tls_from_the_command_line(
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+@pytest.mark.parametrize("aio", FACES)
+def test_a_login_over_mutual_tls_yields_a_token_bound_to_that_certificate(
+    loop_thread: EventLoopThread, tmp_path: Path, pki: Pki, aio: bool
+) -> None:
+    alice, bob = pki.clients["alice"], pki.clients["bob"]
+    with tls_auth(
+        loop_thread, tmp_path, tls_cert=pki.server.cert, tls_key=pki.server.key, client_ca=pki.ca
+    ) as server:
+        token = login(server.grpc_target, credentials(pki, alice)).access_token
+        assert _claims(token)["cnf"] == {"x5t#S256": cert_thumbprint(alice.cert_pem)}
+        with tls_resource(
+            loop_thread,
+            f"{server.http_base_url}/.well-known/jwks.json",
+            pki,
+            aio=aio,
+            client_ca=pki.ca,
+            cert_binding="cnf",
+            auth_ca_cert=pki.ca,
+        ) as target:
+            assert call(target, credentials(pki, alice), bearer(token)).user.username == "alice"
+            error = refused(target, credentials(pki, bob), bearer(token))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_login_without_a_client_certificate_yields_an_unbound_token(
+    loop_thread: EventLoopThread, tmp_path: Path, pki: Pki
+) -> None:
+    with tls_auth(
+        loop_thread, tmp_path, tls_cert=pki.server.cert, tls_key=pki.server.key
+    ) as server:
+        assert "cnf" not in _claims(login(server.grpc_target, credentials(pki)).access_token)
