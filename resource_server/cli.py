@@ -12,7 +12,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -115,40 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
         "bare token; '-' reads standard input",
     )
     get.add_argument("--method", choices=["protected", "admin", "public"], default="protected")
-    add_client_tls_arguments(get, _env)
+    _add_client_tls_arguments(get)
     get.set_defaults(run=_cmd_get)
     return parser
 
 
-def add_client_tls_arguments(parser: argparse.ArgumentParser, env: Any) -> None:
+def _add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """``--tls``, ``--ca-cert``, ``--client-cert``, ``--client-key`` of a calling command."""
     parser.add_argument(
         "--tls",
         action="store_true",
-        default=env("TLS", "") not in ("", "0", "false"),
+        default=_flag("TLS"),
         help="connect with TLS, trusting the system roots (implied by --ca-cert; SSOT_TLS=1)",
     )
     parser.add_argument(
         "--ca-cert",
         type=Path,
-        default=env("CA_CERT"),
+        default=_env("CA_CERT"),
         help="connect with TLS, trusting the CAs in this PEM file (SSOT_CA_CERT)",
     )
     parser.add_argument(
         "--client-cert",
         type=Path,
-        default=env("CLIENT_CERT"),
+        default=_env("CLIENT_CERT"),
         help="client certificate chain (PEM) for mutual TLS (SSOT_CLIENT_CERT)",
     )
     parser.add_argument(
         "--client-key",
         type=Path,
-        default=env("CLIENT_KEY"),
+        default=_env("CLIENT_KEY"),
         help="private key (PEM) of --client-cert (SSOT_CLIENT_KEY)",
     )
 
 
-def open_channel(ns: argparse.Namespace, target: str) -> grpc.Channel:
+def _open_channel(ns: argparse.Namespace, target: str) -> grpc.Channel:
     """A channel to ``target``: TLS when any of the client TLS flags asks for it."""
     if not (ns.tls or ns.ca_cert or ns.client_cert or ns.client_key):
         return grpc.insecure_channel(target)
@@ -326,7 +325,7 @@ def _cmd_get(ns: argparse.Namespace) -> int:
         if ns.method == "public"
         else (("authorization", f"Bearer {_read_token(ns.token_file)}"),)
     )
-    with open_channel(ns, ns.target) as channel:
+    with _open_channel(ns, ns.target) as channel:
         stub = resource_pb2_grpc.ResourceServiceStub(channel)
         response: Message
         try:

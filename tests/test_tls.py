@@ -458,3 +458,15 @@ def test_a_login_without_a_client_certificate_yields_an_unbound_token(
         loop_thread, tmp_path, tls_cert=pki.server.cert, tls_key=pki.server.key
     ) as server:
         assert "cnf" not in _claims(login(server.grpc_target, credentials(pki)).access_token)
+
+
+def test_a_plain_http_jwks_url_beyond_loopback_needs_the_explicit_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("SSOT_")]:
+        monkeypatch.delenv(name)
+    serve = ["serve", "--issuer", ISSUER, "--audience", AUDIENCE, "--grpc", "127.0.0.1:0"]
+    assert resource_main([*serve, "--jwks-url", "http://auth.example.com/jwks.json"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("ssot-resource: error: key source URL must be https")
+    assert "allow_insecure_http" in error
