@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_server.authority import TokenAuthority
-from auth_server.config import AuthServerConfig, split_address
+from auth_server.config import AuthServerConfig, is_loopback_host, split_address
 from auth_server.errors import AuthServerError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
@@ -28,6 +29,7 @@ from auth_server.service import AuthServicer
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
 from auth_server.throttle import LoginThrottle
+from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore
 from protos import auth_pb2, auth_pb2_grpc
@@ -134,7 +136,8 @@ class RunningAuthServer:
     @property
     def http_base_url(self) -> str:
         host = split_address(self.config.http_address)[0]
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop both servers, letting in-flight RPCs finish within ``grace`` seconds."""
@@ -169,6 +172,10 @@ async def start_auth_server(
         StartupError: an address cannot be bound.
         AuthServerError: storage or keys are unusable (wrong passphrase, ...).
     """
+    try:
+        grpc_credentials, http_context = _tls_material(config)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
     components = await asyncio.to_thread(build_components, config, now=now)
     publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
     await publisher.start()
@@ -188,15 +195,15 @@ async def start_auth_server(
         await publisher.stop()
         raise
 
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024),
-            ("grpc.max_metadata_size", 16 * 1024),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=grpc_server_options(config))
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(components.authority, publisher, revocations), server
+        AuthServicer(
+            components.authority,
+            publisher,
+            revocations,
+            max_login_request_size=config.max_login_request_size,
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -205,7 +212,11 @@ async def start_auth_server(
             (AUTH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     try:
-        grpc_port = server.add_insecure_port(config.grpc_address)
+        if grpc_credentials is not None:
+            grpc_port = server.add_secure_port(config.grpc_address, grpc_credentials)
+        else:
+            _warn_if_exposed(config.grpc_address, "--grpc", "logins, passwords and tokens")
+            grpc_port = server.add_insecure_port(config.grpc_address)
     except RuntimeError as exc:
         await scheduler.stop()
         await publisher.stop()
@@ -217,7 +228,9 @@ async def start_auth_server(
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_address(config.http_address)
-    site = web.TCPSite(runner, host, port, reuse_port=False)
+    if http_context is None:
+        _warn_if_exposed(config.http_address, "--http", "the signing keys verifiers trust")
+    site = web.TCPSite(runner, host, port, reuse_port=False, ssl_context=http_context)
     try:
         await site.start()
     except OSError as exc:
@@ -265,3 +278,38 @@ async def _clean_up_periodically(components: Components, interval: float) -> Non
         except Exception as exc:  # noqa: BLE001 - retried next interval
             reason = exc.message if isinstance(exc, AuthServerError) else type(exc).__name__
             _LOGGER.warning("cleanup of ended sessions failed: %s", reason)
+
+
+def grpc_server_options(config: AuthServerConfig) -> list[tuple[str, int]]:
+    """The gRPC channel arguments that carry the server's limits."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_size),
+        # Soft and hard limit alike: grpc otherwise refuses calls between the two at random.
+        ("grpc.max_metadata_size", config.max_metadata_size),
+        ("grpc.absolute_max_metadata_size", config.max_metadata_size),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _tls_material(
+    config: AuthServerConfig,
+) -> tuple[grpc.ServerCredentials | None, ssl.SSLContext | None]:
+    if config.tls_cert is None or config.tls_key is None:
+        return None, None
+    return (
+        grpc_server_credentials(config.tls_cert, config.tls_key, config.client_ca),
+        http_server_context(config.tls_cert, config.tls_key),
+    )
+
+
+def _warn_if_exposed(address: str, flag: str, what: str) -> None:
+    host = split_address(address)[0]
+    if not is_loopback_host(host):
+        _LOGGER.warning(
+            "SECURITY WARNING: %s %s listens beyond this machine WITHOUT TLS: %s cross the"
+            " network in clear text; use --tls-cert and --tls-key",
+            flag,
+            address,
+            what,
+        )

@@ -7,10 +7,9 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from auth_server.audit import audit_event
-from auth_server.errors import InvalidCredentials, InvalidRefreshToken, InvalidRequest
+from auth_server.errors import InvalidRefreshToken, InvalidRequest
 from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore
 from auth_server.throttle import LoginThrottle
@@ -27,13 +26,15 @@ MAX_REFRESH_TOKEN_BYTES = 512
 
 @dataclass(frozen=True, kw_only=True)
 class TokenGrant:
-    """What a successful login returns (RFC 6749 §5.1)."""
+    """What a successful login returns (RFC 6749 §5.1), and whom it was for."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str
     expires_in: int
-    refresh_token: str
+    refresh_token: str = field(repr=False)
     scope: str
+    user_id: str = ""
+    session_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +117,13 @@ class TokenAuthority:
         self._throttle = throttle
 
     def login(
-        self, username: str, password: str, scope: str = "", *, address: str = ""
+        self,
+        username: str,
+        password: str,
+        scope: str = "",
+        *,
+        address: str = "",
+        cert_thumbprint: str | None = None,
     ) -> TokenGrant:
         """Check credentials and issue a token pair for a new session.
 
@@ -126,6 +133,8 @@ class TokenAuthority:
             scope: Space-separated scopes wanted; empty means all the user holds.
             address: The client's address (see :func:`auth_server.throttle.client_address`),
                 for throttling and the audit trail.
+            cert_thumbprint: The ``x5t#S256`` of the client's TLS certificate, which the
+                access token is then bound to (RFC 8705 ``cnf``), or ``None``.
 
         Raises:
             InvalidRequest: a field is empty, too long or not well formed.
@@ -139,11 +148,8 @@ class TokenAuthority:
         wanted = validate_scopes(scope.split()) if scope.strip() else None
         # Throttled before argon2 runs: a refused attempt costs a database round trip only.
         attempt = self._throttle.admit(username, address) if self._throttle else None
-        try:
-            user = self._users.authenticate(username, password)
-        except InvalidCredentials:
-            audit_event("login.failed", reason="bad_credentials", address=address or None)
-            raise
+        # Audited by the servicer (login.failed / login.succeeded, with the peer).
+        user = self._users.authenticate(username, password)
         if self._throttle is not None and attempt is not None:
             self._throttle.succeeded(attempt)
         granted = (
@@ -151,18 +157,21 @@ class TokenAuthority:
         )
         session = self._sessions.create(user.id, scope=granted, access_ttl=self._issuer.ttl)
         token = self._issuer.issue(
-            user, scopes=granted, session_id=session.session_id, issued_at=session.issued_at
+            user,
+            scopes=granted,
+            session_id=session.session_id,
+            issued_at=session.issued_at,
+            cert_thumbprint=cert_thumbprint,
         )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
-        audit_event(
-            "login.succeeded", user_id=user.id, sid=session.session_id, address=address or None
-        )
         return TokenGrant(
             access_token=token.access_token,
             token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
             expires_in=token.expires_in,
             refresh_token=session.refresh_token,
             scope=token.scope,
+            user_id=user.id,
+            session_id=session.session_id,
         )
 
     def refresh(self, refresh_token: str) -> TokenGrant:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from auth_server.app import StartupError
 from auth_server.commands import keys, login, serve, sessions, up, users
-from auth_server.commands._common import CommandError
+from auth_server.commands._common import CommandError, close_databases
 from auth_server.errors import AuthServerError
 from auth_server.settings import SettingsError, env_default
 
@@ -50,4 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    finally:
+        close_databases()
     return 1

@@ -17,6 +17,10 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_ACCESS_TOKEN_TTL = 900
 DEFAULT_JWKS_MAX_AGE = 300
+DEFAULT_MAX_METADATA_SIZE = 16 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+DEFAULT_MAX_LOGIN_REQUEST_SIZE = 4096
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -70,6 +74,15 @@ class AuthServerConfig:
             the CLI or other replicas, seconds.
         cleanup_interval: How often ended sessions and stale throttle counters
             are deleted, seconds.
+        tls_cert, tls_key: Serve gRPC and HTTP over TLS with this certificate chain
+            and key (PEM files).
+        client_ca: Require gRPC clients to present a certificate signed by these
+            CAs (mutual TLS); the public HTTP documents never ask for one.
+        max_metadata_size: Largest request metadata (headers) accepted, bytes.
+        max_message_size: Largest request message accepted, bytes.
+        max_concurrent_streams: Most calls in flight on one client connection.
+        max_login_request_size: Largest serialized ``LoginRequest``, bytes
+            (unknown fields included).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -94,6 +107,13 @@ class AuthServerConfig:
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
     revocation_poll_interval: float = 0.25
     cleanup_interval: float = 600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    max_metadata_size: int = DEFAULT_MAX_METADATA_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -121,6 +141,20 @@ class AuthServerConfig:
             raise ValueError("the key passphrase must be at least 16 bytes")
         if self.key_poll_interval <= 0:
             raise ValueError("key_poll_interval must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        for name in (
+            "max_metadata_size",
+            "max_message_size",
+            "max_concurrent_streams",
+            "max_login_request_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_login_request_size > self.max_message_size:
+            raise ValueError("--max-login-request-size cannot exceed --max-message-size")
         if self.revocation_poll_interval <= 0 or self.cleanup_interval <= 0:
             raise ValueError("revocation_poll_interval and cleanup_interval must be positive")
         if self.key_check_interval <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,11 +11,20 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from auth_server.audit import audit_event
 from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
-from auth_server.errors import AuthServerError, LoginThrottled, RefreshTokenReused
+from auth_server.config import DEFAULT_MAX_LOGIN_REQUEST_SIZE
+from auth_server.errors import (
+    AuthServerError,
+    InvalidCredentials,
+    InvalidRequest,
+    LoginThrottled,
+    RefreshTokenReused,
+)
 from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
+from auth_server.tls import client_cert_thumbprint
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,6 +70,14 @@ async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Excepti
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _login_failure_reason(exc: Exception) -> str:
+    if isinstance(exc, InvalidCredentials):
+        return "bad_credentials"
+    if isinstance(exc, AuthServerError):
+        return exc.code.name.lower()
+    return "internal"
+
+
 async def _run(
     context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[_T]]
 ) -> _T:
@@ -77,27 +95,47 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         authority: TokenAuthority,
         publisher: JwksPublisher,
         revocations: RevocationPublisher | None = None,
+        *,
+        max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
     ) -> None:
         self._authority = authority
         self._publisher = publisher
         self._revocations = revocations
+        self._max_login_request_size = max_login_request_size
 
     async def Login(
         self,
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
-        address = client_address(context.peer())
-        grant = await _run(
-            context,  # type: ignore[arg-type]
-            lambda: asyncio.to_thread(
-                self._authority.login,
-                request.username,
-                request.password,
-                request.scope,
-                address=address,
-            ),
-        )
+        peer = context.peer()
+        address = client_address(peer)
+
+        async def login() -> TokenGrant:
+            # Unknown fields count too: they would otherwise ride along unchecked.
+            if request.ByteSize() > self._max_login_request_size:
+                raise InvalidRequest("login request too large")
+            # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
+            thumbprint = client_cert_thumbprint(context.auth_context())
+            return await asyncio.to_thread(
+                functools.partial(
+                    self._authority.login,
+                    request.username,
+                    request.password,
+                    request.scope,
+                    address=address,
+                    cert_thumbprint=thumbprint,
+                )
+            )
+
+        try:
+            grant = await login()
+        except Exception as exc:  # noqa: BLE001 - audited, then mapped to a status
+            # A throttled attempt already has its own, more specific line (login.throttled).
+            if not isinstance(exc, LoginThrottled):
+                audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
+            await _abort(context, exc)  # type: ignore[arg-type]
+        audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
         return _token_response(grant)
 
     async def Refresh(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,6 +151,20 @@ class Database:
             event.listen(self.engine, "begin", _on_sqlite_begin)
         else:
             self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+        # Connections out of the pool right now: dispose() waits for them (see there).
+        self._checked_out = 0
+        self._all_in = threading.Condition()
+        event.listen(self.engine, "checkout", self._on_checkout)
+        event.listen(self.engine, "checkin", self._on_checkin)
+
+    def _on_checkout(self, *_: Any) -> None:
+        with self._all_in:
+            self._checked_out += 1
+
+    def _on_checkin(self, *_: Any) -> None:
+        with self._all_in:
+            self._checked_out -= 1
+            self._all_in.notify_all()
 
     @property
     def dialect_name(self) -> str:
@@ -207,8 +222,18 @@ class Database:
 
             conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
 
-    def dispose(self) -> None:
-        """Close every pooled connection."""
+    def dispose(self, timeout: float = 5.0) -> None:
+        """Close every pooled connection, first waiting (bounded) for those in use.
+
+        A worker thread may still be finishing a query when its server stops;
+        ``engine.dispose()`` leaves a checked-out connection open, to be closed
+        by the garbage collector later. Waiting for it to come back closes it here.
+        """
+        with self._all_in:
+            if not self._all_in.wait_for(lambda: self._checked_out <= 0, timeout):
+                _LOGGER.warning(
+                    "disposing the database with %d connections in use", self._checked_out
+                )
         self.engine.dispose()
 
     @contextmanager

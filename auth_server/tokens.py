@@ -88,6 +88,7 @@ class TokenIssuer:
         scopes: Iterable[str],
         session_id: str,
         issued_at: float | None = None,
+        cert_thumbprint: str | None = None,
     ) -> IssuedToken:
         """Sign an access token for ``user``.
 
@@ -97,6 +98,8 @@ class TokenIssuer:
             session_id: The session the token belongs to (``sid``).
             issued_at: The ``iat`` to use (the session recorded ``iat + ttl`` as
                 its last token's expiry); the clock's time if not given.
+            cert_thumbprint: The ``x5t#S256`` of the client certificate the token is
+                bound to (RFC 8705 §3.1, the ``cnf`` claim), or ``None``.
 
         Returns:
             The token and its metadata.
@@ -131,6 +134,8 @@ class TokenIssuer:
             "username": user.username,
             "scope": scope,
         }
+        if cert_thumbprint is not None:
+            claims["cnf"] = {"x5t#S256": cert_thumbprint}
         token = jwt.encode(
             claims,
             key.private_key,

@@ -1,5 +1,6 @@
 """Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
 
+from interceptors._binding import CERT_BINDINGS, CertBinding, cert_thumbprint
 from interceptors._cache import CacheStats, KeyCache
 from interceptors._client import (
     AsyncTokenManager,
@@ -10,6 +11,7 @@ from interceptors._client import (
 from interceptors._context import current_principal
 from interceptors._errors import (
     AuthError,
+    CertificateMismatch,
     ExpiredToken,
     ImmatureToken,
     InsufficientScope,
@@ -51,6 +53,7 @@ from interceptors._verify import (
 )
 
 __all__ = [
+    "CERT_BINDINGS",
     "HEALTH_METHODS",
     "REFLECTION_METHODS",
     "AsyncAuthInterceptor",
@@ -59,6 +62,8 @@ __all__ = [
     "AuthInterceptor",
     "BearerClientInterceptor",
     "CacheStats",
+    "CertBinding",
+    "CertificateMismatch",
     "DiscoverySource",
     "ExpiredToken",
     "FetchResult",
@@ -95,5 +100,6 @@ __all__ = [
     "UnknownKey",
     "VerificationKey",
     "bearer_token",
+    "cert_thumbprint",
     "current_principal",
 ]

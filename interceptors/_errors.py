@@ -2,7 +2,8 @@
 
 The message is what a client sees in the status details. It names the
 category only ("token expired"), never the token, a key, or the text of a
-library exception.
+library exception. ``reason`` is the same category as a stable identifier for
+the audit trail (``token.rejected``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class AuthError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNAUTHENTICATED
     message: ClassVar[str] = "unauthenticated"
+    reason: ClassVar[str] = "unauthenticated"
 
     def __init__(self, detail: str | None = None) -> None:
         # ``detail`` is for logs and debugging only and must not hold secrets;
@@ -29,54 +31,74 @@ class MissingToken(AuthError):
     """No ``authorization: Bearer`` metadata was sent."""
 
     message = "missing bearer token"
+    reason = "missing_token"
 
 
 class InvalidToken(AuthError):
     """The token was presented but cannot be accepted."""
 
     message = "invalid token"
+    reason = "invalid_token"
 
 
 class MalformedToken(InvalidToken):
     """The token, or the authorization metadata carrying it, is not well formed."""
 
     message = "malformed token"
+    reason = "malformed"
 
 
 class InvalidSignature(InvalidToken):
     """The signature does not verify with the key the ``kid`` selects."""
 
     message = "invalid signature"
+    reason = "bad_signature"
 
 
 class ExpiredToken(InvalidToken):
     """``exp`` has passed (beyond the leeway)."""
 
     message = "token expired"
+    reason = "expired"
 
 
 class ImmatureToken(InvalidToken):
     """``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
 
     message = "token not yet valid"
+    reason = "not_yet_valid"
 
 
 class InvalidClaims(InvalidToken):
     """A claim is missing or wrong: issuer, audience, ``typ``, types, lifetime."""
 
     message = "invalid token claims"
+    reason = "bad_claims"
 
 
 class UnknownKey(InvalidToken):
     """The ``kid`` is not in the issuer's key set, even after a refetch."""
 
     message = "unknown signing key"
+    reason = "unknown_key"
+
+
+class CertificateMismatch(InvalidToken):
+    """The token is not bound to the client certificate the call came with (mutual TLS).
+
+    Either the certificate does not name the token's subject, or the token's
+    ``cnf`` claim names another certificate (RFC 8705 §3).
+    """
+
+    message = "token not bound to the client certificate"
+    reason = "certificate_mismatch"
 
 
 class RevokedToken(InvalidToken):
     """The token's session (``sid``) was ended: logout, reuse of a refresh token, an admin."""
 
     message = "token revoked"
+    reason = "revoked"
 
 
 class InsufficientScope(AuthError):
@@ -84,6 +106,7 @@ class InsufficientScope(AuthError):
 
     code = grpc.StatusCode.PERMISSION_DENIED
     message = "insufficient scope"
+    reason = "insufficient_scope"
 
 
 class KeysUnavailable(AuthError):
@@ -94,6 +117,7 @@ class KeysUnavailable(AuthError):
 
     code = grpc.StatusCode.UNAVAILABLE
     message = "signing keys unavailable"
+    reason = "keys_unavailable"
 
 
 class KeySetError(AuthError):
@@ -104,3 +128,4 @@ class KeySetError(AuthError):
 
     code = grpc.StatusCode.UNAVAILABLE
     message = "signing keys unavailable"
+    reason = "bad_key_set"

@@ -17,6 +17,8 @@ from typing import Any, Final, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 
+from interceptors._audit import audit_event
+from interceptors._binding import CERT_BINDINGS, CertBinding, check_cert_binding
 from interceptors._context import PRINCIPAL
 from interceptors._errors import (
     AuthError,
@@ -87,15 +89,25 @@ def _require_scopes(principal: Principal, scopes: frozenset[str]) -> None:
         raise InsufficientScope(f"missing scopes {sorted(scopes - principal.scopes)!r}")
 
 
-def _rejection(exc: Exception, method: str) -> AuthError:
-    """Log why a call is refused and pick the error to send (never the library's text)."""
+def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
+    """Record why a call is refused and pick the error to send (never the library's text)."""
     if isinstance(exc, AuthError):
-        _LOGGER.info("rejected call to %s: %s (%s)", method, exc.message, exc.detail)
-        return exc
-    # Fail closed: an unexpected failure while checking a token is still a refusal.
-    # Only the type is logged, since the text of a foreign exception may echo the token.
-    _LOGGER.error("rejected call to %s: token check failed with %s", method, type(exc).__name__)
-    return InvalidToken()
+        error = exc
+        _LOGGER.debug("rejected call to %s: %s (%s)", method, exc.message, exc.detail)
+    else:
+        # Fail closed: an unexpected failure while checking a token is still a refusal.
+        # Only the type is logged, since the text of a foreign exception may echo the token.
+        error = InvalidToken()
+        _LOGGER.error("rejected call to %s: token check failed with %s", method, type(exc).__name__)
+    audit_event("token.rejected", reason=error.reason, method=method, peer=peer)
+    return error
+
+
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 -- the audit line must never turn a refusal into a crash
+        return "unknown"
 
 
 class _Bound:
@@ -116,28 +128,40 @@ class _Bound:
 class _Guard:
     """The token and scope check for one protected method, in a sync and an async face."""
 
-    __slots__ = ("_method", "_scopes", "_verifier")
+    __slots__ = ("_binding", "_method", "_scopes", "_verifier")
 
-    def __init__(self, verifier: TokenVerifier, method: str, scopes: frozenset[str]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        method: str,
+        scopes: frozenset[str],
+        binding: CertBinding | None,
+    ) -> None:
         self._verifier = verifier
         self._method = method
         self._scopes = scopes
+        self._binding = binding
+
+    def _check(self, principal: Principal, context: Any) -> None:
+        if self._binding is not None:
+            check_cert_binding(principal, context.auth_context(), self._binding)
+        _require_scopes(principal, self._scopes)
 
     def admit(self, context: grpc.ServicerContext) -> _Bound:
         try:
             principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
-            _require_scopes(principal, self._scopes)
+            self._check(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method)
+            error = _rejection(exc, self._method, _peer(context))
             context.abort(error.code, error.message)
         return _Bound(principal)
 
     async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Bound:
         try:
             principal = await self._verifier.averify(bearer_token(context.invocation_metadata()))
-            _require_scopes(principal, self._scopes)
+            self._check(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method)
+            error = _rejection(exc, self._method, _peer(context))
             await context.abort(error.code, error.message)
         return _Bound(principal)
 
@@ -204,14 +228,22 @@ def _aguard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
 class _Gate:
     """What both interceptors share: which calls to guard, and the wrapped handlers."""
 
-    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        policy: MethodPolicy | None,
+        cert_binding: CertBinding | None,
+    ) -> None:
+        if cert_binding is not None and cert_binding not in CERT_BINDINGS:
+            raise ValueError(f"cert_binding must be one of {CERT_BINDINGS} or None")
         self._verifier = verifier
         self._policy = policy if policy is not None else MethodPolicy()
+        self._binding = cert_binding
 
     def protect(self, handler: _Handler | None, method: str) -> _Handler | None:
         if handler is None or self._policy.is_public(method):
             return handler
-        guard = _Guard(self._verifier, method, self._policy.scopes_for(method))
+        guard = _Guard(self._verifier, method, self._policy.scopes_for(method), self._binding)
         for attribute, factory, streams_out in _KINDS:
             behaviour: _Behaviour | None = getattr(handler, attribute)
             if behaviour is None:
@@ -239,15 +271,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
         >>> server = grpc.server(executor, interceptors=[AuthInterceptor(verifier, policy)])
     """
 
-    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None = None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        policy: MethodPolicy | None = None,
+        *,
+        cert_binding: CertBinding | None = None,
+    ) -> None:
         """Create the interceptor.
 
         Args:
             verifier: Checks the token.
             policy: Public methods and per-method scopes; by default every method but
                 health and reflection needs a token.
+            cert_binding: On a mutual-TLS server, require the client certificate to
+                match the token: ``"subject"`` (it names ``sub`` or ``username``) or
+                ``"cnf"`` (RFC 8705 ``x5t#S256``); ``None`` does not look at it.
         """
-        self._gate = _Gate(verifier, policy)
+        self._gate = _Gate(verifier, policy, cert_binding)
 
     def intercept_service(
         self,
@@ -268,15 +309,22 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
         >>> server = grpc.aio.server(interceptors=[AsyncAuthInterceptor(verifier, policy)])
     """
 
-    def __init__(self, verifier: TokenVerifier, policy: MethodPolicy | None = None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        policy: MethodPolicy | None = None,
+        *,
+        cert_binding: CertBinding | None = None,
+    ) -> None:
         """Create the interceptor.
 
         Args:
             verifier: Checks the token; key fetches never block the event loop.
             policy: Public methods and per-method scopes; by default every method but
                 health and reflection needs a token.
+            cert_binding: As for :class:`AuthInterceptor`.
         """
-        self._gate = _Gate(verifier, policy)
+        self._gate = _Gate(verifier, policy, cert_binding)
 
     async def intercept_service(
         self,

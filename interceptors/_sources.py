@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
@@ -87,7 +88,12 @@ class HttpJwksSource:
     """Fetches a JWK Set document from an HTTP(S) URL, with conditional requests."""
 
     def __init__(
-        self, url: str, *, allow_insecure_http: bool = False, max_bytes: int = _DEFAULT_MAX_BYTES
+        self,
+        url: str,
+        *,
+        allow_insecure_http: bool = False,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
+        ca_cert: str | Path | None = None,
     ) -> None:
         """Check the URL and prepare the client.
 
@@ -96,16 +102,19 @@ class HttpJwksSource:
                 address or ``allow_insecure_http`` is set.
             allow_insecure_http: Permit plain ``http`` to any host.
             max_bytes: The largest response body accepted.
+            ca_cert: A PEM file of CA certificates to trust for ``https``
+                instead of the system roots.
 
         Raises:
-            ValueError: The URL is not acceptable.
+            ValueError: The URL is not acceptable, or ``ca_cert`` cannot be loaded.
         """
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         check_url(url, allow_insecure_http=allow_insecure_http)
         self._url = url
         self._max_bytes = max_bytes
-        self._opener = _opener(url)
+        self._ca_cert = ca_cert
+        self._opener = _opener(url, ca_cert)
         self._lock = threading.Lock()
         self._etag: str | None = None
         self._document: Mapping[str, Any] | None = None
@@ -157,6 +166,7 @@ class DiscoverySource:
         *,
         allow_insecure_http: bool = False,
         max_bytes: int = _DEFAULT_MAX_BYTES,
+        ca_cert: str | Path | None = None,
     ) -> None:
         """Check the issuer URL.
 
@@ -165,9 +175,11 @@ class DiscoverySource:
             allow_insecure_http: Permit plain ``http`` to any host (for the
                 issuer and the ``jwks_uri`` it names).
             max_bytes: The largest response body accepted (each document).
+            ca_cert: A PEM file of CA certificates to trust for ``https``
+                instead of the system roots.
 
         Raises:
-            ValueError: The issuer URL is not acceptable.
+            ValueError: The issuer URL is not acceptable, or ``ca_cert`` cannot be loaded.
         """
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -176,7 +188,8 @@ class DiscoverySource:
         self._config_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         self._allow_insecure_http = allow_insecure_http
         self._max_bytes = max_bytes
-        self._opener = _opener(self._config_url)
+        self._ca_cert = ca_cert
+        self._opener = _opener(self._config_url, ca_cert)
         self._lock = threading.Lock()
         self._jwks: HttpJwksSource | None = None
         self._rediscover = True
@@ -221,7 +234,10 @@ class DiscoverySource:
             return current  # keeps its ETag
         try:
             return HttpJwksSource(
-                jwks_uri, allow_insecure_http=self._allow_insecure_http, max_bytes=self._max_bytes
+                jwks_uri,
+                allow_insecure_http=self._allow_insecure_http,
+                max_bytes=self._max_bytes,
+                ca_cert=self._ca_cert,
             )
         except ValueError as exc:
             raise KeySetError(f"discovery document's jwks_uri is not acceptable: {exc}") from exc
@@ -407,17 +423,21 @@ class _Response:
     headers: Message
 
 
-def _opener(url: str) -> urllib.request.OpenerDirector:
+def _opener(url: str, ca_cert: str | Path | None = None) -> urllib.request.OpenerDirector:
     # Built by hand rather than with build_opener(): no redirect handler (a 3xx
     # becomes an HTTPError), and no file:, ftp: or data: handlers at all.
     opener = urllib.request.OpenerDirector()
     hostname = urlsplit(url).hostname or ""
     # Proxies from the environment apply, except to loopback where they never make sense.
     proxies: dict[str, str] | None = {} if _is_loopback_host(hostname) else None
+    try:
+        context = ssl.create_default_context(cafile=None if ca_cert is None else str(ca_cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the CA certificates in {ca_cert}") from exc
     for handler in (
         urllib.request.ProxyHandler(proxies),
         urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(context=ssl.create_default_context()),
+        urllib.request.HTTPSHandler(context=context),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
     ):

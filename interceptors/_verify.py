@@ -95,6 +95,8 @@ class TokenPolicy:
         token_type: The required ``typ`` header (RFC 9068 §2.1), compared case-insensitively.
         max_token_length: Longer tokens are rejected before any parsing.
         max_lifetime: Largest ``exp - iat`` accepted, in seconds.
+        max_json_depth: Deepest nesting of JSON arrays and objects accepted in the
+            header and the claims (the top-level object counts as 1).
         required_claims: Claims that must be present; always includes iss, sub, aud, exp, iat.
 
     Raises:
@@ -109,6 +111,7 @@ class TokenPolicy:
     token_type: str = "at+jwt"  # noqa: S105 -- a JOSE "typ" value, not a secret
     max_token_length: int = 8192
     max_lifetime: float = 86400.0
+    max_json_depth: int = 16
     required_claims: frozenset[str] = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
 
     def __post_init__(self) -> None:
@@ -132,6 +135,8 @@ class TokenPolicy:
             raise ValueError("max_lifetime must be a finite number > 0")
         if self.max_token_length <= 0:
             raise ValueError("max_token_length must be > 0")
+        if self.max_json_depth < 2:
+            raise ValueError("max_json_depth must be >= 2 (an object holding a list)")
         if not self.token_type or not self.token_type.isascii():
             raise ValueError("token_type must be a non-empty ASCII string")
         missing = _ALWAYS_REQUIRED - self.required_claims
@@ -330,7 +335,8 @@ class TokenVerifier:
             raise MalformedToken("token is not a compact JWS of three segments")
         header_segment, payload_segment, signature_segment = segments
 
-        header = _json_object(_b64decode(header_segment, "header"), "header")
+        depth = policy.max_json_depth
+        header = _json_object(_b64decode(header_segment, "header"), "header", depth)
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise MalformedToken("alg header missing or not a string")
@@ -348,7 +354,7 @@ class TokenVerifier:
         if not isinstance(typ, str) or typ.lower() not in self._accepted_types:
             raise InvalidClaims("typ header is not the access token type")
 
-        claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
+        claims = _json_object(_b64decode(payload_segment, "payload"), "payload", depth)
         signature = _b64decode(signature_segment, "signature")
         if not signature:
             raise InvalidSignature("empty signature")
@@ -370,6 +376,11 @@ class TokenVerifier:
         # The segments were decoded and the claims are checked below, strictly and with
         # the injected clock; PyJWT's decode would parse everything again (~3x the cost
         # of the RSA check itself), so only its algorithm object verifies the signature.
+        # ECDSA signatures are malleable: (r, n - s) verifies whenever (r, s) does. RFC 7518
+        # does not ask for low-S and common issuers (OpenSSL among them) emit both halves,
+        # so both are accepted and a token may have two valid spellings. Nothing keys
+        # security on the raw string: the cache below maps a spelling to what it proved
+        # (a twin is just another entry), and revocation keys on ``jti``/``sid``.
         jwk = key.key
         try:
             valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
@@ -476,8 +487,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_object(raw: bytes, name: str) -> dict[str, Any]:
-    """Parse strict UTF-8 JSON that must be an object with unique member names."""
+def _json_object(raw: bytes, name: str, max_depth: int) -> dict[str, Any]:
+    """Parse strict UTF-8 JSON: an object with unique member names, at most ``max_depth`` deep."""
     try:
         value = json.loads(
             raw.decode("utf-8"),
@@ -490,7 +501,51 @@ def _json_object(raw: bytes, name: str) -> dict[str, Any]:
         raise MalformedToken(f"{name} is not JSON") from exc
     if not isinstance(value, dict):
         raise MalformedToken(f"{name} is not a JSON object")
+    # Counting brackets (in C) bounds the depth from above, so the walk runs only
+    # for documents that could be too deep, never for an ordinary token.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        raise MalformedToken(f"{name} nests JSON deeper than {max_depth} levels")
+    # JSON can escape a lone UTF-16 surrogate ("\ud800"), which is not Unicode text:
+    # a claim holding one breaks whatever encodes it later (protobuf, logs). Only a
+    # document with a \u escape can hold one, so ordinary tokens skip the walk.
+    if b"\\u" in raw and _holds_lone_surrogate(value):
+        raise MalformedToken(f"{name} holds a lone UTF-16 surrogate")
     return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Tell whether any string (member name or value) is not encodable as UTF-8."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Tell whether arrays and objects nest more than ``limit`` levels (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float:

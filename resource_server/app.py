@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from interceptors import (
+    CERT_BINDINGS,
     AsyncAuthInterceptor,
     AuthInterceptor,
+    CertBinding,
     DiscoverySource,
     GrpcJwksSource,
     HttpJwksSource,
@@ -32,9 +36,21 @@ from resource_server.service import (
     ResourceLogic,
     ResourceServicer,
 )
+from resource_server.tls import (
+    TlsError,
+    channel_credentials,
+    is_loopback_address,
+    server_credentials,
+)
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50052"
+DEFAULT_MAX_METADATA_SIZE = 16 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 256
+DEFAULT_MAX_TOKEN_LENGTH = 8192
+DEFAULT_MAX_JSON_DEPTH = 16
+DEFAULT_MAX_TOKEN_LIFETIME = 86400
 
 
 class StartupError(Exception):
@@ -51,6 +67,22 @@ class ResourceServerConfig:
             ``WatchJwks`` and ``WatchRevocations`` (push: key rotation and
             revoked sessions arrive at once).
         discover: Find the JWKS through OIDC discovery on the issuer URL.
+        tls_cert, tls_key: Serve TLS with this certificate chain and key (PEM files).
+        client_ca: Require client certificates signed by this CA (mutual TLS).
+        cert_binding: Also require the client certificate to match the token:
+            ``"subject"`` (it names ``sub`` or ``username``) or ``"cnf"`` (RFC 8705).
+        auth_tls: Reach the key source (``auth_target``) over TLS; implied by the
+            two settings below.
+        auth_ca_cert: Trust this CA for the key source (gRPC or HTTPS) instead of
+            the system roots.
+        auth_client_cert, auth_client_key: Present this certificate to the auth
+            service's gRPC port (when it requires mutual TLS).
+        max_metadata_size: Largest request metadata (headers) accepted, bytes.
+        max_message_size: Largest request message accepted, bytes.
+        max_concurrent_streams: Most calls in flight on one client connection.
+        max_token_length: Longest access token accepted, characters.
+        max_json_depth: Deepest JSON nesting accepted in a token's header or claims.
+        max_token_lifetime: Largest ``exp - iat`` accepted, seconds.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -62,6 +94,20 @@ class ResourceServerConfig:
     allow_insecure_http: bool = False
     reflection: bool = True
     cooldown: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    cert_binding: CertBinding | None = None
+    auth_tls: bool = False
+    auth_ca_cert: Path | None = None
+    auth_client_cert: Path | None = None
+    auth_client_key: Path | None = None
+    max_metadata_size: int = DEFAULT_MAX_METADATA_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
@@ -69,14 +115,54 @@ class ResourceServerConfig:
             raise ValueError("give exactly one of --jwks-url, --auth-target, --discover")
         if not self.issuer or not self.audience:
             raise ValueError("--issuer and --audience are required")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        if self.cert_binding is not None:
+            if self.cert_binding not in CERT_BINDINGS:
+                raise ValueError(f"--require-cert-binding must be one of {CERT_BINDINGS}")
+            if self.client_ca is None:
+                raise ValueError("--require-cert-binding needs mutual TLS (--client-ca)")
+        if (self.auth_client_cert is None) != (self.auth_client_key is None):
+            raise ValueError("give both --auth-client-cert and --auth-client-key, or neither")
+        for name in (
+            "max_metadata_size",
+            "max_message_size",
+            "max_concurrent_streams",
+            "max_token_length",
+            "max_json_depth",
+            "max_token_lifetime",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS."""
+        return self.tls_cert is not None
 
 
 def build_key_source(config: ResourceServerConfig) -> KeySource:
+    """The key source the config names (TLS material is read now: TlsError if unreadable)."""
+    ca_cert = config.auth_ca_cert
     if config.jwks_url is not None:
-        return HttpJwksSource(config.jwks_url, allow_insecure_http=config.allow_insecure_http)
+        return HttpJwksSource(
+            config.jwks_url, allow_insecure_http=config.allow_insecure_http, ca_cert=ca_cert
+        )
     if config.auth_target is not None:
-        return GrpcJwksSource(config.auth_target)
-    return DiscoverySource(config.issuer, allow_insecure_http=config.allow_insecure_http)
+        credentials = None
+        if config.auth_tls or ca_cert is not None or config.auth_client_cert is not None:
+            credentials = channel_credentials(
+                ca_cert,
+                config.auth_client_cert,
+                config.auth_client_key,
+                flags=("--auth-ca-cert", "--auth-client-cert", "--auth-client-key"),
+            )
+        return GrpcJwksSource(config.auth_target, credentials=credentials)
+    return DiscoverySource(
+        config.issuer, allow_insecure_http=config.allow_insecure_http, ca_cert=ca_cert
+    )
 
 
 def resource_policy() -> MethodPolicy:
@@ -97,12 +183,31 @@ def build_verifier(config: ResourceServerConfig) -> tuple[KeyCache, TokenVerifie
     if isinstance(source, GrpcJwksSource):
         revocations = RevocationList(source)
         revocations.start()
-    verifier = TokenVerifier(
-        keys,
-        TokenPolicy(issuer=config.issuer, audience=config.audience),
-        revocations=revocations,
-    )
+    verifier = TokenVerifier(keys, token_policy(config), revocations=revocations)
     return keys, verifier
+
+
+def token_policy(config: ResourceServerConfig) -> TokenPolicy:
+    """What a token must satisfy on this server."""
+    return TokenPolicy(
+        issuer=config.issuer,
+        audience=config.audience,
+        max_token_length=config.max_token_length,
+        max_json_depth=config.max_json_depth,
+        max_lifetime=float(config.max_token_lifetime),
+    )
+
+
+def server_options(config: ResourceServerConfig) -> list[tuple[str, Any]]:
+    """The gRPC channel arguments that carry the server's limits."""
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", config.max_message_size),
+        # Soft and hard limit alike: grpc otherwise refuses calls between the two at random.
+        ("grpc.max_metadata_size", config.max_metadata_size),
+        ("grpc.absolute_max_metadata_size", config.max_metadata_size),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+    ]
 
 
 def close_verifier(keys: KeyCache, verifier: TokenVerifier) -> None:
@@ -119,9 +224,22 @@ def _add_common_services(server: grpc.Server | grpc.aio.Server, with_reflection:
         )
 
 
-def _bind(server: grpc.Server | grpc.aio.Server, address: str) -> int:
+def _bind(server: grpc.Server | grpc.aio.Server, config: ResourceServerConfig) -> int:
+    address = config.grpc_address
     try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.client_ca)
+            return server.add_secure_port(address, credentials)
+        if not is_loopback_address(address):
+            _LOGGER.warning(
+                "SECURITY WARNING: serving %s WITHOUT TLS: bearer tokens cross the network in"
+                " clear text and can be replayed by anyone who sees them; use --tls-cert and"
+                " --tls-key",
+                address,
+            )
         return server.add_insecure_port(address)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {address} (--grpc)") from exc
 
@@ -132,8 +250,10 @@ def build_server(
     """A started sync ``grpc.server`` with the auth interceptor, and its bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="resource"),
-        interceptors=[AuthInterceptor(verifier, resource_policy())],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[
+            AuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
+        ],
+        options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
         ResourceServicer(ResourceLogic(issuer=config.issuer)), server
@@ -141,7 +261,7 @@ def build_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_common_services(server, config.reflection)
-    port = _bind(server, config.grpc_address)
+    port = _bind(server, config)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -153,8 +273,10 @@ async def start_aio_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A started ``grpc.aio`` server with the async auth interceptor, and its bound port."""
     server = grpc.aio.server(
-        interceptors=[AsyncAuthInterceptor(verifier, resource_policy())],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[
+            AsyncAuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
+        ],
+        options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
         AsyncResourceServicer(ResourceLogic(issuer=config.issuer)), server
@@ -162,7 +284,7 @@ async def start_aio_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_common_services(server, config.reflection)
-    port = _bind(server, config.grpc_address)
+    port = _bind(server, config)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

@@ -17,9 +17,16 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from interceptors import CERT_BINDINGS
 from protos import resource_pb2, resource_pb2_grpc
 from resource_server.app import (
     DEFAULT_GRPC_ADDRESS,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_METADATA_SIZE,
+    DEFAULT_MAX_TOKEN_LENGTH,
+    DEFAULT_MAX_TOKEN_LIFETIME,
     ResourceServerConfig,
     StartupError,
     build_server,
@@ -27,6 +34,7 @@ from resource_server.app import (
     close_verifier,
     start_aio_server,
 )
+from resource_server.tls import TlsError, channel_credentials
 
 PROG = "ssot-resource"
 _LOGGER = logging.getLogger("ssot_resource")
@@ -90,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve with grpc.aio instead of a thread pool (SSOT_AIO=1)",
     )
     serve.add_argument("--no-reflection", action="store_true", default=_flag("NO_REFLECTION"))
+    _add_tls_arguments(serve)
+    _add_limit_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     get = commands.add_parser("get", help="call the service with an access token")
@@ -105,8 +115,120 @@ def build_parser() -> argparse.ArgumentParser:
         "bare token; '-' reads standard input",
     )
     get.add_argument("--method", choices=["protected", "admin", "public"], default="protected")
+    _add_client_tls_arguments(get)
     get.set_defaults(run=_cmd_get)
     return parser
+
+
+def _add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tls``, ``--ca-cert``, ``--client-cert``, ``--client-key`` of a calling command."""
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=_flag("TLS"),
+        help="connect with TLS, trusting the system roots (implied by --ca-cert; SSOT_TLS=1)",
+    )
+    parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=_env("CA_CERT"),
+        help="connect with TLS, trusting the CAs in this PEM file (SSOT_CA_CERT)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        type=Path,
+        default=_env("CLIENT_CERT"),
+        help="client certificate chain (PEM) for mutual TLS (SSOT_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--client-key",
+        type=Path,
+        default=_env("CLIENT_KEY"),
+        help="private key (PEM) of --client-cert (SSOT_CLIENT_KEY)",
+    )
+
+
+def _open_channel(ns: argparse.Namespace, target: str) -> grpc.Channel:
+    """A channel to ``target``: TLS when any of the client TLS flags asks for it."""
+    if not (ns.tls or ns.ca_cert or ns.client_cert or ns.client_key):
+        return grpc.insecure_channel(target)
+    try:
+        credentials = channel_credentials(ns.ca_cert, ns.client_cert, ns.client_key)
+    except TlsError as exc:
+        raise CommandError(str(exc)) from None
+    return grpc.secure_channel(target, credentials)
+
+
+def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=_env("TLS_CERT"),
+        help="serve TLS with this certificate chain, PEM (SSOT_TLS_CERT; needs --tls-key)",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, default=_env("TLS_KEY"), help="its private key, PEM (SSOT_TLS_KEY)"
+    )
+    serve.add_argument(
+        "--client-ca",
+        type=Path,
+        default=_env("CLIENT_CA"),
+        help="require client certificates signed by these CAs: mutual TLS (SSOT_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--require-cert-binding",
+        choices=CERT_BINDINGS,
+        default=_env("REQUIRE_CERT_BINDING"),
+        help="the client certificate must match the token: 'subject' (it names the token's "
+        "sub or username) or 'cnf' (RFC 8705 x5t#S256); needs --client-ca "
+        "(SSOT_REQUIRE_CERT_BINDING)",
+    )
+    serve.add_argument(
+        "--auth-tls",
+        action="store_true",
+        default=_flag("AUTH_TLS"),
+        help="reach --auth-target over TLS (implied by --auth-ca-cert; SSOT_AUTH_TLS=1)",
+    )
+    serve.add_argument(
+        "--auth-ca-cert",
+        type=Path,
+        default=_env("AUTH_CA_CERT"),
+        help="trust these CAs for the key source, gRPC or HTTPS (SSOT_AUTH_CA_CERT)",
+    )
+    serve.add_argument(
+        "--auth-client-cert",
+        type=Path,
+        default=_env("AUTH_CLIENT_CERT"),
+        help="client certificate for an auth service that requires mutual TLS "
+        "(SSOT_AUTH_CLIENT_CERT)",
+    )
+    serve.add_argument(
+        "--auth-client-key",
+        type=Path,
+        default=_env("AUTH_CLIENT_KEY"),
+        help="private key of --auth-client-cert (SSOT_AUTH_CLIENT_KEY)",
+    )
+
+
+_LIMITS = (
+    ("max-metadata-size", DEFAULT_MAX_METADATA_SIZE, "largest request metadata, bytes"),
+    ("max-message-size", DEFAULT_MAX_MESSAGE_SIZE, "largest request message, bytes"),
+    ("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, "most calls per connection"),
+    ("max-token-length", DEFAULT_MAX_TOKEN_LENGTH, "longest access token, characters"),
+    ("max-json-depth", DEFAULT_MAX_JSON_DEPTH, "deepest JSON nesting in a token"),
+    ("max-token-lifetime", DEFAULT_MAX_TOKEN_LIFETIME, "largest exp - iat, seconds"),
+)
+
+
+def _add_limit_arguments(serve: argparse.ArgumentParser) -> None:
+    for flag, default, what in _LIMITS:
+        env = flag.upper().replace("-", "_")
+        serve.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env(env, str(default)),
+            help=f"{what} (SSOT_{env}, default {default})",
+        )
 
 
 def _config(ns: argparse.Namespace) -> ResourceServerConfig:
@@ -122,6 +244,20 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             discover=ns.discover,
             allow_insecure_http=ns.allow_insecure_http,
             reflection=not ns.no_reflection,
+            tls_cert=ns.tls_cert,
+            tls_key=ns.tls_key,
+            client_ca=ns.client_ca,
+            cert_binding=ns.require_cert_binding,
+            auth_tls=ns.auth_tls,
+            auth_ca_cert=ns.auth_ca_cert,
+            auth_client_cert=ns.auth_client_cert,
+            auth_client_key=ns.auth_client_key,
+            max_metadata_size=ns.max_metadata_size,
+            max_message_size=ns.max_message_size,
+            max_concurrent_streams=ns.max_concurrent_streams,
+            max_token_length=ns.max_token_length,
+            max_json_depth=ns.max_json_depth,
+            max_token_lifetime=ns.max_token_lifetime,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -190,7 +326,7 @@ def _cmd_get(ns: argparse.Namespace) -> int:
         if ns.method == "public"
         else (("authorization", f"Bearer {_read_token(ns.token_file)}"),)
     )
-    with grpc.insecure_channel(ns.target) as channel:
+    with _open_channel(ns, ns.target) as channel:
         stub = resource_pb2_grpc.ResourceServiceStub(channel)
         response: Message
         try:

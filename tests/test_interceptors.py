@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -438,15 +439,21 @@ def test_an_unexpected_verifier_failure_fails_closed(
 def test_a_rejection_is_logged_with_category_and_method_but_not_the_token(
     stub: Any, aio: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="interceptors")
+    caplog.set_level(logging.DEBUG)
     token = mint(exp=NOW - 600, iat=NOW - 1200)
 
     rejection(stub, "server-stream", bearer(token))
 
-    records = [r for r in caplog.records if r.name == "interceptors._server"]
-    assert [r.levelno for r in records] == [logging.INFO]
-    assert "token expired" in records[0].getMessage()
-    assert SERVICE + "StreamEvents" in records[0].getMessage()
+    # One structured audit line per refusal (the detail goes to DEBUG only).
+    audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ssot.audit"]
+    assert len(audit) == 1
+    peer = audit[0].pop("peer")
+    assert peer.startswith(("ipv4:127.0.0.1:", "ipv6:[::1]:"))
+    assert audit == [
+        {"event": "token.rejected", "reason": "expired", "method": SERVICE + "StreamEvents"}
+    ]
+    info = [r for r in caplog.records if r.levelno >= logging.INFO and r.name != "ssot.audit"]
+    assert not [r for r in info if r.name.startswith("interceptors")]
     assert token not in caplog.text
 
 

@@ -44,13 +44,24 @@ def read_password(ns: argparse.Namespace, *, confirm: bool) -> str:
     return password
 
 
+# Databases a command opened; ``close_databases`` disposes them when it returns, so a
+# command run in-process (tests, embedding) leaves no pooled connection behind.
+_OPENED: list[Database] = []
+
+
 def open_database(ns: argparse.Namespace) -> Database:
     if ns.database_url:
         db = Database(ns.database_url)
     else:
         db = Database(sqlite_url_for(prepare_data_dir(ns.data_dir)))
+    _OPENED.append(db)
     db.create_schema()
     return db
+
+
+def close_databases() -> None:
+    while _OPENED:
+        _OPENED.pop().dispose()
 
 
 def open_user_store(ns: argparse.Namespace) -> UserStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from auth_server.app import start_auth_server
@@ -14,6 +15,10 @@ from auth_server.config import (
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_HTTP_ADDRESS,
     DEFAULT_JWKS_MAX_AGE,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_LOGIN_REQUEST_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_METADATA_SIZE,
     AuthServerConfig,
 )
 from auth_server.jwk import ALGORITHMS
@@ -101,6 +106,8 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     _add_session_arguments(parser)
     _add_throttle_arguments(parser)
     _add_argon2_arguments(parser)
+    add_tls_arguments(parser)
+    add_limit_arguments(parser)
 
 
 def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integer: bool) -> None:
@@ -214,6 +221,47 @@ def add_key_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env_default("TLS_CERT"),
+        help="serve gRPC and HTTP over TLS with this certificate chain, PEM (SSOT_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env_default("TLS_KEY"),
+        help="private key of --tls-cert, PEM (SSOT_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--client-ca",
+        type=Path,
+        default=env_default("CLIENT_CA"),
+        help="require gRPC clients to present a certificate signed by these CAs: mutual TLS "
+        "(SSOT_CLIENT_CA)",
+    )
+
+
+_LIMITS = (
+    ("max-metadata-size", DEFAULT_MAX_METADATA_SIZE, "largest request metadata, bytes"),
+    ("max-message-size", DEFAULT_MAX_MESSAGE_SIZE, "largest request message, bytes"),
+    ("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, "most calls per connection"),
+    ("max-login-request-size", DEFAULT_MAX_LOGIN_REQUEST_SIZE, "largest LoginRequest, bytes"),
+)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, default, what in _LIMITS:
+        env = flag.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{flag}",
+            type=int,
+            default=env_int(env, default),
+            help=f"{what} (SSOT_{env}, default {default})",
+        )
+
+
 def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> AuthServerConfig:
     data_dir = prepare_data_dir(ns.data_dir)
     try:
@@ -251,6 +299,13 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
                 memory_cost=ns.argon2_memory_cost,
                 parallelism=ns.argon2_parallelism,
             ),
+            tls_cert=ns.tls_cert,
+            tls_key=ns.tls_key,
+            client_ca=ns.client_ca,
+            max_metadata_size=ns.max_metadata_size,
+            max_message_size=ns.max_message_size,
+            max_concurrent_streams=ns.max_concurrent_streams,
+            max_login_request_size=ns.max_login_request_size,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

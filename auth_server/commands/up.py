@@ -39,6 +39,13 @@ def register(commands: Any) -> None:
         default=env_default("RESOURCE_GRPC", "127.0.0.1:50052"),
         help="resource server listen address (SSOT_RESOURCE_GRPC)",
     )
+    up.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=env_default("CA_CERT"),
+        help="with TLS: the CA that signed --tls-cert, which the resource server trusts for the "
+        "auth service (SSOT_CA_CERT; default --client-ca, else --tls-cert itself)",
+    )
     up.set_defaults(run=run_demo)
 
 
@@ -57,6 +64,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     audience = ns.audience or DEMO_AUDIENCE
     config = server_config(ns, issuer=issuer, audience=audience)
     password_file = str(config.data_dir / DEMO_PASSWORD_FILE)
+    link_ca = (ns.ca_cert or config.client_ca or config.tls_cert) if config.tls_cert else None
 
     async def serve(stop: asyncio.Event) -> None:
         auth = await start_auth_server(config)
@@ -71,10 +79,21 @@ def run_demo(ns: argparse.Namespace) -> int:
                 issuer=issuer,
                 audience=audience,
                 auth_target=auth.grpc_target,
+                # With TLS on, the resource server serves the same certificate, trusts
+                # --ca-cert for the auth service and presents the certificate as its
+                # client certificate when --client-ca asks for one.
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                client_ca=config.client_ca,
+                auth_tls=config.tls_cert is not None,
+                auth_ca_cert=link_ca,
+                auth_client_cert=config.tls_cert if config.client_ca else None,
+                auth_client_key=config.tls_key if config.client_ca else None,
             )
             keys, verifier = await asyncio.to_thread(build_verifier, rconfig)
             resource, rport = await start_aio_server(rconfig, verifier)
             pw = shlex.quote(password_file)
+            tls = _client_tls_flags(link_ca, config.client_ca is not None)
             lines = [
                 "",
                 "ssot-auth is up:",
@@ -85,10 +104,10 @@ def run_demo(ns: argparse.Namespace) -> int:
                 f"  demo password     {'created in' if created else 'in'} {password_file}",
                 "",
                 "Try it in another terminal:",
-                f"  ssot-auth login {DEMO_USER} --target {auth.grpc_target} --password-stdin "
+                f"  ssot-auth login {DEMO_USER} --target {auth.grpc_target}{tls} --password-stdin "
                 f"< {pw} > token.json",
-                f"  ssot-resource get --target 127.0.0.1:{rport} --token-file token.json",
-                f"  curl -s {auth.http_base_url}/.well-known/jwks.json",
+                f"  ssot-resource get --target 127.0.0.1:{rport}{tls} --token-file token.json",
+                f"  curl -s{_curl_tls_flags(link_ca)} {auth.http_base_url}/.well-known/jwks.json",
                 "",
                 "Ctrl-C stops both servers.",
             ]
@@ -103,3 +122,16 @@ def run_demo(ns: argparse.Namespace) -> int:
             await auth.stop()
 
     return run_until_signalled(serve)
+
+
+def _client_tls_flags(ca_cert: Path | None, mutual: bool) -> str:
+    if ca_cert is None:
+        return ""
+    flags = f" --ca-cert {shlex.quote(str(ca_cert))}"
+    if mutual:
+        flags += " --client-cert CERT --client-key KEY"
+    return flags
+
+
+def _curl_tls_flags(ca_cert: Path | None) -> str:
+    return "" if ca_cert is None else f" --cacert {shlex.quote(str(ca_cert))}"

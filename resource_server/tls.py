@@ -1,0 +1,78 @@
+"""TLS material for the resource service: its server credentials, and channels it opens."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import grpc
+
+
+class TlsError(ValueError):
+    """A certificate or key file cannot be read; the message names the flag."""
+
+
+def read_pem(path: Path | None, flag: str) -> bytes | None:
+    """The bytes of a PEM file, or ``None`` without a path.
+
+    Raises:
+        TlsError: The file cannot be read or holds no PEM block (message names ``flag``).
+    """
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise TlsError(f"{flag} {path} is not a PEM file")
+    return data
+
+
+def server_credentials(
+    cert: Path, key: Path, client_ca: Path | None = None
+) -> grpc.ServerCredentials:
+    """Server TLS credentials; with ``client_ca``, clients must present a certificate it signed.
+
+    Raises:
+        TlsError: A file cannot be read.
+    """
+    cert_pem = read_pem(cert, "--tls-cert")
+    key_pem = read_pem(key, "--tls-key")
+    assert cert_pem is not None and key_pem is not None
+    ca_pem = read_pem(client_ca, "--client-ca")
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
+    )
+
+
+def channel_credentials(
+    ca_cert: Path | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+    *,
+    flags: tuple[str, str, str] = ("--ca-cert", "--client-cert", "--client-key"),
+) -> grpc.ChannelCredentials:
+    """Client TLS credentials: trust ``ca_cert`` (or the system roots), present a cert if given.
+
+    Raises:
+        TlsError: A file cannot be read, or only one of the client cert and key is given.
+    """
+    if (client_cert is None) != (client_key is None):
+        raise TlsError(f"give both {flags[1]} and {flags[2]}, or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(ca_cert, flags[0]),
+        private_key=read_pem(client_key, flags[2]),
+        certificate_chain=read_pem(client_cert, flags[1]),
+    )
+
+
+def is_loopback_address(address: str) -> bool:
+    """Tell whether a ``HOST:PORT`` listen address binds only this machine."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""The attack suite: one table-driven module per family of JWT verifier mistakes."""
