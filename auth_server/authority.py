@@ -155,7 +155,9 @@ class TokenAuthority:
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
-        session = self._sessions.create(user.id, scope=granted, access_ttl=self._issuer.ttl)
+        session = self._sessions.create(
+            user.id, scope=granted, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+        )
         token = self._issuer.issue(
             user,
             scopes=granted,
@@ -174,7 +176,7 @@ class TokenAuthority:
             session_id=session.session_id,
         )
 
-    def refresh(self, refresh_token: str) -> TokenGrant:
+    def refresh(self, refresh_token: str, *, cert_thumbprint: str | None = None) -> TokenGrant:
         """Spend a refresh token: a new access token and the successor refresh token.
 
         Within the grace window a repeat of the just-spent token returns the
@@ -188,7 +190,9 @@ class TokenAuthority:
             StorageError: the database is unavailable.
         """
         _check_refresh_token(refresh_token)
-        rotation = self._sessions.refresh(refresh_token, access_ttl=self._issuer.ttl)
+        rotation = self._sessions.refresh(
+            refresh_token, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+        )
         user = self._users.get_by_id(rotation.user_id)
         if user is None or user.disabled:
             # Disabling a user revokes its sessions in the same transaction; this
@@ -197,7 +201,11 @@ class TokenAuthority:
         held = set(user.scopes)
         granted = tuple(s for s in rotation.scope if s in held)
         token = self._issuer.issue(
-            user, scopes=granted, session_id=rotation.session_id, issued_at=rotation.issued_at
+            user,
+            scopes=granted,
+            session_id=rotation.session_id,
+            issued_at=rotation.issued_at,
+            cert_thumbprint=rotation.cert_thumbprint,
         )
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",

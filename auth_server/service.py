@@ -143,9 +143,17 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         request: auth_pb2.RefreshRequest,
         context: grpc.aio.ServicerContext[auth_pb2.RefreshRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
+        # A session opened over mutual TLS refreshes only with the same certificate,
+        # and its new access token keeps the binding (RFC 8705 §4).
+        thumbprint = client_cert_thumbprint(context.auth_context())
+
         async def refresh() -> TokenGrant:
             try:
-                return await asyncio.to_thread(self._authority.refresh, request.refresh_token)
+                return await asyncio.to_thread(
+                    functools.partial(
+                        self._authority.refresh, request.refresh_token, cert_thumbprint=thumbprint
+                    )
+                )
             except RefreshTokenReused:
                 # The session was revoked just now: push that before answering.
                 await self._push_revocations()

@@ -112,6 +112,7 @@ class Rotation:
         refresh_token: The successor refresh token (never log it).
         issued_at: The time the new access token must carry as ``iat``.
         repeated: This was a repeat within the grace window (same successor again).
+        cert_thumbprint: The certificate the session is bound to, or None.
     """
 
     session_id: str
@@ -120,6 +121,7 @@ class Rotation:
     refresh_token: str
     issued_at: float
     repeated: bool
+    cert_thumbprint: str | None = None
 
     def __repr__(self) -> str:
         return f"Rotation(session_id={self.session_id!r}, repeated={self.repeated!r})"
@@ -196,7 +198,14 @@ class SessionStore:
 
     # -- login, refresh, logout ----------------------------------------------------
 
-    def create(self, user_id: str, *, scope: Iterable[str] = (), access_ttl: int = 0) -> NewSession:
+    def create(
+        self,
+        user_id: str,
+        *,
+        scope: Iterable[str] = (),
+        access_ttl: int = 0,
+        cert_thumbprint: str | None = None,
+    ) -> NewSession:
         """Start a session for a user, with a new random refresh token.
 
         When the user already holds ``max_per_user`` live sessions, the oldest
@@ -207,6 +216,8 @@ class SessionStore:
             scope: The scopes granted; later refreshes grant no more than these.
             access_ttl: Lifetime of the access token about to be issued, so the
                 session knows until when a revocation must be remembered.
+            cert_thumbprint: The client certificate of a login over mutual TLS;
+                the session's refreshes then need that certificate (RFC 8705 §4).
 
         Returns:
             The session id, its refresh token and its end.
@@ -250,6 +261,7 @@ class SessionStore:
                         last_used_at=now,
                         access_expires_at=int(now) + access_ttl,
                         scope=" ".join(scope),
+                        cert_thumbprint=cert_thumbprint,
                     )
                 )
         except exc.IntegrityError as err:
@@ -264,12 +276,16 @@ class SessionStore:
             ended=tuple(ended),
         )
 
-    def refresh(self, refresh_token: str, *, access_ttl: int = 0) -> Rotation:
+    def refresh(
+        self, refresh_token: str, *, access_ttl: int = 0, cert_thumbprint: str | None = None
+    ) -> Rotation:
         """Spend a refresh token and return its successor.
 
         Args:
             refresh_token: The token the client presents.
             access_ttl: Lifetime of the access token about to be issued.
+            cert_thumbprint: The certificate the client presents now, if any; a
+                session bound at login refreshes only with the same one.
 
         Raises:
             RefreshTokenReused: A spent token outside the grace window; the
@@ -289,6 +305,11 @@ class SessionStore:
                     _LOGGER.info(
                         "refresh refused: session %s is %s", row.id, self._end_reason(row, now)
                     )
+                raise InvalidRefreshToken()
+            if row.cert_thumbprint is not None and row.cert_thumbprint != cert_thumbprint:
+                # Not proof of theft (the client may have a new certificate), so the
+                # session lives on; but this token is no use without its certificate.
+                _LOGGER.info("refresh refused: session %s needs its client certificate", row.id)
                 raise InvalidRefreshToken()
             session_id, reused = row.id, False
             touch = {
@@ -343,6 +364,7 @@ class SessionStore:
             refresh_token=successor,
             issued_at=now,
             repeated=repeated,
+            cert_thumbprint=row.cert_thumbprint,
         )
 
     def logout(self, refresh_token: str) -> EndedSession:

@@ -66,6 +66,9 @@ sessions = sa.Table(
     sa.Column("access_expires_at", sa.Float, nullable=True),  # exp of its last access token
     sa.Column("scope", sa.Text, nullable=True),  # the scopes granted at login
     sa.Column("revoke_reason", sa.String(32), nullable=True),
+    # x5t#S256 of the client certificate of a login over mutual TLS (RFC 8705): the
+    # session's refresh tokens then work only with that certificate.
+    sa.Column("cert_thumbprint", sa.String(64), nullable=True),
 )
 # The revocation list that verifiers follow: revoked sessions whose access
 # tokens may still be unexpired. Polled several times a second, so indexed.

@@ -470,3 +470,30 @@ def test_a_plain_http_jwks_url_beyond_loopback_needs_the_explicit_flag(
     error = capsys.readouterr().err
     assert error.startswith("ssot-resource: error: key source URL must be https")
     assert "allow_insecure_http" in error
+
+
+def _refresh(target: str, creds: grpc.ChannelCredentials, token: str) -> auth_pb2.TokenResponse:
+    with grpc.secure_channel(target, creds) as channel:
+        return auth_pb2_grpc.AuthServiceStub(channel).Refresh(
+            auth_pb2.RefreshRequest(refresh_token=token), timeout=10
+        )
+
+
+def test_a_session_bound_at_login_refreshes_only_with_its_certificate(
+    loop_thread: EventLoopThread, tmp_path: Path, pki: Pki
+) -> None:
+    alice, bob = pki.clients["alice"], pki.clients["bob"]
+    with tls_auth(
+        loop_thread, tmp_path, tls_cert=pki.server.cert, tls_key=pki.server.key, client_ca=pki.ca
+    ) as server:
+        first = login(server.grpc_target, credentials(pki, alice))
+        # A stolen refresh token is no use with another certificate (RFC 8705 §4) ...
+        with pytest.raises(grpc.RpcError) as info:
+            _refresh(server.grpc_target, credentials(pki, bob), first.refresh_token)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        # ... and refusing it did not end the session: with its certificate it renews, and
+        # the new access token stays bound to that certificate.
+        renewed = _refresh(server.grpc_target, credentials(pki, alice), first.refresh_token)
+        bound = {"x5t#S256": cert_thumbprint(alice.cert_pem)}
+        assert _claims(renewed.access_token)["cnf"] == bound
+        assert _claims(renewed.access_token)["sid"] == _claims(first.access_token)["sid"]
