@@ -1,6 +1,6 @@
 """Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
 
-from interceptors._binding import CERT_BINDINGS, CertBinding, cert_thumbprint
+from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._cache import CacheStats, KeyCache
 from interceptors._client import (
     AsyncTokenManager,
@@ -51,6 +51,7 @@ from interceptors._verify import (
     TokenPolicy,
     TokenVerifier,
 )
+from interceptors.tls import cert_thumbprint
 
 __all__ = [
     "CERT_BINDINGS",

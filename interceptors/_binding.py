@@ -13,15 +13,13 @@ client's TLS connection.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import ssl
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias
 
 from interceptors._errors import CertificateMismatch
 from interceptors._verify import Principal
+from interceptors.tls import cert_thumbprint
 
 CertBinding: TypeAlias = Literal["subject", "cnf"]
 #: The binding modes a server may require.
@@ -59,13 +57,6 @@ def check_cert_binding(
     wanted = {principal.subject, principal.username} - {""}
     if not names & wanted:
         raise CertificateMismatch("client certificate names neither sub nor username")
-
-
-def cert_thumbprint(pem: bytes | str) -> str:
-    """The RFC 8705 ``x5t#S256`` of a PEM certificate: base64url(SHA-256(DER)), unpadded."""
-    text = pem.decode("ascii") if isinstance(pem, bytes) else pem
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _check_thumbprint(principal: Principal, pem: bytes) -> None:

@@ -27,6 +27,12 @@ from interceptors import (
     TokenPolicy,
     TokenVerifier,
 )
+from interceptors.tls import (
+    TlsError,
+    channel_credentials,
+    is_loopback_address,
+    server_credentials,
+)
 from protos import resource_pb2_grpc
 from resource_server.service import (
     PUBLIC_METHODS,
@@ -35,12 +41,6 @@ from resource_server.service import (
     AsyncResourceServicer,
     ResourceLogic,
     ResourceServicer,
-)
-from resource_server.tls import (
-    TlsError,
-    channel_credentials,
-    is_loopback_address,
-    server_credentials,
 )
 
 _LOGGER = logging.getLogger(__name__)

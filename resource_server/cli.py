@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from interceptors import CERT_BINDINGS
+from interceptors.tls import TlsError, channel_credentials
 from protos import resource_pb2, resource_pb2_grpc
 from resource_server.app import (
     DEFAULT_GRPC_ADDRESS,
@@ -34,7 +35,6 @@ from resource_server.app import (
     close_verifier,
     start_aio_server,
 )
-from resource_server.tls import TlsError, channel_credentials
 
 PROG = "ssot-resource"
 _LOGGER = logging.getLogger("ssot_resource")

@@ -1,15 +1,33 @@
-"""TLS material for the resource service: its server credentials, and channels it opens."""
+"""TLS helpers for gRPC servers and channels: PEM files, credentials, certificate thumbprints.
+
+Shared by the resource server, the token helpers and the auth service, so that
+every process reads certificates and reports bad files the same way.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
+import ssl
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
 
+__all__ = [
+    "TlsError",
+    "cert_thumbprint",
+    "channel_credentials",
+    "client_cert_thumbprint",
+    "is_loopback_address",
+    "read_pem",
+    "server_credentials",
+]
+
 
 class TlsError(ValueError):
-    """A certificate or key file cannot be read; the message names the flag."""
+    """A certificate or key file cannot be used; the message names the flag."""
 
 
 def read_pem(path: Path | None, flag: str) -> bytes | None:
@@ -55,6 +73,8 @@ def channel_credentials(
 ) -> grpc.ChannelCredentials:
     """Client TLS credentials: trust ``ca_cert`` (or the system roots), present a cert if given.
 
+    ``flags`` names the three settings in error messages.
+
     Raises:
         TlsError: A file cannot be read, or only one of the client cert and key is given.
     """
@@ -65,6 +85,22 @@ def channel_credentials(
         private_key=read_pem(client_key, flags[2]),
         certificate_chain=read_pem(client_cert, flags[1]),
     )
+
+
+def cert_thumbprint(pem: bytes | str) -> str:
+    """The RFC 8705 ``x5t#S256`` of a PEM certificate: base64url(SHA-256(DER)), unpadded."""
+    text = pem.decode("ascii") if isinstance(pem, bytes) else pem
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def client_cert_thumbprint(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The ``x5t#S256`` of a call's client certificate, or ``None`` without one.
+
+    ``auth_context`` is the gRPC call's ``context.auth_context()``.
+    """
+    pems = list(auth_context.get("x509_pem_cert", ()))
+    return cert_thumbprint(pems[0]) if pems else None
 
 
 def is_loopback_address(address: str) -> bool:
