@@ -43,6 +43,7 @@ from interceptors._keyset import (
     check_algorithms,
     departed_kids,
 )
+from interceptors._reconnect import follow_with_backoff
 from interceptors._sources import FetchResult, KeySource, KeyWatch
 
 _LOGGER = logging.getLogger(__name__)
@@ -564,42 +565,41 @@ class KeyCache:
             self._wake.wait(min(max(delay, 0.0), _MAX_IDLE_WAIT))
 
     def _push_loop(self, watch: KeyWatch | None) -> None:
-        delay = _RECONNECT_INITIAL
-        reconnect = False
-        quiet = False  # after the first warning of an outage, log at debug
-        while not self._closing.is_set():
-            if watch is None:
+        first = watch  # opened by start(); later streams are opened here
+
+        def follow_once(reconnecting: bool) -> tuple[bool, str] | None:
+            nonlocal first
+            opened, first = first, None
+            if opened is None:
                 try:
-                    watch = self._source.watch()
+                    opened = self._source.watch()
                 except KeySetError as exc:
-                    problem = f"could not be opened: {exc.detail}"
-                else:
-                    if watch is None:
-                        _LOGGER.warning("key source no longer offers a push stream")
-                        return
-            if watch is not None:
-                with self._lock:
-                    if self._closed:
-                        watch.cancel()
-                        return
-                    self._watch = watch
-                if reconnect:
+                    return False, f"could not be opened: {exc.detail}"
+                if opened is None:
+                    _LOGGER.warning("key source no longer offers a push stream")
+                    return None
+            with self._lock:
+                if self._closed:
+                    opened.cancel()
+                    return None
+                self._watch = opened
+            try:
+                if reconnecting:
                     self._fetch_after_reconnect()
-                problem, delivered = self._follow(watch)
-                if delivered:
-                    delay, quiet = _RECONNECT_INITIAL, False
+                problem, delivered = self._follow(opened)
+            finally:
                 with self._lock:
                     self._watch = None
-                watch = None
-            reconnect = True
-            if self._closing.is_set():
-                return
-            log = _LOGGER.debug if quiet else _LOGGER.warning
-            log("key push stream %s; reconnecting in %.1f s", problem, delay)
-            quiet = True
-            if self._closing.wait(delay):
-                return
-            delay = min(delay * 2, _RECONNECT_MAX)
+            return delivered, problem
+
+        follow_with_backoff(
+            follow_once,
+            self._closing,
+            what="key push stream",
+            initial=_RECONNECT_INITIAL,
+            maximum=_RECONNECT_MAX,
+            logger=_LOGGER,
+        )
 
     def _follow(self, watch: KeyWatch) -> tuple[str, bool]:
         """Apply pushed sets until the stream ends; return why it ended and if it delivered."""

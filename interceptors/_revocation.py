@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from interceptors._reconnect import follow_with_backoff
+
 _LOGGER = logging.getLogger(__name__)
 
 _RECONNECT_INITIAL = 1.0
@@ -215,27 +217,26 @@ class RevocationList:
     # -- the background thread -------------------------------------------------------------
 
     def _follow_forever(self) -> None:
-        assert self._source is not None
-        delay = self._reconnect_initial
-        quiet = False  # after the first warning of an outage, log at debug
-        first = True
-        while not self._closing.is_set():
-            if not first:
+        source = self._source
+        assert source is not None
+
+        def follow_once(reconnecting: bool) -> tuple[bool, str]:
+            if reconnecting:
                 with self._lock:
                     self._reconnects += 1
-            first = False
-            delivered, problem = self._follow_once(self._source)
-            self._synced.clear()
-            if delivered:
-                delay, quiet = self._reconnect_initial, False
-            if self._closing.is_set():
-                return
-            log = _LOGGER.debug if quiet else _LOGGER.warning
-            log("revocation stream %s; reconnecting in %.1f s", problem, delay)
-            quiet = True
-            if self._closing.wait(delay):
-                return
-            delay = min(delay * 2, self._reconnect_max)
+            try:
+                return self._follow_once(source)
+            finally:
+                self._synced.clear()
+
+        follow_with_backoff(
+            follow_once,
+            self._closing,
+            what="revocation stream",
+            initial=self._reconnect_initial,
+            maximum=self._reconnect_max,
+            logger=_LOGGER,
+        )
 
     def _follow_once(self, source: RevocationSource) -> tuple[bool, str]:
         """Open the stream and apply it until it ends; return (delivered anything, why it ended)."""
