@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from auth_server.errors import InvalidRefreshToken, InvalidRequest
+from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidTarget
 from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore
 from auth_server.throttle import LoginThrottle
@@ -35,6 +35,7 @@ class TokenGrant:
     scope: str
     user_id: str = ""
     session_id: str = ""
+    client_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +109,7 @@ class TokenAuthority:
         keys: SigningKeyStore,
         jwks_max_age: int,
         throttle: LoginThrottle | None = None,
+        audiences: Sequence[str] = (),
     ) -> None:
         self._users = users
         self._sessions = sessions
@@ -115,6 +117,25 @@ class TokenAuthority:
         self._keys = keys
         self._jwks_max_age = jwks_max_age
         self._throttle = throttle
+        # The audiences a user login may ask for (RFC 8707); the issuer's default first.
+        self._audiences = (issuer.audience, *(a for a in audiences if a != issuer.audience))
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """The audiences user tokens may carry; the first is the default."""
+        return self._audiences
+
+    def _audience(self, requested: str) -> str | None:
+        """The ``aud`` for a user token: ``None`` means the default.
+
+        Raises:
+            InvalidTarget: ``requested`` is not one of the configured audiences.
+        """
+        if not requested or requested == self._audiences[0]:
+            return None
+        if requested not in self._audiences:
+            raise InvalidTarget()
+        return requested
 
     def login(
         self,
@@ -124,6 +145,7 @@ class TokenAuthority:
         *,
         address: str = "",
         cert_thumbprint: str | None = None,
+        audience: str = "",
     ) -> TokenGrant:
         """Check credentials and issue a token pair for a new session.
 
@@ -135,9 +157,11 @@ class TokenAuthority:
                 for throttling and the audit trail.
             cert_thumbprint: The ``x5t#S256`` of the client's TLS certificate, which the
                 access token is then bound to (RFC 8705 ``cnf``), or ``None``.
+            audience: The ``aud`` wanted (RFC 8707); empty means the default.
 
         Raises:
             InvalidRequest: a field is empty, too long or not well formed.
+            InvalidTarget: ``audience`` is not one the server issues tokens for.
             LoginThrottled: too many recent failures; nothing was checked.
             InvalidCredentials: unknown user, wrong password or disabled user.
         """
@@ -146,6 +170,7 @@ class TokenAuthority:
         if len(scope.encode()) > MAX_SCOPE_BYTES:
             raise InvalidRequest(f"scope is longer than {MAX_SCOPE_BYTES} bytes")
         wanted = validate_scopes(scope.split()) if scope.strip() else None
+        chosen = self._audience(audience)
         # Throttled before argon2 runs: a refused attempt costs a database round trip only.
         attempt = self._throttle.admit(username, address) if self._throttle else None
         # Audited by the servicer (login.failed / login.succeeded, with the peer).
@@ -156,7 +181,11 @@ class TokenAuthority:
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
         session = self._sessions.create(
-            user.id, scope=granted, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+            user.id,
+            scope=granted,
+            access_ttl=self._issuer.ttl,
+            cert_thumbprint=cert_thumbprint,
+            audience=chosen,
         )
         token = self._issuer.issue(
             user,
@@ -164,6 +193,7 @@ class TokenAuthority:
             session_id=session.session_id,
             issued_at=session.issued_at,
             cert_thumbprint=cert_thumbprint,
+            audience=chosen,
         )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
         return TokenGrant(
@@ -176,11 +206,16 @@ class TokenAuthority:
             session_id=session.session_id,
         )
 
-    def refresh(self, refresh_token: str, *, cert_thumbprint: str | None = None) -> TokenGrant:
+    def refresh(
+        self, refresh_token: str, *, cert_thumbprint: str | None = None, audience: str = ""
+    ) -> TokenGrant:
         """Spend a refresh token: a new access token and the successor refresh token.
 
         Within the grace window a repeat of the just-spent token returns the
         same successor refresh token (and a fresh access token).
+
+        A session keeps the audience chosen at login; ``audience``, when given,
+        must be that one (RFC 8707 §2.2), else :class:`InvalidTarget`.
 
         Raises:
             InvalidRequest: the token is empty.
@@ -190,6 +225,8 @@ class TokenAuthority:
             StorageError: the database is unavailable.
         """
         _check_refresh_token(refresh_token)
+        if audience and audience not in self._audiences:
+            raise InvalidTarget()
         rotation = self._sessions.refresh(
             refresh_token, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
         )
@@ -198,6 +235,10 @@ class TokenAuthority:
             # Disabling a user revokes its sessions in the same transaction; this
             # is only the moment between the two.
             raise InvalidRefreshToken()
+        if audience and audience != (rotation.audience or self._audiences[0]):
+            # Checked after the spend: the successor is returned by a retry without
+            # the parameter within the grace window, so the client is not logged out.
+            raise InvalidTarget()
         held = set(user.scopes)
         granted = tuple(s for s in rotation.scope if s in held)
         token = self._issuer.issue(
@@ -206,6 +247,7 @@ class TokenAuthority:
             session_id=rotation.session_id,
             issued_at=rotation.issued_at,
             cert_thumbprint=rotation.cert_thumbprint,
+            audience=rotation.audience,
         )
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",

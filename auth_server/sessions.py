@@ -122,6 +122,7 @@ class Rotation:
     issued_at: float
     repeated: bool
     cert_thumbprint: str | None = None
+    audience: str | None = None  # the aud chosen at login; None: the server's default
 
     def __repr__(self) -> str:
         return f"Rotation(session_id={self.session_id!r}, repeated={self.repeated!r})"
@@ -205,6 +206,7 @@ class SessionStore:
         scope: Iterable[str] = (),
         access_ttl: int = 0,
         cert_thumbprint: str | None = None,
+        audience: str | None = None,
     ) -> NewSession:
         """Start a session for a user, with a new random refresh token.
 
@@ -218,6 +220,8 @@ class SessionStore:
                 session knows until when a revocation must be remembered.
             cert_thumbprint: The client certificate of a login over mutual TLS;
                 the session's refreshes then need that certificate (RFC 8705 §4).
+            audience: The ``aud`` asked for at login (RFC 8707), which its refreshes
+                keep; ``None`` for the server's default.
 
         Returns:
             The session id, its refresh token and its end.
@@ -262,6 +266,7 @@ class SessionStore:
                         access_expires_at=int(now) + access_ttl,
                         scope=" ".join(scope),
                         cert_thumbprint=cert_thumbprint,
+                        audience=audience,
                     )
                 )
         except exc.IntegrityError as err:
@@ -365,6 +370,7 @@ class SessionStore:
             issued_at=now,
             repeated=repeated,
             cert_thumbprint=row.cert_thumbprint,
+            audience=row.audience,
         )
 
     def logout(self, refresh_token: str) -> EndedSession:

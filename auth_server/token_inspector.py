@@ -1,0 +1,147 @@
+"""Checks this server's own access tokens (revocation, introspection) with the verifier's code.
+
+The auth service holds no copy of verification logic: a token is checked by an
+:class:`interceptors.TokenVerifier` (the strict parse, the key's own algorithm,
+the RFC 9068 claims) over the key set the service publishes right now. Tokens
+carry different audiences (RFC 8707), so there is one verifier per audience,
+made on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from auth_server.authority import JwksSnapshot
+from interceptors import (
+    AuthError,
+    KeySet,
+    Principal,
+    TokenPolicy,
+    TokenVerifier,
+    UnknownKey,
+    VerificationKey,
+)
+from interceptors._verify import _b64decode, _json_object
+
+_LOGGER = logging.getLogger(__name__)
+
+_MAX_VERIFIERS = 256
+_MAX_TOKEN_LENGTH = 8192
+
+
+class PublishedKeys:
+    """A key provider over the key set the service publishes (no network, no fetch)."""
+
+    def __init__(self, snapshot: Callable[[], JwksSnapshot]) -> None:
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+        self._etag = ""
+        self._keys = KeySet()
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
+
+    def _current(self) -> KeySet:
+        snapshot = self._snapshot()
+        with self._lock:
+            if snapshot.etag == self._etag:
+                return self._keys
+        keys = KeySet.from_jwks({"keys": [dict(k) for k in snapshot.keys]})
+        with self._lock:
+            departed = self._keys.kids - keys.kids
+            self._etag, self._keys = snapshot.etag, keys
+            listeners = list(self._listeners)
+        if departed:
+            for listener in listeners:
+                listener(frozenset(departed))
+        return keys
+
+    def get_key(self, kid: str) -> VerificationKey:
+        """The published key ``kid``; :class:`UnknownKey` if there is none."""
+        key = self._current().get(kid)
+        if key is None:
+            raise UnknownKey("kid is not in the published set")
+        return key
+
+    async def aget_key(self, kid: str) -> VerificationKey:
+        """Like :meth:`get_key` (never blocks: the set is in memory)."""
+        return self.get_key(kid)
+
+    def add_removal_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """Call ``callback`` with the kids that left the published set."""
+        with self._lock:
+            self._listeners.append(callback)
+
+
+class TokenInspector:
+    """Tells whether a string is a currently valid access token of this issuer."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], JwksSnapshot],
+        *,
+        issuer: str,
+        is_revoked: Callable[[str], bool],
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """Create the inspector.
+
+        Args:
+            snapshot: The published key set, current.
+            issuer: This server's ``iss``.
+            is_revoked: Whether a session id is revoked.
+            now: Clock, epoch seconds.
+        """
+        self._keys = PublishedKeys(snapshot)
+        self._issuer = issuer
+        self._is_revoked = is_revoked
+        self._now = now
+        self._lock = threading.Lock()
+        self._verifiers: OrderedDict[str, TokenVerifier] = OrderedDict()
+
+    def inspect(self, token: str) -> Principal | None:
+        """The token's principal if it is an unexpired, unrevoked token of ours; else ``None``."""
+        audience = _unverified_audience(token)
+        if audience is None:
+            return None
+        try:
+            principal = self._verifier(audience).verify(token)
+        except AuthError as exc:
+            _LOGGER.debug("inspected token is not active: %s", type(exc).__name__)
+            return None
+        if principal.session_id is not None and self._is_revoked(principal.session_id):
+            return None
+        return principal
+
+    def _verifier(self, audience: str) -> TokenVerifier:
+        with self._lock:
+            verifier = self._verifiers.get(audience)
+            if verifier is not None:
+                self._verifiers.move_to_end(audience)
+                return verifier
+        verifier = TokenVerifier(
+            self._keys,
+            TokenPolicy(issuer=self._issuer, audience=audience),
+            cache_size=256,
+            now=self._now,
+        )
+        with self._lock:
+            self._verifiers[audience] = verifier
+            while len(self._verifiers) > _MAX_VERIFIERS:
+                self._verifiers.popitem(last=False)
+        return verifier
+
+
+def _unverified_audience(token: str) -> str | None:
+    """The ``aud`` string of a well-formed token, only to pick the verifier that checks it."""
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
+        return None
+    try:
+        claims: dict[str, Any] = _json_object(_b64decode(token.split(".")[1], "payload"), "p", 8)
+    except AuthError:
+        return None
+    audience = claims.get("aud")
+    return audience if isinstance(audience, str) and audience else None
