@@ -20,6 +20,12 @@ from auth_server.config import AuthServerConfig, is_loopback_host, split_address
 from auth_server.errors import AuthServerError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
+from auth_server.oauth_http import add_oauth_routes
+from auth_server.oauth_wiring import (
+    ClientComponents,
+    build_client_components,
+    build_oauth_endpoint,
+)
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
 from auth_server.refresh_tokens import derive_refresh_secret
@@ -53,6 +59,8 @@ class Components:
     authority: TokenAuthority
     sessions: SessionStore
     throttle: LoginThrottle
+    issuer: TokenIssuer
+    client_side: ClientComponents
 
 
 def build_components(
@@ -88,19 +96,21 @@ def build_components(
         now=now,
     )
     throttle = LoginThrottle(database, config.throttle, now=now)
+    issuer = TokenIssuer(
+        keys,
+        issuer=config.issuer,
+        audience=config.audience,
+        ttl=config.access_token_ttl,
+        now=now,
+    )
     authority = TokenAuthority(
         users=users,
         sessions=sessions,
-        issuer=TokenIssuer(
-            keys,
-            issuer=config.issuer,
-            audience=config.audience,
-            ttl=config.access_token_ttl,
-            now=now,
-        ),
+        issuer=issuer,
         keys=keys,
         jwks_max_age=config.jwks_max_age,
         throttle=throttle,
+        audiences=config.audiences,
     )
     return Components(
         database=database,
@@ -109,6 +119,8 @@ def build_components(
         authority=authority,
         sessions=sessions,
         throttle=throttle,
+        issuer=issuer,
+        client_side=build_client_components(config, database, now=now),
     )
 
 
@@ -155,6 +167,7 @@ class RunningAuthServer:
             await self.revocations.stop()
         await self.grpc_server.stop(grace)
         await self.http_runner.cleanup()
+        self.components.client_side.close()
         await asyncio.to_thread(self.components.database.dispose)
 
     async def wait_stopped(self) -> None:
@@ -195,6 +208,16 @@ async def start_auth_server(
         await publisher.stop()
         raise
 
+    oauth = build_oauth_endpoint(
+        config,
+        authority=components.authority,
+        issuer=components.issuer,
+        sessions=components.sessions,
+        client_side=components.client_side,
+        publisher=publisher,
+        revocations=revocations,
+        now=now,
+    )
     server = grpc.aio.server(options=grpc_server_options(config))
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(
@@ -202,6 +225,7 @@ async def start_auth_server(
             publisher,
             revocations,
             max_login_request_size=config.max_login_request_size,
+            oauth=oauth,
         ),
         server,
     )
@@ -225,6 +249,13 @@ async def start_auth_server(
     await server.start()
 
     app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm], now=now)
+    add_oauth_routes(
+        app,
+        oauth,
+        issuer=config.issuer,
+        allow_insecure_http=config.allow_insecure_token_http,
+        tls_client_auth=config.client_ca is not None,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_address(config.http_address)
@@ -275,6 +306,7 @@ async def _clean_up_periodically(components: Components, interval: float) -> Non
             while await asyncio.to_thread(components.sessions.purge_expired) > 0:
                 pass
             await asyncio.to_thread(components.throttle.purge)
+            await asyncio.to_thread(components.client_side.purge)
         except Exception as exc:  # noqa: BLE001 - retried next interval
             reason = exc.message if isinstance(exc, AuthServerError) else type(exc).__name__
             _LOGGER.warning("cleanup of ended sessions failed: %s", reason)
@@ -299,7 +331,7 @@ def _tls_material(
         return None, None
     return (
         grpc_server_credentials(config.tls_cert, config.tls_key, config.client_ca),
-        http_server_context(config.tls_cert, config.tls_key),
+        http_server_context(config.tls_cert, config.tls_key, config.client_ca),
     )
 
 

@@ -50,7 +50,9 @@ class AuthServerConfig:
         data_dir: Holds the SQLite database and a generated passphrase file.
         database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
         issuer: The ``iss`` of every token, an https URL (http only on loopback).
-        audience: The ``aud`` of every token.
+        audience: The default ``aud`` of user tokens (the first ``--audience``).
+        additional_audiences: Further audiences a login may ask for (RFC 8707),
+            the rest of a repeated ``--audience``.
         algorithm: Signing algorithm for new keys; changing it migrates through
             a pre-published next key like any rotation.
         rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
@@ -83,6 +85,8 @@ class AuthServerConfig:
         max_concurrent_streams: Most calls in flight on one client connection.
         max_login_request_size: Largest serialized ``LoginRequest``, bytes
             (unknown fields included).
+        allow_insecure_token_http: Accept ``/oauth2/*`` requests (which carry
+            secrets and tokens) over plain HTTP from beyond loopback.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -91,6 +95,7 @@ class AuthServerConfig:
     database_url: str | None = None
     issuer: str
     audience: str
+    additional_audiences: tuple[str, ...] = ()
     algorithm: str = "RS256"
     rsa_bits: int = 2048
     access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
@@ -114,6 +119,7 @@ class AuthServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
+    allow_insecure_token_http: bool = False
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -125,8 +131,9 @@ class AuthServerConfig:
             raise ValueError("--issuer must use https unless it names a loopback host")
         if url.query or url.fragment:
             raise ValueError("--issuer must not have a query or fragment (RFC 8414 §2)")
-        if not self.audience:
+        if not self.audience or not all(self.additional_audiences):
             raise ValueError("--audience must not be empty")
+        object.__setattr__(self, "additional_audiences", tuple(self.additional_audiences))
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
         try:
@@ -174,6 +181,12 @@ class AuthServerConfig:
             activate_after=self.key_activate_after,
             retire_after=self.key_retire_after,
         )
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """Every audience user tokens may carry, the default first."""
+        rest = (a for a in self.additional_audiences if a != self.audience)
+        return (self.audience, *dict.fromkeys(rest))
 
     @property
     def resolved_database_url(self) -> str:

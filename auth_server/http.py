@@ -1,4 +1,7 @@
-"""The HTTP face: the JWKS (RFC 7517) and OIDC discovery metadata, for verifiers that speak HTTP."""
+"""The HTTP face: the JWKS (RFC 7517) and discovery metadata (OIDC, RFC 8414), for HTTP clients.
+
+The OAuth endpoints (``/oauth2/*``) are added by :mod:`auth_server.oauth_http`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -13,6 +17,9 @@ from auth_server.publisher import JwksPublisher
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"  # RFC 8414 §3
+#: The largest request body read (the token endpoint's forms; assertions are <= 8 KiB).
+MAX_BODY_SIZE = 16 * 1024
 # RFC 5861. A cache may serve the set up to max-age + stale-while-revalidate old,
 # which the next key's pre-publication (2 x max-age) covers; while the issuer is
 # down it may serve it an hour longer, as the verifiers' own caches do.
@@ -102,11 +109,23 @@ def build_http_app(
             "username",
         ],
     }
-    app = web.Application(client_max_size=4096)
+    app = web.Application(client_max_size=MAX_BODY_SIZE)
     app[_PUBLISHER] = publisher
     app[_DISCOVERY] = discovery
     app[_CLOCK] = now
     app.on_response_prepare.append(_drop_server_header)
     app.router.add_get(JWKS_PATH, _jwks)
     app.router.add_get(DISCOVERY_PATH, _discovery)
+    app.router.add_get(AS_METADATA_PATH, _discovery)
+    path = urlsplit(issuer).path.rstrip("/")
+    if path:
+        # RFC 8414 §3.1: an issuer with a path has its metadata at well-known + path.
+        app.router.add_get(AS_METADATA_PATH + path, _discovery)
     return app
+
+
+def extend_discovery(app: web.Application, fields: Mapping[str, Any]) -> None:
+    """Add or replace metadata fields of both discovery documents (before the app starts)."""
+    base: Mapping[str, Any] = app[_DISCOVERY]
+    document: Mapping[str, Any] = {**base, **fields}
+    app[_DISCOVERY] = document

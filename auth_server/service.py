@@ -19,8 +19,12 @@ from auth_server.errors import (
     InvalidCredentials,
     InvalidRequest,
     LoginThrottled,
+    OAuthError,
+    OAuthServerError,
     RefreshTokenReused,
 )
+from auth_server.oauth import OAuthEndpoint
+from auth_server.oauth_grpc import abort_oauth, token_request
 from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
@@ -58,6 +62,8 @@ def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
 
 
 async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Exception) -> NoReturn:
+    if isinstance(exc, OAuthError):
+        await abort_oauth(context, exc)
     if isinstance(exc, LoginThrottled):
         # RFC 9110 §10.2.3 semantics, as gRPC trailing metadata: seconds to wait.
         await context.abort(
@@ -97,7 +103,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         revocations: RevocationPublisher | None = None,
         *,
         max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
+        oauth: OAuthEndpoint | None = None,
     ) -> None:
+        self._oauth = oauth
         self._authority = authority
         self._publisher = publisher
         self._revocations = revocations
@@ -125,6 +133,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     request.scope,
                     address=address,
                     cert_thumbprint=thumbprint,
+                    audience=request.audience,
                 )
             )
 
@@ -136,6 +145,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
             await _abort(context, exc)  # type: ignore[arg-type]
         audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
+        return _token_response(grant)
+
+    async def Token(
+        self,
+        request: auth_pb2.TokenRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.TokenRequest, auth_pb2.TokenResponse],
+    ) -> auth_pb2.TokenResponse:
+        # Size is bounded by --max-message-size; the core checks every field.
+        oauth = self._oauth
+        if oauth is None:
+            await abort_oauth(context, OAuthServerError())  # type: ignore[arg-type]
+        parsed = token_request(request, context)  # type: ignore[arg-type]
+        grant = await _run(context, lambda: oauth.token(parsed))  # type: ignore[arg-type]
         return _token_response(grant)
 
     async def Refresh(
