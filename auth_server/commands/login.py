@@ -19,47 +19,57 @@ from protos import auth_pb2, auth_pb2_grpc
 def register(commands: Any) -> None:
     login = commands.add_parser("login", help="log in and print the token response as JSON")
     login.add_argument("name")
+    add_connection_arguments(login)
+    login.add_argument("--scope", default="", help="space-separated scopes to ask for")
     login.add_argument(
+        "--audience", default="", help="the audience (aud) to ask for; default: the server's"
+    )
+    add_password_argument(login)
+    login.set_defaults(run=_cmd_login)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--target`` and the TLS flags of a command that calls the auth service."""
+    parser.add_argument(
         "--target",
         default=env_default("TARGET", DEFAULT_GRPC_ADDRESS),
         help="auth service address (SSOT_TARGET)",
     )
-    login.add_argument("--scope", default="", help="space-separated scopes to ask for")
-    add_password_argument(login)
-    login.add_argument(
+    parser.add_argument(
         "--tls",
         action="store_true",
         default=env_default("TLS", "") not in ("", "0", "false"),
         help="connect with TLS, trusting the system roots (implied by --ca-cert; SSOT_TLS=1)",
     )
-    login.add_argument(
+    parser.add_argument(
         "--ca-cert",
         type=Path,
         default=env_default("CA_CERT"),
         help="connect with TLS, trusting the CAs in this PEM file (SSOT_CA_CERT)",
     )
-    login.add_argument(
+    parser.add_argument(
         "--client-cert",
         type=Path,
         default=env_default("CLIENT_CERT"),
         help="client certificate chain (PEM) for mutual TLS (SSOT_CLIENT_CERT)",
     )
-    login.add_argument(
+    parser.add_argument(
         "--client-key",
         type=Path,
         default=env_default("CLIENT_KEY"),
         help="private key (PEM) of --client-cert (SSOT_CLIENT_KEY)",
     )
-    login.set_defaults(run=_cmd_login)
 
 
 def _cmd_login(ns: argparse.Namespace) -> int:
     password = read_password(ns, confirm=False)
-    with _open_channel(ns) as channel:
+    with open_channel(ns) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
             response = stub.Login(
-                auth_pb2.LoginRequest(username=ns.name, password=password, scope=ns.scope),
+                auth_pb2.LoginRequest(
+                    username=ns.name, password=password, scope=ns.scope, audience=ns.audience
+                ),
                 timeout=15,
             )
         except grpc.RpcError as exc:
@@ -81,7 +91,8 @@ def _cmd_login(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _open_channel(ns: argparse.Namespace) -> grpc.Channel:
+def open_channel(ns: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``--target``, with TLS when a TLS flag asks for it."""
     if not (ns.tls or ns.ca_cert or ns.client_cert or ns.client_key):
         return grpc.insecure_channel(ns.target)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         help=f"JWKS HTTP listen address (SSOT_HTTP, default {DEFAULT_HTTP_ADDRESS})",
     )
     issuer = env_default("ISSUER")
-    audience = env_default("AUDIENCE")
+    # SSOT_AUDIENCE may list several, separated by spaces or commas; the first is the default.
+    audience = (env_default("AUDIENCE") or "").replace(",", " ").split() or None
     parser.add_argument(
         "--issuer",
         default=issuer,
@@ -68,10 +70,13 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     )
     parser.add_argument(
         "--audience",
-        default=audience,
+        action="append",
+        default=None,
         required=required and audience is None,
-        help="token audience, the aud claim (SSOT_AUDIENCE)",
+        help="token audience, the aud claim; repeat for more audiences a login may ask for"
+        " (RFC 8707), the first is the default (SSOT_AUDIENCE, space- or comma-separated)",
     )
+    parser.set_defaults(env_audience=audience)
     parser.add_argument(
         "--algorithm",
         choices=ALGORITHMS,
@@ -97,6 +102,13 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         help="JWKS Cache-Control max-age in seconds (SSOT_JWKS_MAX_AGE, default 300)",
     )
     add_key_schedule_arguments(parser)
+    parser.add_argument(
+        "--allow-insecure-token-http",
+        action="store_true",
+        default=env_default("ALLOW_INSECURE_TOKEN_HTTP", "") not in ("", "0", "false"),
+        help="accept /oauth2/* requests (secrets, tokens) over plain HTTP from beyond loopback;"
+        " only behind a TLS-terminating proxy (SSOT_ALLOW_INSECURE_TOKEN_HTTP=1)",
+    )
     parser.add_argument(
         "--no-reflection",
         action="store_true",
@@ -262,8 +274,19 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> AuthServerConfig:
+def audiences_of(ns: argparse.Namespace) -> list[str]:
+    """The ``--audience`` values given (else ``SSOT_AUDIENCE``'s), the default first."""
+    given: list[str] | None = ns.audience
+    return list(given if given else (ns.env_audience or []))
+
+
+def server_config(
+    ns: argparse.Namespace, *, issuer: str, audience: str | Sequence[str]
+) -> AuthServerConfig:
     data_dir = prepare_data_dir(ns.data_dir)
+    audiences = [audience] if isinstance(audience, str) else list(audience)
+    if not audiences:
+        raise CommandError("give at least one --audience")
     try:
         return AuthServerConfig(
             grpc_address=ns.grpc,
@@ -271,7 +294,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             data_dir=data_dir,
             database_url=ns.database_url,
             issuer=issuer,
-            audience=audience,
+            audience=audiences[0],
+            additional_audiences=tuple(audiences[1:]),
             algorithm=ns.algorithm,
             rsa_bits=ns.rsa_bits,
             access_token_ttl=ns.access_token_ttl,
@@ -306,13 +330,14 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             max_message_size=ns.max_message_size,
             max_concurrent_streams=ns.max_concurrent_streams,
             max_login_request_size=ns.max_login_request_size,
+            allow_insecure_token_http=ns.allow_insecure_token_http,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    config = server_config(ns, issuer=ns.issuer, audience=ns.audience)
+    config = server_config(ns, issuer=ns.issuer, audience=audiences_of(ns))
 
     async def serve(stop: asyncio.Event) -> None:
         server = await start_auth_server(config)
