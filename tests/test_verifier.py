@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from interceptors import Principal, TokenPolicy, TokenVerifier
 from interceptors._errors import (
     AuthError,
     ExpiredToken,
@@ -26,7 +27,6 @@ from interceptors._errors import (
     MalformedToken,
     UnknownKey,
 )
-from interceptors._verify import Principal, TokenPolicy, TokenVerifier
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "ssot-resource"
