@@ -32,8 +32,11 @@ Errors: a failed ``Login``/``Refresh`` surfaces as the :class:`grpc.RpcError`
 the auth service returned, unchanged, so its status code is there to inspect.
 An answer that holds no usable token (no ``access_token``, ``expires_in <= 0``,
 a ``token_type`` other than Bearer), or a manager with no credential left to
-ask with, raises :class:`TokenRequestError`. Neither ever carries the password
-or a token; the managers' reprs do not show them either.
+ask with, raises :class:`~interceptors.TokenRequestError`, a
+:class:`~interceptors.TokenClientError` and deliberately not an ``AuthError``:
+a server handler catching ``AuthError`` must not catch its own outgoing
+client's failure. Neither ever carries the password or a token; the managers'
+reprs do not show them either.
 """
 
 from __future__ import annotations

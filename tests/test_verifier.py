@@ -20,16 +20,20 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from interceptors import Principal, TokenPolicy, TokenVerifier
-from interceptors._errors import (
+from interceptors import (
     AuthError,
     ExpiredToken,
     ImmatureToken,
     InvalidClaims,
     InvalidSignature,
+    KeyProvider,
     KeysUnavailable,
     MalformedToken,
+    Principal,
+    TokenPolicy,
+    TokenVerifier,
     UnknownKey,
+    VerificationKeyLike,
 )
 
 ISSUER = "https://auth.example.test"
@@ -502,3 +506,19 @@ def test_a_rejected_token_is_not_cached() -> None:
             verifier.verify(value)
 
     assert keys.lookups == 2
+
+
+def test_a_custom_provider_may_inherit_the_no_op_removal_listener() -> None:
+    class OneKey(KeyProvider):
+        def get_key(self, kid: str) -> VerificationKeyLike:
+            if kid != RS.kid:
+                raise UnknownKey("no such key")
+            return RS
+
+        async def aget_key(self, kid: str) -> VerificationKeyLike:
+            return self.get_key(kid)
+
+    verifier = TokenVerifier(OneKey(), TokenPolicy(issuer=ISSUER, audience=AUDIENCE), now=Clock())
+
+    assert verifier.verify(token()).subject == "user-1"
+    assert asyncio.run(verifier.averify(token(jti="token-2"))).token_id == "token-2"
