@@ -29,8 +29,8 @@ Where keys rotate (five places, in the order a rotation passes through them):
 
 1. ``lifecycle.rotation_due`` / ``rotation_reason``: pure policy, *when* the next
    key is due (schedule, no current key, or an ``--algorithm`` change).
-2. ``scheduler.KeyScheduler``: the tick, every ``--key-check-interval``, that calls
-   ``SigningKeyStore.maintain`` in each replica; ``maintain`` asks ``rotation_due``
+2. ``scheduler.KeyScheduler``: the tick (``AuthServerConfig.key_check_interval``,
+   1 s) that calls ``SigningKeyStore.maintain`` in each replica; ``maintain`` asks ``rotation_due``
    and, under the replicas' lock, makes the key.
 3. ``keys.SigningKeyStore.rotate``: the *operator's* rotation (``ssot-auth keys
    rotate``), public API; validates, takes the lock, and hands over to 4.
