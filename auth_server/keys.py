@@ -145,9 +145,9 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = pick_current(keyrows.select_live(conn, now), now)
-        if row is not None:
-            return self._material.load(row.kid)
+            current = pick_current(keyrows.select_live(conn, now), now)
+        if current is not None:
+            return self._material.load(current.kid)
         private_key = self._generate()
         changes = Changes()
         try:
@@ -175,10 +175,10 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = pick_current(keyrows.select_live(conn, now), now)
-        if row is None:
+            current = pick_current(keyrows.select_live(conn, now), now)
+        if current is None:
             raise KeyStoreError("no signing key is active")
-        return self._material.load(row.kid)
+        return self._material.load(current.kid)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -289,17 +289,17 @@ class SigningKeyStore:
             replacement = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
-            row = keyrows.select_one(conn, kid)
-            if row is None:
+            target = keyrows.select_one(conn, kid)
+            if target is None:
                 raise KeyStoreError("unknown signing key")
-            if row.revoked_at is None:
+            if target.revoked_at is None:
                 current = pick_current(writer.live(), writer.now)
                 was_current = current is not None and current.kid == kid
                 # The revocation itself never depends on the passphrase: it is the
                 # emergency brake, and the key may be revoked for being corrupted.
                 # A replacement does: it must be one the other replicas can decrypt.
                 replace = was_current and passphrase_ok
-                writer.revoke(row)
+                writer.revoke(target)
                 successor = None
                 if replace:
                     successor = writer.promote()
@@ -319,7 +319,7 @@ class SigningKeyStore:
                 writer.changes.events.append(
                     (
                         "key.revoked",
-                        {"kid": kid, "algorithm": row.algorithm, "replacement": successor},
+                        {"kid": kid, "algorithm": target.algorithm, "replacement": successor},
                     )
                 )
                 _LOGGER.warning(
@@ -490,11 +490,11 @@ class SigningKeyStore:
     def _describe(self, kid: str) -> KeyInfo:
         now = self._now()
         with self._db.transaction() as conn:
-            row = keyrows.select_one(conn, kid)
+            record = keyrows.select_one(conn, kid)
             current = pick_current(keyrows.select_live(conn, now), now)
-        if row is None:
+        if record is None:
             raise KeyStoreError("unknown signing key")
-        return keyrows.key_info(row, now, current_kid=None if current is None else current.kid)
+        return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
 
     def _generate(self) -> PrivateKey:
         return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
