@@ -6,7 +6,7 @@ entry beside the status code the error class names (see ``protos/auth.proto``).
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any
 
 import grpc
 
@@ -22,7 +22,7 @@ OAUTH_ERROR_KEY = "oauth-error"
 
 
 def token_request(
-    request: auth_pb2.TokenRequest, context: grpc.aio.ServicerContext[object, object]
+    request: auth_pb2.TokenRequest, context: grpc.aio.ServicerContext[Any, Any]
 ) -> TokenRequest:
     """The core's view of a gRPC ``TokenRequest`` (with the peer's address and certificate)."""
     credentials = ClientCredentials(
@@ -50,11 +50,3 @@ def oauth_trailers(exc: OAuthError) -> tuple[tuple[str, str], ...]:
     if isinstance(exc, ClientAuthThrottled):
         trailers.append(("retry-after", str(exc.retry_after)))
     return tuple(trailers)
-
-
-async def abort_oauth(
-    context: grpc.aio.ServicerContext[object, object], exc: OAuthError
-) -> NoReturn:
-    """End the call with the error's status, message and ``oauth-error`` trailer."""
-    await context.abort(exc.code, exc.message, trailing_metadata=oauth_trailers(exc))
-    raise AssertionError("abort returned")  # pragma: no cover - grpc's abort always raises

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from auth_server.authority import JwksSnapshot
 from interceptors import (
@@ -26,12 +25,14 @@ from interceptors import (
     UnknownKey,
     VerificationKey,
 )
-from interceptors._verify import _b64decode, _json_object
+from interceptors._jws import parse_compact
 
 _LOGGER = logging.getLogger(__name__)
 
 _MAX_VERIFIERS = 256
-_MAX_TOKEN_LENGTH = 8192
+# The policy every per-audience verifier gets, apart from its audience.
+_DEFAULTS = TokenPolicy(issuer="-", audience="-")
+_TYPE = _DEFAULTS.token_type.lower()
 
 
 class PublishedKeys:
@@ -137,11 +138,17 @@ class TokenInspector:
 
 def _unverified_audience(token: str) -> str | None:
     """The ``aud`` string of a well-formed token, only to pick the verifier that checks it."""
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
-        return None
+    # The verifier's own strict parse, with its default policy's limits; the
+    # verifier chosen then parses again and checks everything else.
     try:
-        claims: dict[str, Any] = _json_object(_b64decode(token.split(".")[1], "payload"), "p", 8)
+        parsed = parse_compact(
+            token,
+            algorithms=_DEFAULTS.algorithms,
+            accepted_types=(_TYPE, "application/" + _TYPE),
+            max_length=_DEFAULTS.max_token_length,
+            max_depth=_DEFAULTS.max_json_depth,
+        )
     except AuthError:
         return None
-    audience = claims.get("aud")
+    audience = parsed.claims.get("aud")
     return audience if isinstance(audience, str) and audience else None
