@@ -96,7 +96,7 @@ def parse_compact(
     if alg not in algorithms:
         raise InvalidSignature("alg header not allowed by policy")
     kid = header.get("kid")
-    if kid is None and not require_kid:
+    if "kid" not in header and not require_kid:
         kid = ""
     elif not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
         raise MalformedToken("kid header missing, empty, too long or not a string")
@@ -106,7 +106,7 @@ def parse_compact(
     if header.get("b64", True) is not True:
         raise MalformedToken("unencoded payload (b64) is not accepted")
     typ = header.get("typ")
-    if typ is None and not require_typ:
+    if "typ" not in header and not require_typ:
         pass
     elif not isinstance(typ, str) or typ.lower() not in accepted_types:
         raise InvalidClaims("typ header is not an accepted type")
