@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from auth_server.__main__ import main as auth_main
-from conftest import PASSPHRASE
+from helpers import PASSPHRASE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     AuthHarness,

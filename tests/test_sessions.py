@@ -20,8 +20,9 @@ import sqlalchemy as sa
 
 from auth_server.sessions import SessionPolicy
 from auth_server.storage import Database
-from conftest import (
+from helpers import (
     AuthHarness,
+    Clock,
     EventLoopThread,
     ResourceHarness,
     bearer,
@@ -34,22 +35,9 @@ from protos import auth_pb2, resource_pb2
 PASSWORD = "correct horse battery"
 
 
-class Clock:
-    """The auth server's clock: starts at real time, moves only when told to."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(time.time())
 
 
 @pytest.fixture

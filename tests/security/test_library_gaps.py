@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import AUDIENCE, ISSUER
+from helpers import AUDIENCE, ISSUER
 from interceptors import KeySet, KeySetError, TokenPolicy, TokenVerifier
 from security.kit import ATTACKER, Attack, Issuer, Target, b64u, b64u_decode
 
