@@ -101,24 +101,30 @@ def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> bool:
 
 
 def run_concurrently(
-    action: Callable[[T], R], items: Iterable[T], timeout: float = 60.0
-) -> list[R]:
-    """Call ``action(item)`` for every item, each on its own thread, released at once.
+    action: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    return_exceptions: bool = False,
+    timeout: float = 60.0,
+) -> list[Any]:
+    """Call ``action(item)`` for every item, each on its own thread, all released at once.
 
     A barrier lines the threads up so the calls really race. Returns the results in
-    the order of ``items``; re-raises the first exception any call raised.
+    the order of ``items``. An exception is re-raised (the first one), or with
+    ``return_exceptions`` returned in its place, as :func:`asyncio.gather` does.
     """
     work = list(items)
     barrier = threading.Barrier(len(work))
     results: list[Any] = [None] * len(work)
-    errors: list[BaseException] = []
+    failed = threading.Event()
 
     def run(index: int, item: T) -> None:
         try:
             barrier.wait(timeout)
             results[index] = action(item)
-        except BaseException as err:
-            errors.append(err)
+        except BaseException as err:  # handed to the caller below
+            results[index] = err
+            failed.set()
 
     threads = [threading.Thread(target=run, args=(i, item)) for i, item in enumerate(work)]
     for thread in threads:
@@ -126,8 +132,8 @@ def run_concurrently(
     for thread in threads:
         thread.join(timeout)
     assert not any(thread.is_alive() for thread in threads), "a concurrent call hung"
-    if errors:
-        raise errors[0]
+    if failed.is_set() and not return_exceptions:
+        raise next(r for r in results if isinstance(r, BaseException))
     return results
 
 

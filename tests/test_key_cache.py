@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -19,12 +18,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from helpers import Clock, wait_until
+from helpers import Clock, FakeAuthService, jwk_set_message, serve_fake_auth, wait_until
 from interceptors import _cache
 from interceptors._cache import CacheStats, KeyCache
 from interceptors._errors import AuthError, KeySetError, KeysUnavailable, UnknownKey
 from interceptors._sources import FetchResult, GrpcJwksSource, HttpJwksSource, StaticSource
-from protos import auth_pb2, auth_pb2_grpc
+from protos import auth_pb2
 
 _JWKS_BY_KID: dict[str, dict[str, Any]] = {}
 
@@ -706,49 +705,8 @@ def test_a_broken_stream_is_reopened_with_a_full_fetch(
         assert cache.get_key("B").kid == "B"
 
 
-class JwksServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, *kids: str) -> None:
-        self._changed = threading.Condition()
-        self._version = 0
-        self.get_calls = 0
-        self._set = self._message(kids)
-
-    @staticmethod
-    def _message(kids: tuple[str, ...]) -> auth_pb2.JwkSet:
-        fields = auth_pb2.Jwk.DESCRIPTOR.fields_by_name
-        keys = [auth_pb2.Jwk(**{k: v for k, v in jwk(kid).items() if k in fields}) for kid in kids]
-        return auth_pb2.JwkSet(keys=keys, max_age_seconds=300)
-
-    def publish(self, *kids: str) -> None:
-        with self._changed:
-            self._set = self._message(kids)
-            self._version += 1
-            self._changed.notify_all()
-
-    def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.JwkSet:
-        with self._changed:
-            self.get_calls += 1
-            return self._set
-
-    def WatchJwks(
-        self, request: auth_pb2.WatchJwksRequest, context: Any
-    ) -> Iterator[auth_pb2.JwkSet]:
-        seen = -1
-        while context.is_active():
-            with self._changed:
-                if self._version == seen:
-                    self._changed.wait(0.02)
-                    continue
-                seen, current = self._version, self._set
-            yield current
-
-
-def _serve(servicer: JwksServicer, port: int = 0) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    return server, port
+def jwk_set(*kids: str) -> auth_pb2.JwkSet:
+    return jwk_set_message([jwk(kid) for kid in kids])
 
 
 def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
@@ -756,8 +714,8 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
 ) -> None:
     monkeypatch.setattr(_cache, "_RECONNECT_INITIAL", 0.05)
     monkeypatch.setattr(_cache, "_RECONNECT_MAX", 0.2)
-    servicer = JwksServicer("A")  # type: ignore[abstract]
-    server, port = _serve(servicer)
+    servicer = FakeAuthService(jwk_set("A"))
+    server, port = serve_fake_auth(servicer)
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}",
         options=[
@@ -774,17 +732,17 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
         assert cache.wait_until_loaded(5)
         assert cache.get_key("A").kid == "A"
 
-        servicer.publish("A", "B")  # a new key is published ...
+        servicer.publish(jwk_set("A", "B"))  # a new key is published ...
         assert wait_until(lambda: cache.key_set is not None and "B" in cache.key_set)
-        servicer.publish("B")  # ... and the old one revoked
+        servicer.publish(jwk_set("B"))  # ... and the old one revoked
         assert wait_until(lambda: removed == [frozenset({"A"})])
         with pytest.raises(UnknownKey):
             cache.get_key("A")
 
         server.stop(0).wait()
         fetches = servicer.get_calls
-        restarted = JwksServicer("B", "C")  # type: ignore[abstract]  # what changed while the stream was down
-        server, _ = _serve(restarted, port)
+        restarted = FakeAuthService(jwk_set("B", "C"))  # what changed while the stream was down
+        server, _ = serve_fake_auth(restarted, port)
         assert wait_until(lambda: cache.key_set is not None and "C" in cache.key_set)
         assert wait_until(lambda: restarted.get_calls >= 1)  # the full fetch after reconnecting
         assert cache.get_key("C").kid == "C"
@@ -797,8 +755,8 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
 
 
 def test_close_stops_the_threads_promptly_and_is_idempotent() -> None:
-    servicer = JwksServicer("A")  # type: ignore[abstract]
-    server, port = _serve(servicer)
+    servicer = FakeAuthService(jwk_set("A"))
+    server, port = serve_fake_auth(servicer)
     source = GrpcJwksSource(f"127.0.0.1:{port}")
     try:
         cache = KeyCache(source)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +20,7 @@ from auth_server.keys import SigningKeyStore
 from auth_server.lifecycle import KeyLifecycle, LifecycleError, parse_duration
 from auth_server.storage import Database, signing_keys
 from helpers import PASSPHRASE as SERVER_PASSPHRASE
-from helpers import Clock
+from helpers import Clock, run_concurrently
 
 PASSPHRASE = b"lifecycle passphrase"
 T0 = 1_700_000_000.0
@@ -239,24 +238,9 @@ def test_replicas_maintaining_at_once_create_one_next_key(database: Database, cl
     stores = [_store(database, clock) for _ in range(4)]
     stores[0].ensure_signing_key()
     clock.now = T0 + 950
-    created: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(stores))
 
-    def run(store: SigningKeyStore) -> None:
-        try:
-            barrier.wait()
-            created.extend(store.maintain().created)
-        except BaseException as err:
-            errors.append(err)
+    created = [kid for r in run_concurrently(lambda s: s.maintain(), stores) for kid in r.created]
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert len(created) == 1
     assert all(s.published_jwks() == stores[0].published_jwks() for s in stores)
 

@@ -7,7 +7,6 @@ They use ES256 (fast key generation) unless the algorithm is the point.
 from __future__ import annotations
 
 import json
-import threading
 
 import grpc
 import pytest
@@ -19,7 +18,7 @@ from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, generate_private_key, jwk_thumbprint, public_jwk
 from auth_server.keys import SigningKeyStore
 from auth_server.storage import Database, signing_keys
-from helpers import Clock
+from helpers import Clock, run_concurrently
 
 PASSPHRASE = b"test passphrase"
 T0 = 1_700_000_000.0
@@ -518,24 +517,9 @@ def test_two_stores_on_one_database_agree(database: Database, clock: Clock) -> N
 
 def test_replicas_starting_at_once_create_one_key(database: Database) -> None:
     stores = [SigningKeyStore(database, PASSPHRASE, algorithm="ES256") for _ in range(4)]
-    kids: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(stores))
 
-    def start(store: SigningKeyStore) -> None:
-        try:
-            barrier.wait()
-            kids.append(store.ensure_signing_key().kid)
-        except BaseException as err:
-            errors.append(err)
+    kids = [key.kid for key in run_concurrently(lambda s: s.ensure_signing_key(), stores)]
 
-    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert len(set(kids)) == 1
     assert _row_count(database) == 1
 

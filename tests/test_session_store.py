@@ -5,7 +5,6 @@ Runs on SQLite, and on PostgreSQL too when SSOT_TEST_DATABASE_URL is set.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from auth_server.refresh_tokens import derive_refresh_secret
 from auth_server.sessions import REVOCATION_RETENTION, SessionStore
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import User, UserStore
-from helpers import Clock
+from helpers import Clock, run_concurrently
 
 T0 = 1_700_000_000.0
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
@@ -51,29 +50,11 @@ def test_many_threads_refreshing_one_token_leave_one_branch(
     # Straight on the store, more threads than the gRPC server would run at once.
     for _ in range(3):
         token = store.create(alice.id).refresh_token
-        barrier = threading.Barrier(24)
-        results: list[str | BaseException] = []
-        lock = threading.Lock()
-
-        def refresh(
-            token: str = token,
-            barrier: threading.Barrier = barrier,
-            results: list[str | BaseException] = results,
-            lock: threading.Lock = lock,
-        ) -> None:
-            barrier.wait()
-            try:
-                outcome: str | BaseException = store.refresh(token).refresh_token
-            except BaseException as exc:  # recorded and asserted below
-                outcome = exc
-            with lock:
-                results.append(outcome)
-
-        threads = [threading.Thread(target=refresh) for _ in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results: list[str | BaseException] = run_concurrently(
+            lambda _, token=token: store.refresh(token).refresh_token,
+            range(24),
+            return_exceptions=True,
+        )
         assert all(isinstance(r, str) for r in results), results
         assert len(set(results)) == 1
         (successor,) = set(results)

@@ -16,7 +16,14 @@ from auth_server.errors import LoginThrottled
 from auth_server.passwords import Argon2Parameters, PasswordHasher
 from auth_server.storage import Database, users
 from auth_server.throttle import LoginThrottle, ThrottlePolicy, client_address
-from helpers import AuthHarness, Clock, EventLoopThread, make_config, start_harness
+from helpers import (
+    AuthHarness,
+    Clock,
+    EventLoopThread,
+    make_config,
+    run_concurrently,
+    start_harness,
+)
 from protos import auth_pb2, auth_pb2_grpc
 
 T0 = 1_700_000_000.0
@@ -126,21 +133,9 @@ def test_counters_are_shared_by_replicas(database: Database, clock: Clock) -> No
 
 def test_parallel_guesses_cannot_slip_past_the_limit(database: Database, clock: Clock) -> None:
     t = throttle(database, clock, per_user_address=5)
-    admitted: list[bool] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(16)
-
-    def guess() -> None:
-        barrier.wait()
-        ok = refused(t, "alice", "198.51.100.7") is None
-        with lock:
-            admitted.append(ok)
-
-    threads = [threading.Thread(target=guess) for _ in range(16)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(30)
+    admitted = run_concurrently(
+        lambda _: refused(t, "alice", "198.51.100.7") is None, range(16), timeout=30
+    )
 
     assert admitted.count(True) == 5
 

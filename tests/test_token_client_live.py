@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import grpc
@@ -15,6 +14,7 @@ from helpers import (
     Clock,
     EventLoopThread,
     ResourceHarness,
+    run_concurrently,
     running_resource,
     wait_until,
 )
@@ -56,18 +56,7 @@ def test_renewal_uses_refresh_and_keeps_the_session(auth: AuthHarness, alice: st
     first = manager.token()
     clock.now += 900  # past the renewal point
 
-    barrier = threading.Barrier(20)
-    tokens: list[str] = []
-
-    def renew() -> None:
-        barrier.wait()
-        tokens.append(manager.token())
-
-    threads = [threading.Thread(target=renew) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    tokens = run_concurrently(lambda _: manager.token(), range(20), timeout=30)
 
     assert len(set(tokens)) == 1 and tokens[0] != first
     assert _sid(tokens[0]) == _sid(first)  # Refresh, not a new Login
