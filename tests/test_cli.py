@@ -235,6 +235,7 @@ def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str
                 pipe.close()
 
 
+@pytest.mark.slow
 def test_up_runs_the_whole_system_and_stops_on_ctrl_c(
     up_process: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
 ) -> None:

@@ -226,6 +226,7 @@ def test_first_load_recovers_once_the_backoff_has_passed(clock: Clock) -> None:
     assert cache.stats.last_success == clock.now
 
 
+@pytest.mark.slow
 def test_a_lookup_waits_at_most_the_fetch_timeout(clock: Clock) -> None:
     source = FakeSource(ok("A"))
     source.gate.clear()
@@ -754,6 +755,7 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
         server.stop(0).wait()
 
 
+@pytest.mark.slow
 def test_close_stops_the_threads_promptly_and_is_idempotent() -> None:
     servicer = FakeAuthService(jwk_set("A"))
     server, port = serve_fake_auth(servicer)

@@ -191,6 +191,7 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
         assert want * 0.9 <= gap < want + 0.15, (gaps, expected)
 
 
+@pytest.mark.slow
 def test_close_returns_promptly_while_the_stream_is_quiet() -> None:
     stream = ScriptedStream([RevocationBatch(full=True, sessions={})], block=True)
     revocations = RevocationList(ScriptedSource(stream), now=Clock(NOW))

@@ -254,6 +254,7 @@ def _revoked_fails_on(rig: Rig, target: str, token: str, limit: float) -> float:
     pytest.fail(f"a token of the revoked key still passed after {limit} s")
 
 
+@pytest.mark.slow
 def test_three_rotations_and_a_revocation_fail_no_honest_call(rig: Rig) -> None:
     traffic = Traffic()
     stop = threading.Event()

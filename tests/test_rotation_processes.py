@@ -26,6 +26,8 @@ import pytest
 from helpers import PASSPHRASE, bearer, wait_until
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 
+pytestmark = pytest.mark.slow  # real processes
+
 ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "rotation-e2e"
 PASSWORD = "rotation e2e password"

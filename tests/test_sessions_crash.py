@@ -27,6 +27,8 @@ from auth_server.users import UserStore
 from helpers import FAST_ARGON2, PASSPHRASE
 from protos import auth_pb2, auth_pb2_grpc
 
+pytestmark = pytest.mark.slow  # real processes, killed mid-request
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 

@@ -225,6 +225,7 @@ def test_http_source_failures_are_key_set_errors(
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
 
 
+@pytest.mark.slow
 def test_http_source_gives_up_at_the_timeout(http_server: HttpServer) -> None:
     http_server.routes["/jwks"] = json_reply(JWKS)
     http_server.hold.clear()
@@ -431,6 +432,7 @@ def test_grpc_fetch_without_max_age_has_no_caching_hint(
     assert result.max_age is None
 
 
+@pytest.mark.slow
 def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
     source = GrpcJwksSource("127.0.0.1:1")
     started = time.monotonic()

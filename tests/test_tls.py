@@ -353,6 +353,7 @@ def _cli(main: Callable[[list[str]], int], *argv: str, stdin: str = "") -> int:
         sys.stdin = sys.__stdin__
 
 
+@pytest.mark.slow
 def test_up_login_and_get_work_over_mutual_tls_from_the_command_line(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

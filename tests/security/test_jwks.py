@@ -203,6 +203,7 @@ def _flood(target: Target, tokens: list[str], in_flight: int = 64) -> set[grpc.S
     return codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("outage", "count", "expected"),
     [
@@ -325,6 +326,7 @@ HOSTILE: list[Any] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_a_hostile_jwks_answer_is_refused_and_the_last_good_set_stays(
     jwks: JwksTarget, hostile: Callable[[Issuer], Answer]
