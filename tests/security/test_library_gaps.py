@@ -1,6 +1,6 @@
 """PyJWT's gaps, each closed in our own layer.
 
-Each case pairs a *witness* (what PyJWT 2.15.1, the version measured for the issue, does
+Each case pairs a *witness* (what PyJWT 2.15.1, the version these gaps were measured on, does
 on its own: it only runs on that version) with what our verifier does with the same
 input through a real resource server. When PyJWT closes a gap upstream the witness is
 skipped on the newer version; our check stays.
