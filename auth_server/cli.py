@@ -11,21 +11,14 @@ from auth_server.app import StartupError
 from auth_server.commands import keys, login, serve, sessions, up, users
 from auth_server.commands._common import CommandError, close_databases
 from auth_server.errors import AuthServerError
-from interceptors._cli import SettingsError, add_env_argument
+from interceptors._cli import SettingsError, add_log_level_argument
 
 PROG = "ssot-auth"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_env_argument(
-        parser,
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level",
-        default_help="INFO",
-    )
+    add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (serve, up, users, sessions, keys, login):
         module.register(commands)

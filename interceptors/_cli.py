@@ -131,6 +131,18 @@ def add_env_argument(
     return action_
 
 
+def add_log_level_argument(parser: Any) -> None:
+    """``--log-level``, the one flag every command has."""
+    add_env_argument(
+        parser,
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
+        default_help="INFO",
+    )
+
+
 def add_client_tls_arguments(parser: Any) -> None:
     """``--tls``, ``--ca-cert``, ``--client-cert`` and ``--client-key`` of a calling command.
 

@@ -23,6 +23,7 @@ from interceptors._cli import (
     SettingsError,
     add_client_tls_arguments,
     add_env_argument,
+    add_log_level_argument,
     add_server_tls_arguments,
     wants_tls,
 )
@@ -67,14 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         SettingsError: A variable holds a value its flag refuses.
     """
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_env_argument(
-        parser,
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level",
-        default_help="INFO",
-    )
+    add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the resource service")
