@@ -42,11 +42,13 @@ def http_server_context(cert: Path, key: Path, client_ca: Path | None = None) ->
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load --tls-cert {cert} with --tls-key {key}") from exc
+        raise TlsError(
+            "cannot load {cert} {cert_path} with {key} {key_path}", cert_path=cert, key_path=key
+        ) from exc
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
-            raise TlsError(f"cannot load --client-ca {client_ca}") from exc
+            raise TlsError("cannot load {client_ca} {ca_path}", ca_path=client_ca) from exc
         context.verify_mode = ssl.CERT_OPTIONAL
     return context

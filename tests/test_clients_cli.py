@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from auth_server.__main__ import main as auth_main
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     PASSPHRASE,

@@ -22,7 +22,7 @@ from auth_server.client_assertion import ASSERTION_TYPE
 from auth_server.clients import ClientStore
 from auth_server.jwk import public_jwk
 from auth_server.throttle import ThrottlePolicy
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     AuthHarness,
@@ -341,6 +341,7 @@ def test_wrong_secret_gets_401_with_www_authenticate(auth: AuthHarness) -> None:
     assert headers["WWW-Authenticate"].startswith("Basic")
 
 
+@pytest.mark.slow  # a wall-clock bound
 def test_unknown_client_answers_like_a_wrong_secret_in_comparable_time(auth: AuthHarness) -> None:
     clients(auth).add("cron", audiences=[AUDIENCE], secret=True)
     clients(auth).add("other", audiences=[AUDIENCE], secret=True)  # absorbs the throttle
@@ -481,6 +482,7 @@ def test_discovery_lists_the_oauth_endpoints(auth: AuthHarness) -> None:
 # -- refresh, revocation, introspection ----------------------------------------------------
 
 
+@pytest.mark.slow  # a wall-clock bound
 def test_http_refresh_and_revoke_pushes_to_verifiers_within_a_second(
     auth: AuthHarness, loop_thread: EventLoopThread
 ) -> None:

@@ -25,7 +25,7 @@ from auth_server.client_assertion import ASSERTION_TYPE
 from auth_server.commands._common import CommandError
 from auth_server.commands.login import add_connection_arguments, open_channel
 from auth_server.jwk import public_jwk
-from auth_server.settings import env_default
+from interceptors._cli import add_env_argument
 from protos import auth_pb2, auth_pb2_grpc
 
 ASSERTION_LIFETIME = 60
@@ -46,10 +46,8 @@ def register(commands: Any) -> None:
         help="read the client secret from the first line of standard input",
     )
     token.add_argument("--kid", help="the key id to name (default: the key's RFC 7638 thumbprint)")
-    token.add_argument(
-        "--issuer",
-        default=env_default("ISSUER"),
-        help="the auth service's issuer identifier, the assertion's aud (SSOT_ISSUER)",
+    add_env_argument(
+        token, "--issuer", help="the auth service's issuer identifier, the assertion's aud"
     )
     token.add_argument("--audience", default="", help="the audience to ask for")
     token.add_argument("--scope", default="", help="space-separated scopes to ask for")
