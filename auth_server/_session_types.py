@@ -11,6 +11,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, kw_only=True)
+class SessionTerms:
+    """What a session was granted at login: a refresh may ask for no more.
+
+    Attributes:
+        scope: The scopes granted at login.
+        audience: The ``aud`` chosen at login; None for the server's default.
+    """
+
+    scope: tuple[str, ...]
+    audience: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class NewSession:
     """A session just created.
 

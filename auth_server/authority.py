@@ -9,9 +9,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidTarget
+from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidScope, InvalidTarget
 from auth_server.keys import SigningKeyStore
-from auth_server.sessions import EndedSession, SessionStore
+from auth_server.sessions import EndedSession, SessionStore, SessionTerms
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore, validate_scopes
@@ -207,7 +207,12 @@ class TokenAuthority:
         )
 
     def refresh(
-        self, refresh_token: str, *, cert_thumbprint: str | None = None, audience: str = ""
+        self,
+        refresh_token: str,
+        *,
+        cert_thumbprint: str | None = None,
+        audience: str = "",
+        scope: Sequence[str] = (),
     ) -> TokenGrant:
         """Spend a refresh token: a new access token and the successor refresh token.
 
@@ -215,7 +220,10 @@ class TokenAuthority:
         same successor refresh token (and a fresh access token).
 
         A session keeps the audience chosen at login; ``audience``, when given,
-        must be that one (RFC 8707 §2.2), else :class:`InvalidTarget`.
+        must be that one (RFC 8707 §2.2), else :class:`InvalidTarget`. Each scope
+        in ``scope`` must have been granted at login (RFC 6749 §6), else
+        :class:`InvalidScope`. Both are checked before the token is spent: a
+        refused request consumes nothing.
 
         Raises:
             InvalidRequest: the token is empty.
@@ -227,18 +235,25 @@ class TokenAuthority:
         _check_refresh_token(refresh_token)
         if audience and audience not in self._audiences:
             raise InvalidTarget()
+        default = self._audiences[0]
+
+        def within_terms(terms: SessionTerms) -> None:
+            if audience and audience != (terms.audience or default):
+                raise InvalidTarget()
+            if not set(scope) <= set(terms.scope):
+                raise InvalidScope()
+
         rotation = self._sessions.refresh(
-            refresh_token, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+            refresh_token,
+            access_ttl=self._issuer.ttl,
+            cert_thumbprint=cert_thumbprint,
+            check=within_terms,
         )
         user = self._users.get_by_id(rotation.user_id)
         if user is None or user.disabled:
             # Disabling a user revokes its sessions in the same transaction; this
             # is only the moment between the two.
             raise InvalidRefreshToken()
-        if audience and audience != (rotation.audience or self._audiences[0]):
-            # Checked after the spend: the successor is returned by a retry without
-            # the parameter within the grace window, so the client is not logged out.
-            raise InvalidTarget()
         held = set(user.scopes)
         granted = tuple(s for s in rotation.scope if s in held)
         token = self._issuer.issue(

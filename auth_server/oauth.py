@@ -220,16 +220,14 @@ class OAuthEndpoint:
         if not request.refresh_token:
             raise OAuthInvalidRequest("refresh_token is required")
         thumbprint = creds.certificate.thumbprint if creds.certificate else None
-        grant = self._authority.refresh(
+        # Audience and scope are checked against the session before its token is
+        # spent, so a refused request leaves the refresh token good.
+        return self._authority.refresh(
             request.refresh_token,
             cert_thumbprint=thumbprint,
             audience=request.audience or request.resource,
+            scope=_scopes(request.scope) if request.scope.strip() else (),
         )
-        if request.scope.strip():
-            wanted = _scopes(request.scope)
-            if not set(wanted) <= set(grant.scope.split()):
-                raise InvalidScope()
-        return grant
 
     def revoke_blocking(
         self, token: str, credentials: ClientCredentials, *, address: str, hint: str = ""

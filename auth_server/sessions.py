@@ -26,7 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _sessionrows as sessionrows
-from auth_server._session_types import EndedSession, NewSession, Rotation, SessionInfo
+from auth_server._session_types import (
+    EndedSession,
+    NewSession,
+    Rotation,
+    SessionInfo,
+    SessionTerms,
+)
 from auth_server._sessionrows import revoke_user_sessions
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
@@ -55,6 +61,7 @@ __all__ = [
     "SessionInfo",
     "SessionPolicy",
     "SessionStore",
+    "SessionTerms",
     "audit_revoked",
     "revoke_user_sessions",
 ]
@@ -176,7 +183,12 @@ class SessionStore:
         )
 
     def refresh(
-        self, refresh_token: str, *, access_ttl: int = 0, cert_thumbprint: str | None = None
+        self,
+        refresh_token: str,
+        *,
+        access_ttl: int = 0,
+        cert_thumbprint: str | None = None,
+        check: Callable[[SessionTerms], None] | None = None,
     ) -> Rotation:
         """Spend a refresh token and return its successor.
 
@@ -185,6 +197,10 @@ class SessionStore:
             access_ttl: Lifetime of the access token about to be issued.
             cert_thumbprint: The certificate the client presents now, if any; a
                 session bound at login refreshes only with the same one.
+            check: Called with the session's terms once the token is known to be
+                its current one (or a repeat within grace), before anything is
+                written: whatever it raises refuses the refresh and spends nothing.
+                A spent token outside the grace window revokes the session first.
 
         Raises:
             RefreshTokenReused: A spent token outside the grace window; the
@@ -223,6 +239,9 @@ class SessionStore:
                 now=now,
                 grace=self.policy.refresh_grace,
             )
+            if check is not None and verdict != "reuse":
+                # Inside the transaction: raising here rolls back, the token stays good.
+                check(SessionTerms(scope=tuple((row.scope or "").split()), audience=row.audience))
             touch = {
                 "last_used_at": now,
                 "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),

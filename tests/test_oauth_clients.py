@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from auth_server.client_assertion import ASSERTION_TYPE
 from auth_server.clients import ClientStore
 from auth_server.jwk import public_jwk
+from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 from helpers import (
     AUDIENCE,
@@ -567,6 +568,48 @@ def test_login_may_ask_for_a_configured_audience_and_refresh_keeps_it(auth: Auth
     call: Any = info.value
     assert call.code() == grpc.StatusCode.PERMISSION_DENIED
     assert dict(call.trailing_metadata())["oauth-error"] == "invalid_target"
+
+
+def test_a_refused_refresh_spends_nothing(loop_thread: EventLoopThread, tmp_path: Path) -> None:
+    # No grace window: had a refused request spent the token, the honest retry
+    # would be a reuse and revoke the session.
+    config = make_config(
+        tmp_path, additional_audiences=(ORDERS,), sessions=SessionPolicy(refresh_grace=0)
+    )
+    auth = start_harness(loop_thread, config)
+    try:
+        auth.add_user("alice", "correct horse battery", ("resource.read", "resource.write"))
+        login = auth.stub.Login(
+            auth_pb2.LoginRequest(
+                username="alice",
+                password="correct horse battery",
+                scope="resource.read",
+                audience=ORDERS,
+            ),
+            timeout=10,
+        )
+        token = login.refresh_token
+        refused = [
+            ({"audience": AUDIENCE}, "invalid_target"),  # configured, but not the session's
+            ({"resource": "reports-api"}, "invalid_target"),  # not configured at all
+            ({"scope": "resource.write"}, "invalid_scope"),  # held, but not granted at login
+        ]
+        for extra, error in refused:
+            fields = {"grant_type": "refresh_token", "refresh_token": token, **extra}
+            assert grpc_error(auth, **fields)[1] == error, extra
+            status, _, body = http(auth, "/oauth2/token", fields)
+            assert (status, body["error"]) == (400, error), extra
+
+        honest = grpc_token(auth, grant_type="refresh_token", refresh_token=token, audience=ORDERS)
+        assert claims_of(honest.access_token)["aud"] == ORDERS
+        # A spent token is a reuse whatever else it asks for: the session ends.
+        fields = {"grant_type": "refresh_token", "refresh_token": token, "audience": AUDIENCE}
+        assert grpc_error(auth, **fields)[1] == "invalid_grant"
+        successor = {"grant_type": "refresh_token", "refresh_token": honest.refresh_token}
+        assert grpc_error(auth, **successor)[1] == "invalid_grant"
+    finally:
+        auth.channel.close()
+        auth.stop()
 
 
 def test_es256_client_key_works_and_its_alg_comes_from_the_key(auth: AuthHarness) -> None:
