@@ -153,13 +153,25 @@ class ClientKeys:
 
     A ``jwks_uri`` is fetched with the verifiers' hardened fetcher and key cache
     (deadline, size cap, no redirects, TLS except on loopback, unknown-kid cooldown).
+    A client that rotates its key is followed on the first assertion naming the new
+    ``kid``, unless its set was fetched less than ``cooldown`` seconds before: so a
+    client should publish a new key that long before signing with it.
     """
 
-    def __init__(self, *, allow_insecure_http: bool = False) -> None:
+    def __init__(self, *, allow_insecure_http: bool = False, cooldown: float = 30.0) -> None:
+        """Create the registry.
+
+        Args:
+            allow_insecure_http: Fetch ``http://`` sets beyond loopback (tests only).
+            cooldown: Seconds after any fetch of a client's set during which an
+                unknown ``kid`` does not cause another (a flood of made-up kids
+                cannot turn into a fetch storm against the client's server).
+        """
         self._lock = threading.Lock()
         self._registered: dict[str, tuple[str, KeySet]] = {}
         self._fetched: dict[str, tuple[str, KeyCache]] = {}
         self._allow_insecure_http = allow_insecure_http
+        self._cooldown = cooldown
 
     def key_for(self, client: Client, kid: str | None) -> VerificationKey:
         """The client's key named ``kid`` (or its only key when ``kid`` is absent).
@@ -210,7 +222,9 @@ class ClientKeys:
             source = HttpJwksSource(uri, allow_insecure_http=self._allow_insecure_http)
         except ValueError:
             raise AssertionRefused("unknown_key") from None
-        cache = KeyCache(source, algorithms=ASSERTION_ALGORITHMS, background=False)
+        cache = KeyCache(
+            source, algorithms=ASSERTION_ALGORITHMS, cooldown=self._cooldown, background=False
+        )
         with self._lock:
             old = self._fetched.get(client_id)
             self._fetched[client_id] = (uri, cache)
