@@ -33,7 +33,7 @@ from helpers import (
     running_resource,
     start_harness,
 )
-from protos import auth_pb2
+from protos import auth_pb2, resource_pb2
 
 ORDERS = "orders-api"
 
@@ -301,9 +301,7 @@ def test_token_for_orders_is_refused_by_a_service_for_another_audience(
     assert (user.kind, user.client_id, user.user_id) == ("service", "billing", "billing")
 
 
-def _protected() -> Any:
-    from protos import resource_pb2
-
+def _protected() -> resource_pb2.GetProtectedResourceRequest:
     return resource_pb2.GetProtectedResourceRequest()
 
 
