@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 
 import argon2
@@ -38,7 +39,12 @@ class Argon2Parameters:
 
 
 class PasswordHasher:
-    """Hashes and verifies passwords with argon2id; thread-safe."""
+    """Hashes and verifies passwords with argon2id; thread-safe.
+
+    Attributes:
+        params: The cost parameters of new hashes.
+        cost: Seconds one hash took when the hasher was created (a calibration).
+    """
 
     def __init__(self, params: Argon2Parameters | None = None) -> None:
         """Create a hasher.
@@ -57,7 +63,11 @@ class PasswordHasher:
         )
         # Verified against when the user does not exist, so that path costs
         # one full argon2 computation with the current parameters too.
+        started = time.perf_counter()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # Seconds one hash took here, at startup: the floor of the login pool's
+        # cost estimate (auth_server.hashing).
+        self.cost = max(time.perf_counter() - started, 1e-6)
 
     def hash(self, password: str) -> str:
         """Return an encoded argon2id hash (PHC string) of ``password`` with a fresh salt."""
