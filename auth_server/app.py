@@ -201,7 +201,8 @@ async def start_auth_server(
 
     # Logins (argon2) run on their own bounded threads; everything else keeps
     # the default executor (issue 15).
-    hashing = HashingPool(config.hashing, cost=components.users.hasher.cost)
+    hasher = components.users.hasher
+    hashing = HashingPool(config.hashing, cost=lambda: hasher.cost)
     server = grpc.aio.server(options=grpc_server_options(config))
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(

@@ -121,7 +121,7 @@ class HashingPool:
         self,
         policy: HashingPolicy | None = None,
         *,
-        cost: float,
+        cost: Callable[[], float],
         what: str = "password checks",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -129,20 +129,19 @@ class HashingPool:
 
         Args:
             policy: Workers and queue bound; the defaults suit a server.
-            cost: Seconds one check takes on an idle machine (e.g.
-                :attr:`auth_server.passwords.PasswordHasher.cost`). The running
-                estimate never drops below it, so cheap outcomes (a throttled
-                attempt costs a database round trip only) cannot talk the pool
-                into admitting more full hashes than it can finish.
+            cost: Seconds the expensive part of one check takes now (e.g.
+                ``lambda: hasher.cost``, argon2's running average). The pool's
+                estimate of a whole check never drops below it, so cheap
+                outcomes (a throttled attempt costs a database round trip only)
+                cannot talk the pool into admitting more hashes than it can
+                finish; and it follows the machine's load both ways.
             what: Names the checks in log lines.
             clock: Monotonic seconds; injectable for tests.
         """
-        if not (math.isfinite(cost) and cost > 0):
-            raise ValueError("cost must be a positive number of seconds")
         self.policy = policy or HashingPolicy()
         self.workers = self.policy.resolved_workers
-        self._floor = cost
-        self._estimate = cost
+        self._cost = cost
+        self._smoothed = 0.0  # whole checks, database work included
         self._what = what
         self._clock = clock
         self._lock = threading.Lock()
@@ -162,7 +161,7 @@ class HashingPool:
             return HashingStats(
                 workers=self.workers,
                 pending=self._pending,
-                estimate=self._estimate,
+                estimate=self._estimate(),
                 completed=self._completed,
                 shed=self._shed,
                 expired=self._expired,
@@ -207,7 +206,7 @@ class HashingPool:
     def _admit(self, time_left: float | None) -> _Ticket:
         now = self._clock()
         with self._lock:
-            pending, estimate = self._pending, self._estimate
+            pending, estimate = self._pending, self._estimate()
             # The new check starts once a thread is free: it finishes with the
             # wave of checks it joins.
             finish = math.ceil((pending + 1) / self.workers) * estimate
@@ -235,6 +234,10 @@ class HashingPool:
         admitted = max(self.workers, math.floor(self.policy.max_wait / estimate) * self.workers)
         raise Overloaded(max(0, pending + 1 - admitted) / self.workers * estimate)
 
+    def _estimate(self) -> float:
+        # Never zero: argon2 cannot be free, and the divisions below need it positive.
+        return max(self._cost(), self._smoothed, 1e-6)
+
     def _work(self, ticket: _Ticket, check: Callable[[], _T]) -> _T:
         started = self._clock()
         if ticket.deadline is not None and started >= ticket.deadline:
@@ -252,5 +255,7 @@ class HashingPool:
             self._pending -= 1
             if took is not None:
                 self._completed += 1
-                smoothed = (1 - _SMOOTHING) * self._estimate + _SMOOTHING * took
-                self._estimate = max(self._floor, smoothed)
+                if self._completed == 1:
+                    self._smoothed = took
+                else:
+                    self._smoothed = (1 - _SMOOTHING) * self._smoothed + _SMOOTHING * took

@@ -53,7 +53,7 @@ async def _until(predicate: Callable[[], bool]) -> None:
 
 
 def test_a_check_runs_on_the_pool_and_returns_its_result() -> None:
-    pool = HashingPool(HashingPolicy(workers=2), cost=0.01)
+    pool = HashingPool(HashingPolicy(workers=2), cost=lambda: 0.01)
     try:
         assert run(pool.run(lambda: threading.current_thread().name)).startswith("ssot-hashing")
         stats = pool.stats
@@ -63,7 +63,7 @@ def test_a_check_runs_on_the_pool_and_returns_its_result() -> None:
 
 
 def test_errors_of_the_check_propagate_and_free_its_place() -> None:
-    pool = HashingPool(HashingPolicy(workers=1), cost=0.01)
+    pool = HashingPool(HashingPolicy(workers=1), cost=lambda: 0.01)
 
     def fail() -> None:
         raise ValueError("bad password")
@@ -79,7 +79,7 @@ def test_errors_of_the_check_propagate_and_free_its_place() -> None:
 def test_checks_that_cannot_finish_within_max_wait_are_shed_at_once() -> None:
     # One thread, 1 s a check (the estimate's floor), 2.5 s allowed: the running
     # check and one queued behind it finish within 2 s; a third would take 3 s.
-    pool = HashingPool(HashingPolicy(workers=1, max_wait=2.5), cost=1.0, clock=FakeClock())
+    pool = HashingPool(HashingPolicy(workers=1, max_wait=2.5), cost=lambda: 1.0, clock=FakeClock())
     gate = Gate()
 
     async def scenario() -> None:
@@ -107,7 +107,7 @@ def test_checks_that_cannot_finish_within_max_wait_are_shed_at_once() -> None:
 
 
 def test_retry_after_grows_with_the_queue_beyond_the_bound() -> None:
-    pool = HashingPool(HashingPolicy(workers=2, max_wait=1.0), cost=0.5, clock=FakeClock())
+    pool = HashingPool(HashingPolicy(workers=2, max_wait=1.0), cost=lambda: 0.5, clock=FakeClock())
     gate = Gate()
 
     async def scenario() -> list[int]:
@@ -132,7 +132,7 @@ def test_retry_after_grows_with_the_queue_beyond_the_bound() -> None:
 
 def test_an_idle_thread_is_never_refused_even_past_max_wait() -> None:
     # A check dearer than max_wait still runs when nothing waits: no queue, nothing to shed.
-    pool = HashingPool(HashingPolicy(workers=1, max_wait=0.1), cost=1.0, clock=FakeClock())
+    pool = HashingPool(HashingPolicy(workers=1, max_wait=0.1), cost=lambda: 1.0, clock=FakeClock())
     try:
         assert run(pool.run(lambda: "ok")) == "ok"
     finally:
@@ -140,7 +140,7 @@ def test_an_idle_thread_is_never_refused_even_past_max_wait() -> None:
 
 
 def test_a_caller_whose_deadline_is_too_near_is_refused_before_any_work() -> None:
-    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=1.0, clock=FakeClock())
+    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=lambda: 1.0, clock=FakeClock())
     ran: list[int] = []
     try:
         with pytest.raises(Overloaded):
@@ -154,7 +154,7 @@ def test_a_caller_whose_deadline_is_too_near_is_refused_before_any_work() -> Non
 
 def test_a_check_whose_caller_gave_up_while_queued_is_never_started() -> None:
     clock = FakeClock()
-    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=1.0, clock=clock)
+    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=lambda: 1.0, clock=clock)
     gate = Gate()
 
     async def scenario() -> None:
@@ -179,7 +179,7 @@ def test_a_check_whose_caller_gave_up_while_queued_is_never_started() -> None:
 
 
 def test_a_cancelled_call_leaves_the_queue_and_is_never_started() -> None:
-    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=1.0, clock=FakeClock())
+    pool = HashingPool(HashingPolicy(workers=1, max_wait=10), cost=lambda: 1.0, clock=FakeClock())
     gate = Gate()
 
     async def scenario() -> None:
@@ -206,7 +206,7 @@ def test_a_cancelled_call_leaves_the_queue_and_is_never_started() -> None:
 
 def test_the_estimate_follows_slow_checks_but_never_drops_below_the_hash_cost() -> None:
     clock = FakeClock()
-    pool = HashingPool(HashingPolicy(workers=1), cost=0.2, clock=clock)
+    pool = HashingPool(HashingPolicy(workers=1), cost=lambda: 0.2, clock=clock)
 
     def takes(seconds: float) -> Callable[[], None]:
         def work() -> None:
@@ -225,9 +225,24 @@ def test_the_estimate_follows_slow_checks_but_never_drops_below_the_hash_cost() 
         pool.close()
 
 
-def test_the_hasher_reports_the_cost_of_one_hash() -> None:
+def test_the_estimate_follows_the_hash_cost_down_when_load_goes() -> None:
+    hash_cost = [2.0]  # calibrated during a load spike
+    pool = HashingPool(HashingPolicy(workers=1), cost=lambda: hash_cost[0], clock=FakeClock())
+    try:
+        assert pool.stats.estimate == 2.0
+        hash_cost[0] = 0.05
+        assert pool.stats.estimate == 0.05
+    finally:
+        pool.close()
+
+
+def test_the_hasher_keeps_a_running_average_of_what_a_hash_costs() -> None:
     hasher = PasswordHasher(FAST_ARGON2)
     assert 0 < hasher.cost < 5
+    hasher.cost = 100.0  # as if the first hash had met a load spike
+    for _ in range(40):
+        hasher.dummy_verify("whatever")
+    assert hasher.cost < 1
 
 
 @pytest.mark.parametrize(

@@ -254,3 +254,22 @@ def test_a_caller_whose_deadline_cannot_be_met_is_refused_at_once(slow_auth: Aut
     with pytest.raises(grpc.RpcError):
         running.result(30)
     assert hashing.stats.completed == 1
+
+
+def test_unknown_and_known_users_cost_one_check_alike_when_not_overloaded(
+    slow_auth: AuthHarness,
+) -> None:
+    slow_auth.add_user("alice", PASSWORD)
+    timings: dict[str, list[float]] = {"alice": [], "nobody": []}
+    answers = set()
+    for _ in range(5):
+        for name in timings:  # interleaved: load from outside weighs on both alike
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as failed:
+                slow_auth.login(name, "wrong password")
+            timings[name].append(time.perf_counter() - started)
+            answers.add((failed.value.code(), failed.value.details()))  # type: ignore[attr-defined]
+    assert answers == {(grpc.StatusCode.UNAUTHENTICATED, "invalid username or password")}
+    known, unknown = (statistics.median(timings[n]) for n in ("alice", "nobody"))
+    # Each is one full argon2 verification: a path that skipped it would be ~100x faster.
+    assert 0.5 < unknown / known < 2, timings
