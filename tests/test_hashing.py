@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from auth_server.cli import build_parser
+from auth_server.commands._common import CommandError
+from auth_server.commands.serve import server_config
 from auth_server.errors import CallerGone, Overloaded, RetryLater
 from auth_server.hashing import HashingPolicy, HashingPool
 from auth_server.passwords import PasswordHasher
-from conftest import FAST_ARGON2
+from conftest import AUDIENCE, FAST_ARGON2, ISSUER
 
 T = TypeVar("T")
 
@@ -262,3 +266,25 @@ def test_unusable_policies_are_refused(changes: dict[str, Any]) -> None:
 def test_the_default_policy_uses_one_thread_per_cpu() -> None:
     assert HashingPolicy().resolved_workers >= 1
     assert HashingPolicy(workers=3).resolved_workers == 3
+
+
+def _serve_config(tmp_path: Path, *flags: str) -> HashingPolicy:
+    ns = build_parser().parse_args(
+        ["serve", "--data-dir", str(tmp_path), "--issuer", ISSUER, "--audience", AUDIENCE, *flags]
+    )
+    return server_config(ns, issuer=ISSUER, audience=AUDIENCE).hashing
+
+
+def test_the_pool_has_flags_and_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", "a-passphrase-of-enough-length")
+    assert _serve_config(tmp_path) == HashingPolicy(workers=None, max_wait=3.0)
+    assert _serve_config(tmp_path, "--hash-workers", "3", "--hash-max-wait", "0.5") == (
+        HashingPolicy(workers=3, max_wait=0.5)
+    )
+    monkeypatch.setenv("SSOT_HASH_WORKERS", "4")
+    monkeypatch.setenv("SSOT_HASH_MAX_WAIT", "1.5")
+    assert _serve_config(tmp_path) == HashingPolicy(workers=4, max_wait=1.5)
+    with pytest.raises(CommandError, match="--hash-max-wait"):
+        _serve_config(tmp_path, "--hash-max-wait", "-1")
