@@ -76,13 +76,9 @@ def build_components(
     )
     keys.ensure_signing_key()
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
-    policy = config.sessions
     sessions = SessionStore(
         database,
-        ttl=policy.max_lifetime,
-        idle_ttl=policy.idle_timeout,
-        refresh_grace=policy.refresh_grace,
-        max_per_user=policy.max_per_user,
+        policy=config.sessions,
         # Every replica derives the same secret, so a refresh repeated within
         # the grace window gets the same successor on any of them.
         secret=derive_refresh_secret(config.key_passphrase),

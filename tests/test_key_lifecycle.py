@@ -403,7 +403,7 @@ def test_a_next_key_this_server_cannot_decrypt_is_not_published(
     fresh = _store(database, clock)
     fresh.current()
     with pytest.raises(KeyStoreError):
-        fresh._load(upcoming)
+        fresh._material.load(upcoming)
 
     assert upcoming not in _published(fresh)
 

@@ -18,7 +18,7 @@ from auth_server.errors import InvalidCredentials, InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import Argon2Parameters, PasswordHasher
-from auth_server.sessions import SessionStore
+from auth_server.sessions import SessionPolicy, SessionStore
 from auth_server.storage import Database, sessions
 from auth_server.tokens import TokenIssuer
 from auth_server.users import User, UserStore
@@ -238,7 +238,7 @@ def test_issued_token_repr_does_not_show_the_token(
 def test_session_stores_only_the_hash_of_its_refresh_token(
     database: Database, clock: Clock, user: User
 ) -> None:
-    store = SessionStore(database, ttl=3600, now=clock)
+    store = SessionStore(database, policy=SessionPolicy(max_lifetime=3600), now=clock)
 
     created = store.create(user.id)
 
@@ -279,4 +279,4 @@ def test_session_for_an_unknown_user_raises_user_not_found(database: Database) -
 )
 def test_session_store_rejects_a_bad_ttl(database: Database, ttl: float) -> None:
     with pytest.raises(ValueError):
-        SessionStore(database, ttl=ttl)
+        SessionStore(database, policy=SessionPolicy(max_lifetime=ttl))
