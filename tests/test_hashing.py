@@ -16,7 +16,7 @@ from auth_server.commands.serve import server_config
 from auth_server.errors import CallerGone, Overloaded, RetryLater
 from auth_server.hashing import HashingPolicy, HashingPool
 from auth_server.passwords import PasswordHasher
-from conftest import AUDIENCE, FAST_ARGON2, ISSUER
+from helpers import AUDIENCE, FAST_ARGON2, ISSUER
 
 T = TypeVar("T")
 
