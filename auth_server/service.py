@@ -25,11 +25,12 @@ from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
     InvalidRequest,
-    LoginThrottled,
     OAuthError,
     OAuthServerError,
     RefreshTokenReused,
+    RetryLater,
 )
+from auth_server.hashing import HashingPool
 from auth_server.oauth import OAuthEndpoint
 from auth_server.oauth_grpc import oauth_trailers, token_request
 from auth_server.publisher import JwksPublisher
@@ -72,8 +73,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
     if isinstance(exc, OAuthError):
         # The RFC 6749 §5.2 code rides beside the status (and retry-after when throttled).
         await context.abort(exc.code, exc.message, trailing_metadata=oauth_trailers(exc))
-    if isinstance(exc, LoginThrottled):
-        # RFC 9110 §10.2.3 semantics, as gRPC trailing metadata: seconds to wait.
+    if isinstance(exc, RetryLater):
+        # Throttled or shed. RFC 9110 §10.2.3 semantics, as gRPC trailing metadata:
+        # seconds to wait.
         await context.abort(
             exc.code, exc.message, trailing_metadata=(("retry-after", str(exc.retry_after)),)
         )
@@ -113,6 +115,13 @@ def _status_on_error(
     return call
 
 
+def _time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """Seconds until the caller's deadline, or ``None`` if it set none."""
+    left = context.time_remaining()
+    # Without a deadline grpc reports a practically infinite time.
+    return left if left is not None and left < 1e6 else None
+
+
 def _login_failure_reason(exc: Exception) -> str:
     if isinstance(exc, InvalidCredentials):
         return "bad_credentials"
@@ -130,11 +139,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         publisher: JwksPublisher,
         revocations: RevocationPublisher | None = None,
         *,
+        hashing: HashingPool,
         max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
         oauth: OAuthEndpoint | None = None,
     ) -> None:
         self._oauth = oauth
         self._authority = authority
+        self._hashing = hashing
         self._publisher = publisher
         self._revocations = revocations
         self._max_login_request_size = max_login_request_size
@@ -149,8 +160,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         try:
             grant = await self._login(request, context, peer)
         except Exception as exc:
-            # A throttled attempt already has its own, more specific line (login.throttled).
-            if not isinstance(exc, LoginThrottled):
+            # A throttled attempt already has its own, more specific line (login.throttled);
+            # shed ones are counted and logged by the pool, not one line each.
+            if not isinstance(exc, RetryLater):
                 audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
             raise
         audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
@@ -167,7 +179,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidRequest("login request too large")
         # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
         thumbprint = client_cert_thumbprint(context.auth_context())
-        return await asyncio.to_thread(
+        # On the password-check pool, never the default executor, so Refresh, Logout
+        # and key work do not queue behind argon2; shed at once when it cannot
+        # answer in time (issue 15).
+        return await self._hashing.run(
             functools.partial(
                 self._authority.login,
                 request.username,
@@ -176,7 +191,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 address=client_address(peer),
                 cert_thumbprint=thumbprint,
                 audience=request.audience,
-            )
+            ),
+            time_left=_time_left(context),
         )
 
     @_status_on_error
