@@ -15,14 +15,17 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_server import deployment_secrets
+from auth_server._envelope import KeyEncryption
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, is_loopback_host, split_address
-from auth_server.errors import AuthServerError
+from auth_server.errors import AuthServerError, KeyStoreError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
+from auth_server.passphrase_policy import check_passphrase_policy, is_new_deployment
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
-from auth_server.refresh_tokens import derive_refresh_secret
+from auth_server.refresh_tokens import legacy_refresh_secret
 from auth_server.revocations import RevocationPublisher
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
@@ -66,6 +69,15 @@ def build_components(
     """
     database = Database(config.resolved_database_url)
     database.create_schema()
+    try:
+        check_passphrase_policy(
+            config.key_passphrase,
+            new_deployment=is_new_deployment(database),
+            allow_short=config.allow_short_passphrase,
+        )
+    except ValueError as exc:
+        database.dispose()
+        raise KeyStoreError(str(exc)) from None
     keys = SigningKeyStore(
         database,
         config.key_passphrase,
@@ -73,15 +85,24 @@ def build_components(
         rsa_bits=config.rsa_bits,
         now=now,
         lifecycle=config.key_lifecycle,
+        kdf=config.key_kdf,
     )
     keys.ensure_signing_key()
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
     sessions = SessionStore(
         database,
         policy=config.sessions,
-        # Every replica derives the same secret, so a refresh repeated within
+        # Every replica holds the same secret, so a refresh repeated within
         # the grace window gets the same successor on any of them.
-        secret=derive_refresh_secret(config.key_passphrase),
+        secret=deployment_secrets.load_or_create(
+            database,
+            KeyEncryption(config.key_passphrase, config.key_kdf),
+            deployment_secrets.REFRESH_SUCCESSOR,
+            now=now,
+        ),
+        # Replicas of earlier versions derived it from the passphrase: a token
+        # one of them spent just before the upgrade still repeats in its grace.
+        previous_secrets=(legacy_refresh_secret(config.key_passphrase),),
         now=now,
     )
     throttle = LoginThrottle(database, config.throttle, now=now)

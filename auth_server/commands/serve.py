@@ -12,6 +12,7 @@ from auth_server.commands._common import CommandError, run_until_signalled
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
+    key_kdf,
     prepare_data_dir,
     resolve_passphrase,
 )
@@ -249,6 +250,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             access_token_ttl=ns.access_token_ttl,
             jwks_max_age=ns.jwks_max_age,
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
+            allow_short_passphrase=ns.allow_short_passphrase,
+            key_kdf=key_kdf(ns),
             reflection=not ns.no_reflection,
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
