@@ -3,8 +3,9 @@
 The filter is the verifier's first line of defence: a key set that carries
 private or symmetric material, duplicate ``kid``s or weak RSA keys (too small,
 or ROCA-fingerprinted: :mod:`interceptors._roca`) is refused whole, because
-such a document means the issuer is misconfigured (or is not the issuer). Entries that are merely not for us (encryption keys, unknown key
-types, algorithms we were not told to accept) are skipped.
+such a document means the issuer is misconfigured (or is not the issuer).
+Entries that are merely not for us (encryption keys, unknown key types,
+algorithms we were not told to accept) are skipped.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from roca_vectors import FAKE, FINGERPRINTED, ORDINARY
 
 from interceptors._errors import KeySetError
 from interceptors._keyset import KeySet
 from interceptors._roca import is_roca_weak
-from roca_vectors import FAKE, FINGERPRINTED, ORDINARY
 
 
 def _b64_uint(value: int) -> str:
