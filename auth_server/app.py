@@ -251,7 +251,13 @@ async def start_auth_server(
         raise StartupError(f"cannot listen on {config.grpc_address} (--grpc)") from exc
     await server.start()
 
-    app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm], now=now)
+    app = build_http_app(
+        publisher,
+        issuer=config.issuer,
+        algorithms=[config.algorithm],
+        now=now,
+        rate_limits=config.http_rate_limits,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_address(config.http_address)

@@ -12,6 +12,7 @@ from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
+from auth_server.ratelimit import RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 
@@ -91,6 +92,7 @@ class AuthServerConfig:
         max_concurrent_streams: Most calls in flight on one client connection.
         max_login_request_size: Largest serialized ``LoginRequest``, bytes
             (unknown fields included).
+        http_rate_limits: Per-address token buckets of the HTTP route groups.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -125,6 +127,7 @@ class AuthServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
+    http_rate_limits: RateLimits = field(default_factory=RateLimits)
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
