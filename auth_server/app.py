@@ -71,36 +71,17 @@ def build_components(
     database = Database(config.resolved_database_url)
     database.create_schema()
     try:
-        check_passphrase_policy(
-            config.key_passphrase,
-            new_deployment=is_new_deployment(database),
-            allow_short=config.allow_short_passphrase,
-        )
-    except ValueError as exc:
-        database.dispose()
-        raise KeyStoreError(str(exc)) from None
-    keys = SigningKeyStore(
-        database,
-        config.key_passphrase,
-        algorithm=config.algorithm,
-        rsa_bits=config.rsa_bits,
-        now=now,
-        lifecycle=config.key_lifecycle,
-        kdf=config.key_kdf,
-    )
-    keys.ensure_signing_key()
+        keys, successor_secret = _open_keys(database, config, now)
+    except BaseException:
+        database.dispose()  # a refused start leaves no pooled connection behind
+        raise
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
     sessions = SessionStore(
         database,
         policy=config.sessions,
         # Every replica holds the same secret, so a refresh repeated within
         # the grace window gets the same successor on any of them.
-        secret=deployment_secrets.load_or_create(
-            database,
-            KeyEncryption(config.key_passphrase, config.key_kdf),
-            deployment_secrets.REFRESH_SUCCESSOR,
-            now=now,
-        ),
+        secret=successor_secret,
         # Replicas of earlier versions derived it from the passphrase: a token
         # one of them spent just before the upgrade still repeats in its grace.
         previous_secrets=(legacy_refresh_secret(config.key_passphrase),),
@@ -129,6 +110,37 @@ def build_components(
         sessions=sessions,
         throttle=throttle,
     )
+
+
+def _open_keys(
+    database: Database, config: AuthServerConfig, now: Callable[[], float]
+) -> tuple[SigningKeyStore, bytes]:
+    """The key store (with a signing key) and the refresh successor secret."""
+    try:
+        check_passphrase_policy(
+            config.key_passphrase,
+            new_deployment=is_new_deployment(database),
+            allow_short=config.allow_short_passphrase,
+        )
+    except ValueError as exc:
+        raise KeyStoreError(str(exc)) from None
+    keys = SigningKeyStore(
+        database,
+        config.key_passphrase,
+        algorithm=config.algorithm,
+        rsa_bits=config.rsa_bits,
+        now=now,
+        lifecycle=config.key_lifecycle,
+        kdf=config.key_kdf,
+    )
+    keys.ensure_signing_key()
+    secret = deployment_secrets.load_or_create(
+        database,
+        KeyEncryption(config.key_passphrase, config.key_kdf),
+        deployment_secrets.REFRESH_SUCCESSOR,
+        now=now,
+    )
+    return keys, secret
 
 
 @dataclass(kw_only=True)
