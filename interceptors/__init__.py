@@ -1,7 +1,8 @@
 """Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
 
+from interceptors._auth_service import AuthServiceSource, GrpcJwksSource
 from interceptors._binding import CERT_BINDINGS, CertBinding
-from interceptors._cache import CacheStats, KeyCache
+from interceptors._cache import CacheSettings, CacheStats, KeyCache
 from interceptors._client import (
     AsyncTokenManager,
     BearerClientInterceptor,
@@ -19,9 +20,11 @@ from interceptors._errors import (
     InvalidSignature,
     InvalidToken,
     KeySetError,
+    KeySourceError,
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    RevocationStreamError,
     RevokedToken,
     UnknownKey,
 )
@@ -38,7 +41,6 @@ from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_t
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
-    GrpcJwksSource,
     HttpJwksSource,
     KeySource,
     KeyWatch,
@@ -61,7 +63,9 @@ __all__ = [
     "AsyncTokenManager",
     "AuthError",
     "AuthInterceptor",
+    "AuthServiceSource",
     "BearerClientInterceptor",
+    "CacheSettings",
     "CacheStats",
     "CertBinding",
     "CertificateMismatch",
@@ -80,6 +84,7 @@ __all__ = [
     "KeySet",
     "KeySetError",
     "KeySource",
+    "KeySourceError",
     "KeyWatch",
     "KeysUnavailable",
     "MalformedToken",
@@ -92,6 +97,7 @@ __all__ = [
     "RevocationSource",
     "RevocationStats",
     "RevocationStream",
+    "RevocationStreamError",
     "RevokedToken",
     "StaticSource",
     "TokenManager",

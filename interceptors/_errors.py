@@ -120,12 +120,30 @@ class KeysUnavailable(AuthError):
     reason = "keys_unavailable"
 
 
-class KeySetError(AuthError):
-    """A key source answered with a document that is not a usable JWKS.
+class KeySourceError(AuthError):
+    """A key source failed: unreachable, timed out, an HTTP error status, a broken stream.
 
-    Raised inside the key cache; the last good set stays in force.
+    Raised by sources inside the key cache, which keeps the last good set in
+    force; a caller never sees it on the wire (it gets :class:`KeysUnavailable`).
     """
 
     code = grpc.StatusCode.UNAVAILABLE
     message = "signing keys unavailable"
+    reason = "key_source_failed"
+
+
+class KeySetError(KeySourceError):
+    """A key source answered, but with a document that is not a usable JWKS.
+
+    Raised inside the key cache; the last good set stays in force.
+    """
+
     reason = "bad_key_set"
+
+
+class RevocationStreamError(AuthError):
+    """The revocation stream could not be opened or broke (the list follower reconnects)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "revocation list unavailable"
+    reason = "revocation_stream_failed"

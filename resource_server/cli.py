@@ -31,8 +31,7 @@ from resource_server.app import (
     ResourceServerConfig,
     StartupError,
     build_server,
-    build_verifier,
-    close_verifier,
+    open_verifier,
     start_aio_server,
 )
 
@@ -266,10 +265,10 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
 def _cmd_serve(ns: argparse.Namespace) -> int:
     config = _config(ns)
     try:
-        keys, verifier = build_verifier(config)
+        verifier = open_verifier(config)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    try:
+    with verifier:
         if ns.aio:
 
             async def serve() -> None:
@@ -291,8 +290,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
                 signal.signal(sig, lambda *_: stopped.set())
             stopped.wait()
             server.stop(2).wait()
-    finally:
-        close_verifier(keys, verifier)
     return 0
 
 
