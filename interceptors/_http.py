@@ -100,7 +100,7 @@ def get_json(
 
     Raises:
         KeySourceError: The request failed, timed out, or was answered with an error status.
-        KeySetError: The answer is too large, or not a JSON object.
+        KeySetError: The answer is too large, not a JSON object, or an unasked-for 304.
     """
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(  # noqa: S310 - check_url() allowed only http(s)
@@ -117,8 +117,11 @@ def get_json(
             response_headers: Message = response.headers
     except HTTPError as exc:
         try:
-            if exc.code == 304 and "If-None-Match" in headers:
-                return JsonResponse(document=None, headers=exc.headers)
+            if exc.code == 304:
+                if "If-None-Match" in headers:
+                    return JsonResponse(document=None, headers=exc.headers)
+                # Not a failure of the source, but an answer that cannot be used.
+                raise KeySetError(f"{where} answered 304 to an unconditional request")
             raise KeySourceError(f"{where} answered HTTP {exc.code}") from exc
         finally:
             exc.close()

@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from conftest import AUDIENCE, ISSUER, AuthHarness, EventLoopThread
-from interceptors import HttpJwksSource, KeyCache, TokenPolicy
+from interceptors import CacheSettings, HttpJwksSource, KeyCache, TokenPolicy
 from security.conftest import FACES, serve_verifier
 from security.kit import (
     ATTACKER,
@@ -149,8 +149,7 @@ def jwks_target(
     clock = Clock()
     keys = KeyCache(
         HttpJwksSource(site.url),
-        cooldown=COOLDOWN,
-        fetch_timeout=fetch_timeout,
+        CacheSettings(cooldown=COOLDOWN, fetch_timeout=fetch_timeout),
         now=clock,
         background=False,
     )
