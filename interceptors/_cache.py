@@ -298,6 +298,11 @@ class KeyCache(Background):
         return self.key_set is not None
 
     @property
+    def settings(self) -> CacheSettings:
+        """The settings this cache runs with."""
+        return self._settings
+
+    @property
     def key_set(self) -> KeySet | None:
         """The set in use (possibly stale), or ``None`` if there is none."""
         entry = self._current(self._now())
