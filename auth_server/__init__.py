@@ -1,4 +1,46 @@
-"""The ssot-auth token authority: users, signing keys, and the servers that publish them."""
+"""The ssot-auth token authority: users, signing keys, and the servers that publish them.
+
+Module map (``_name``: private to its group):
+
+* identity -- ``users`` (UserStore: add, disable, check a password), ``passwords``
+  (argon2id hashing), ``throttle`` (layered login throttling, in the database).
+* sessions -- ``sessions`` (SessionStore: login, refresh, logout, in one locked
+  transaction each), ``session_policy`` (SessionPolicy and the pure refresh
+  verdict ``classify_refresh``: spend, repeat within grace, or reuse),
+  ``refresh_tokens`` (opaque tokens, hashes, derived successors), ``_sessionrows``,
+  ``_session_types`` (result values), ``revocations`` (RevocationPublisher:
+  revoked sessions pushed to WatchRevocations).
+* keys -- ``keys`` (SigningKeyStore, the facade; its docstring draws a key's life),
+  ``lifecycle`` (KeyLifecycle and the pure decisions over KeyRecord rows),
+  ``_keyrows`` (reading rows, encrypting keys), ``_keychanges`` (KeyWriter: every
+  change inside the replicas' lock), ``_keymaterial`` (decrypted keys in memory),
+  ``scheduler`` (KeyScheduler), ``publisher`` (JwksPublisher), ``jwk`` (JWKs,
+  RFC 7638 thumbprints, key generation), ``tokens`` (TokenIssuer signs access tokens).
+* wire -- ``service`` (gRPC AuthService; errors become statuses in one place),
+  ``http`` (JWKS and discovery documents), ``authority`` (TokenAuthority, the
+  network-free core both call), ``broadcast`` (PolledBroadcaster, the
+  poll-and-push shape under both publishers).
+* process -- ``app`` (build and start the servers), ``config`` (AuthServerConfig),
+  ``cli``, ``commands/`` (one module per ``ssot-auth`` command, plus ``settings``:
+  data dir, key passphrase and password flags, shared by the commands).
+* cross-cutting -- ``storage`` (tables, Database), ``errors`` (the exception tree,
+  each error with its gRPC status), ``audit``, ``tls``.
+
+Where keys rotate (five places, in the order a rotation passes through them):
+
+1. ``lifecycle.rotation_due`` / ``rotation_reason``: pure policy, *when* the next
+   key is due (schedule, no current key, or an ``--algorithm`` change).
+2. ``scheduler.KeyScheduler``: the tick (``AuthServerConfig.key_check_interval``,
+   1 s) that calls ``SigningKeyStore.maintain`` in each replica; ``maintain`` asks ``rotation_due``
+   and, under the replicas' lock, makes the key.
+3. ``keys.SigningKeyStore.rotate``: the *operator's* rotation (``ssot-auth keys
+   rotate``), public API; validates, takes the lock, and hands over to 4.
+4. ``_keychanges.KeyWriter.rotate``: the *row writer* that every rotation ends in
+   (manual, scheduled, the first key, a revoked key's replacement): inserts the
+   key, withdraws superseded next keys, sets the old key's ``deactivated_at``.
+5. ``publisher.JwksPublisher``: pushes the changed set to WatchJwks streams and the
+   HTTP face (at once for this process's changes, within a poll for others').
+"""
 
 from auth_server.app import RunningAuthServer, StartupError, build_components, start_auth_server
 from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant

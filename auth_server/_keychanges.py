@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from auth_server import _keyrows as rows
-from auth_server._keyrows import Record, SigningKey
+from auth_server import _keyrows as keyrows
+from auth_server._keyrows import SigningKey
 from auth_server.jwk import PrivateKey
-from auth_server.lifecycle import KeyLifecycle, activation_order, pick_current
+from auth_server.lifecycle import KeyLifecycle, KeyRecord, activation_order, pick_current
 from auth_server.storage import signing_keys
 
 _LOGGER = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class KeyWriter:
         self._passphrase = passphrase
         self._usable = usable
 
-    def live(self) -> list[Record]:
-        return rows.select_live(self.conn, self.now)
+    def live(self) -> list[KeyRecord]:
+        return keyrows.select_live(self.conn, self.now)
 
     def rotate(
         self, private_key: PrivateKey, algorithm: str, activates_at: float, reason: str
@@ -117,19 +117,19 @@ class KeyWriter:
         if pick_current(records, now) is None:
             activates_at = now
         for record in records:
-            if record["activates_at"] > activates_at:
+            if record.activates_at > activates_at:
                 self.withdraw(record, "superseded")
         replaced = pick_current(self.live(), activates_at)
         if replaced is not None and (
-            replaced["deactivated_at"] is None or replaced["deactivated_at"] > activates_at
+            replaced.deactivated_at is None or replaced.deactivated_at > activates_at
         ):
-            self.deactivate(replaced["kid"], activates_at)
-        key, values = rows.new_row(
+            self.deactivate(replaced.kid, activates_at)
+        key, values = keyrows.new_row(
             private_key, algorithm, self._passphrase, created_at=now, activates_at=activates_at
         )
         self.conn.execute(signing_keys.insert().values(**values))
         self.changes.inserted.append(key)
-        replaces = None if replaced is None else str(replaced["kid"])
+        replaces = None if replaced is None else replaced.kid
         self.changes.events.append(
             (
                 "key.created",
@@ -152,25 +152,25 @@ class KeyWriter:
         )
         return key.kid
 
-    def revoke(self, record: Record) -> None:
+    def revoke(self, record: KeyRecord) -> None:
         """Revoke a key and destroy its private key (the caller replaces a current one)."""
-        rows.update(self.conn, record["kid"], revoked_at=self.now, private_key=rows.DESTROYED)
+        keyrows.update(self.conn, record.kid, revoked_at=self.now, private_key=keyrows.DESTROYED)
         self._splice(record)
-        self.changes.revoked.append(record["kid"])
+        self.changes.revoked.append(record.kid)
 
     def deactivate(self, kid: str, at: float | None) -> None:
         """Set when ``kid`` stops signing (``None``: not decided) and so when it retires."""
         retires_at = None if at is None else at + self._lifecycle.retire_after
-        rows.update(self.conn, kid, deactivated_at=at, retires_at=retires_at)
+        keyrows.update(self.conn, kid, deactivated_at=at, retires_at=retires_at)
 
-    def withdraw(self, record: Record, why: str) -> None:
+    def withdraw(self, record: KeyRecord, why: str) -> None:
         """Retire a *next* key at once: it never signed, so no token needs it."""
-        kid = record["kid"]
-        rows.update(self.conn, kid, retires_at=self.now, private_key=rows.DESTROYED)
+        kid = record.kid
+        keyrows.update(self.conn, kid, retires_at=self.now, private_key=keyrows.DESTROYED)
         self._splice(record)
         self.changes.withdrawn.append(kid)
         self.changes.events.append(
-            ("key.retired", {"kid": kid, "algorithm": record["algorithm"], "reason": why})
+            ("key.retired", {"kid": kid, "algorithm": record.algorithm, "reason": why})
         )
         log = _LOGGER.error if why == "unusable" else _LOGGER.info
         log("withdrew next signing key %s before it signed (%s)", kid, why)
@@ -182,44 +182,42 @@ class KeyWriter:
         tokens it signs verify everywhere at once.
         """
         pending = sorted(
-            (r for r in self.live() if r["activates_at"] > self.now), key=activation_order
+            (r for r in self.live() if r.activates_at > self.now), key=activation_order
         )
         for record in pending:
-            if not self._usable(record["kid"]):
+            if not self._usable(record.kid):
                 self.withdraw(record, "unusable")
                 continue
-            rows.update(self.conn, record["kid"], activates_at=self.now)
+            keyrows.update(self.conn, record.kid, activates_at=self.now)
             self.changes.events.append(
-                ("key.activated", {"kid": record["kid"], "algorithm": record["algorithm"]})
+                ("key.activated", {"kid": record.kid, "algorithm": record.algorithm})
             )
-            return str(record["kid"])
+            return record.kid
         return None
 
     def extend_retirement(self, kid: str, retires_at: float) -> None:
-        rows.update(self.conn, kid, retires_at=retires_at)
+        keyrows.update(self.conn, kid, retires_at=retires_at)
         self.changes.retirements.append(kid)
 
-    def destroy(self, record: Record) -> None:
+    def destroy(self, record: KeyRecord) -> None:
         """Destroy the private key of a retired (or revoked) key; its public row stays."""
-        kid = record["kid"]
-        rows.update(self.conn, kid, private_key=rows.DESTROYED)
+        kid = record.kid
+        keyrows.update(self.conn, kid, private_key=keyrows.DESTROYED)
         self.changes.destroyed.append(kid)
-        if record["revoked_at"] is None:
+        if record.revoked_at is None:
             self.changes.events.append(
                 (
                     "key.retired",
-                    {"kid": kid, "algorithm": record["algorithm"], "reason": "expired"},
+                    {"kid": kid, "algorithm": record.algorithm, "reason": "expired"},
                 )
             )
         _LOGGER.info("destroyed the private key of retired signing key %s", kid)
 
-    def _splice(self, removed: Record) -> None:
+    def _splice(self, removed: KeyRecord) -> None:
         # A key that never signed leaves the chain: the key it was to replace
         # signs on until that key's own successor (if any) takes over.
-        if removed["activates_at"] <= self.now:
+        if removed.activates_at <= self.now:
             return
         for record in self.live():
-            if record["kid"] != removed["kid"] and (
-                record["deactivated_at"] == removed["activates_at"]
-            ):
-                self.deactivate(record["kid"], removed["deactivated_at"])
+            if record.kid != removed.kid and (record.deactivated_at == removed.activates_at):
+                self.deactivate(record.kid, removed.deactivated_at)

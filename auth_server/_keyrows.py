@@ -11,16 +11,16 @@ import logging
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_server.errors import KeyStoreError
-from auth_server.jwk import PrivateKey, jwk_thumbprint, public_jwk
-from auth_server.lifecycle import is_live, state_of
+from auth_server.jwk import PRIVATE_TYPES, PrivateKey, jwk_thumbprint, public_jwk
+from auth_server.lifecycle import KeyRecord, is_live, state_of
 from auth_server.storage import signing_keys
 
 _LOGGER = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ UNUSABLE = "signing key is unusable"
 # How many stored keys to try when checking the passphrase.
 _PASSPHRASE_PROBES = 5
 
-# A row as read from signing_keys (column name -> value).
-Record: TypeAlias = Mapping[Any, Any]
-
-PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 # What a destroyed private key column holds (the column is NOT NULL).
 DESTROYED = b""
 
@@ -48,6 +44,7 @@ METADATA_COLUMNS = (
 )
 # Whether the private key is still stored, without reading it.
 HAS_PRIVATE_KEY = sa.func.length(signing_keys.c.private_key) > 0
+_RECORD_COLUMNS = (*METADATA_COLUMNS, HAS_PRIVATE_KEY.label("has_private_key"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,43 +100,64 @@ def live(now: float) -> sa.ColumnElement[bool]:
     )
 
 
-def select_all(conn: sa.Connection) -> list[Record]:
-    rows = conn.execute(
-        sa.select(*METADATA_COLUMNS, HAS_PRIVATE_KEY.label("has_private_key"))
+def select_all(conn: sa.Connection) -> list[KeyRecord]:
+    """Every stored key."""
+    return [_record(row) for row in conn.execute(sa.select(*_RECORD_COLUMNS)).all()]
+
+
+def select_live(conn: sa.Connection, now: float) -> list[KeyRecord]:
+    """The keys published at ``now`` (neither revoked nor retired)."""
+    found = conn.execute(sa.select(*_RECORD_COLUMNS).where(live(now))).all()
+    return [_record(row) for row in found]
+
+
+def select_one(conn: sa.Connection, kid: str) -> KeyRecord | None:
+    """The key ``kid``, or ``None`` if there is none."""
+    row = conn.execute(sa.select(*_RECORD_COLUMNS).where(signing_keys.c.kid == kid)).first()
+    return None if row is None else _record(row)
+
+
+def select_published(conn: sa.Connection, now: float) -> list[tuple[KeyRecord, str]]:
+    """The live keys with their stored public JWK text (unchecked: see :func:`parse_public_jwk`)."""
+    found = conn.execute(
+        sa.select(*_RECORD_COLUMNS, signing_keys.c.public_jwk).where(live(now))
     ).all()
-    return [row._mapping for row in rows]
+    return [(_record(row), row.public_jwk) for row in found]
 
 
-def select_live(conn: sa.Connection, now: float) -> list[Record]:
-    rows = conn.execute(sa.select(*METADATA_COLUMNS).where(live(now))).all()
-    return [row._mapping for row in rows]
-
-
-def select_one(conn: sa.Connection, kid: str) -> Record | None:
-    row = conn.execute(sa.select(*METADATA_COLUMNS).where(signing_keys.c.kid == kid)).first()
-    return None if row is None else row._mapping
+def _record(row: sa.Row[Any]) -> KeyRecord:
+    return KeyRecord(
+        kid=row.kid,
+        algorithm=row.algorithm,
+        created_at=row.created_at,
+        activates_at=row.activates_at,
+        deactivated_at=row.deactivated_at,
+        retires_at=row.retires_at,
+        revoked_at=row.revoked_at,
+        has_private_key=bool(row.has_private_key),
+    )
 
 
 def update(conn: sa.Connection, kid: str, **values: object) -> None:
     conn.execute(signing_keys.update().where(signing_keys.c.kid == kid).values(**values))
 
 
-def key_info(record: Record, now: float, *, current_kid: str | None = None) -> KeyInfo:
+def key_info(record: KeyRecord, now: float, *, current_kid: str | None = None) -> KeyInfo:
     return KeyInfo(
-        kid=record["kid"],
-        algorithm=record["algorithm"],
+        kid=record.kid,
+        algorithm=record.algorithm,
         state=state_of(record, now, current_kid),
-        created_at=record["created_at"],
-        activates_at=record["activates_at"],
-        deactivated_at=record["deactivated_at"],
-        retires_at=record["retires_at"],
-        revoked_at=record["revoked_at"],
+        created_at=record.created_at,
+        activates_at=record.activates_at,
+        deactivated_at=record.deactivated_at,
+        retires_at=record.retires_at,
+        revoked_at=record.revoked_at,
     )
 
 
-def is_spent(record: Record, now: float) -> bool:
+def is_spent(record: KeyRecord, now: float) -> bool:
     """Revoked or retired, with its private key still stored: destroy it."""
-    return bool(record["has_private_key"]) and not is_live(record, now)
+    return record.has_private_key and not is_live(record, now)
 
 
 def check_passphrase_value(passphrase: bytes) -> bytes:

@@ -32,6 +32,7 @@ from auth_server.throttle import LoginThrottle
 from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore
+from interceptors._cli import SERVER_TLS_FLAGS
 from interceptors.tls import is_loopback_host
 from protos import auth_pb2, auth_pb2_grpc
 
@@ -76,13 +77,9 @@ def build_components(
     )
     keys.ensure_signing_key()
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
-    policy = config.sessions
     sessions = SessionStore(
         database,
-        ttl=policy.max_lifetime,
-        idle_ttl=policy.idle_timeout,
-        refresh_grace=policy.refresh_grace,
-        max_per_user=policy.max_per_user,
+        policy=config.sessions,
         # Every replica derives the same secret, so a refresh repeated within
         # the grace window gets the same successor on any of them.
         secret=derive_refresh_secret(config.key_passphrase),
@@ -176,7 +173,7 @@ async def start_auth_server(
     try:
         grpc_credentials, http_context = _tls_material(config)
     except TlsError as exc:
-        raise StartupError(str(exc)) from None
+        raise StartupError(exc.naming(SERVER_TLS_FLAGS)) from None
     components = await asyncio.to_thread(build_components, config, now=now)
     publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
     await publisher.start()

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+# The classes of PrivateKey, for isinstance checks (a loaded PEM may hold any key type).
+PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
 
@@ -78,7 +80,7 @@ def public_jwk(private_or_public_key: PrivateKey | PublicKey, algorithm: str) ->
         ValueError: The key does not fit ``algorithm``, or the algorithm is unknown.
     """
     key = private_or_public_key
-    public = key.public_key() if isinstance(key, _PRIVATE_TYPES) else key
+    public = key.public_key() if isinstance(key, PRIVATE_TYPES) else key
     members: dict[str, str]
     if algorithm in _RSA_ALGORITHMS and isinstance(public, rsa.RSAPublicKey):
         numbers = public.public_numbers()
@@ -126,9 +128,6 @@ def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
         required[name] = value
     canonical = json.dumps(required, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return _b64(hashlib.sha256(canonical.encode("utf-8")).digest())
-
-
-_PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 
 def _b64(data: bytes) -> str:

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from auth_server import _keyrows as rows
+from auth_server import _keyrows as keyrows
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
-from auth_server._keyrows import KeyInfo, Record, SigningKey
+from auth_server._keymaterial import DecryptedKeys
+from auth_server._keyrows import KeyInfo, SigningKey
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, PrivateKey, check_rsa_bits, generate_private_key
 from auth_server.lifecycle import (
     KeyLifecycle,
+    KeyRecord,
     activation_order,
     is_live,
     needs_retirement,
@@ -98,14 +100,12 @@ class SigningKeyStore:
             raise ValueError(f"unsupported algorithm {algorithm!r}")
         check_rsa_bits(rsa_bits)
         self._db = db
-        self._passphrase = rows.check_passphrase_value(passphrase)
+        self._material = DecryptedKeys(db, passphrase)
         self._algorithm = algorithm
         self._rsa_bits = rsa_bits
         self._now = now
         self._lifecycle = lifecycle or KeyLifecycle()
-        self._cache: dict[str, SigningKey] = {}
-        self._unusable: set[str] = set()
-        self._cache_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two below
         self._listeners: list[Callable[[], None]] = []
         self._observed_current: str | None = None
 
@@ -124,7 +124,7 @@ class SigningKeyStore:
 
         Changes made by other processes are not seen here: poll for those.
         """
-        with self._cache_lock:
+        with self._lock:
             self._listeners.append(callback)
 
     # -- signing ---------------------------------------------------------------------
@@ -145,16 +145,16 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = pick_current(rows.select_live(conn, now), now)
-        if row is not None:
-            return self._load(row["kid"])
+            current = pick_current(keyrows.select_live(conn, now), now)
+        if current is not None:
+            return self._material.load(current.kid)
         private_key = self._generate()
         changes = Changes()
         try:
             with self._db.transaction(lock=_LOCK_NAME) as conn:
                 writer = self._writer(conn)
                 if pick_current(writer.live(), writer.now) is None:
-                    rows.check_passphrase(conn, self._passphrase)
+                    keyrows.check_passphrase(conn, self._material.passphrase)
                     writer.rotate(private_key, self._algorithm, writer.now, "first")
                     changes = writer.changes
         except exc.IntegrityError:
@@ -175,10 +175,10 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            row = pick_current(rows.select_live(conn, now), now)
-        if row is None:
+            current = pick_current(keyrows.select_live(conn, now), now)
+        if current is None:
             raise KeyStoreError("no signing key is active")
-        return self._load(row["kid"])
+        return self._material.load(current.kid)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -200,20 +200,19 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            found = conn.execute(
-                sa.select(*rows.METADATA_COLUMNS, signing_keys.c.public_jwk).where(rows.live(now))
-            ).all()
-        records: list[Record] = [row._mapping for row in found]
+            found = keyrows.select_published(conn, now)
+        records = [record for record, _ in found]
         current = pick_current(records, now)
-        ordered = sorted(records, key=lambda r: (r is current, *activation_order(r)), reverse=True)
-        with self._cache_lock:
-            unusable = set(self._unusable)
+        ordered = sorted(
+            found, key=lambda pair: (pair[0] is current, *activation_order(pair[0])), reverse=True
+        )
+        unusable = self._material.unusable()
         keys = []
-        for record in ordered:
-            kid = record["kid"]
-            if record["activates_at"] > now and kid in unusable:
+        for record, stored_jwk in ordered:
+            kid = record.kid
+            if record.activates_at > now and kid in unusable:
                 continue
-            jwk = rows.parse_public_jwk(record["public_jwk"], kid, record["algorithm"])
+            jwk = keyrows.parse_public_jwk(stored_jwk, kid, record.algorithm)
             if jwk is None:
                 _LOGGER.error("signing key %s has an unreadable public key; not published", kid)
                 continue
@@ -253,7 +252,7 @@ class SigningKeyStore:
             raise InvalidRequest("activate_after must be a finite number of seconds >= 0")
         private_key = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            rows.check_passphrase(conn, self._passphrase)
+            keyrows.check_passphrase(conn, self._material.passphrase)
             writer = self._writer(conn)
             kid = writer.rotate(private_key, self._algorithm, writer.now + activate_after, "manual")
         self._committed(writer.changes)
@@ -279,27 +278,28 @@ class SigningKeyStore:
         # transaction, so the revocation commits moments after it is stamped.
         now = self._now()
         with self._db.transaction() as conn:
-            current = pick_current(rows.select_live(conn, now), now)
-            pending = [r for r in rows.select_live(conn, now) if r["activates_at"] > now]
-            passphrase_ok = rows.probe_passphrase(conn, self._passphrase) is not False
+            live = keyrows.select_live(conn, now)
+            current = pick_current(live, now)
+            pending = [r for r in live if r.activates_at > now]
+            passphrase_ok = keyrows.probe_passphrase(conn, self._material.passphrase) is not False
         replacement: PrivateKey | None = None
         # Decrypting the next keys now also caches them for the promotion below.
-        usable_next = [r for r in pending if self._is_usable(r["kid"])]
-        if current is not None and current["kid"] == kid and passphrase_ok and not usable_next:
+        usable_next = [r for r in pending if self._material.is_usable(r.kid)]
+        if current is not None and current.kid == kid and passphrase_ok and not usable_next:
             replacement = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
-            row = rows.select_one(conn, kid)
-            if row is None:
+            target = keyrows.select_one(conn, kid)
+            if target is None:
                 raise KeyStoreError("unknown signing key")
-            if row["revoked_at"] is None:
+            if target.revoked_at is None:
                 current = pick_current(writer.live(), writer.now)
-                was_current = current is not None and current["kid"] == kid
+                was_current = current is not None and current.kid == kid
                 # The revocation itself never depends on the passphrase: it is the
                 # emergency brake, and the key may be revoked for being corrupted.
                 # A replacement does: it must be one the other replicas can decrypt.
                 replace = was_current and passphrase_ok
-                writer.revoke(row)
+                writer.revoke(target)
                 successor = None
                 if replace:
                     successor = writer.promote()
@@ -319,7 +319,7 @@ class SigningKeyStore:
                 writer.changes.events.append(
                     (
                         "key.revoked",
-                        {"kid": kid, "algorithm": row["algorithm"], "replacement": successor},
+                        {"kid": kid, "algorithm": target.algorithm, "replacement": successor},
                     )
                 )
                 _LOGGER.warning(
@@ -347,7 +347,7 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            records = rows.select_all(conn)
+            records = keyrows.select_all(conn)
         activated = self._observe_current(records, now)
         unusable = self._unusable_pending(records, now)
         due = rotation_due(records, now, self._lifecycle, self._algorithm)
@@ -355,34 +355,36 @@ class SigningKeyStore:
             due is None
             and not unusable
             and not any(needs_retirement(r, now, self._lifecycle) for r in records)
-            and not any(rows.is_spent(r, now) for r in records)
+            and not any(keyrows.is_spent(r, now) for r in records)
         ):
             return MaintenanceReport(activated=activated)
         private_key = self._generate() if due is not None else None
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
             now = writer.now
-            if unusable and rows.probe_passphrase(conn, self._passphrase, exclude=unusable):
+            if unusable and keyrows.probe_passphrase(
+                conn, self._material.passphrase, exclude=unusable
+            ):
                 for record in writer.live():
-                    if record["kid"] in unusable:
+                    if record.kid in unusable:
                         writer.withdraw(record, "unusable")
             elif unusable:
                 # Not a corrupted row: this server cannot decrypt any key. Withdraw
                 # nothing (the keys are fine for the others) and say so.
-                raise KeyStoreError(rows.WRONG_PASSPHRASE)
-            records = rows.select_all(conn)
+                raise KeyStoreError(keyrows.WRONG_PASSPHRASE)
+            records = keyrows.select_all(conn)
             due = rotation_due(records, now, self._lifecycle, self._algorithm)
             if due is not None:
-                rows.check_passphrase(conn, self._passphrase)
+                keyrows.check_passphrase(conn, self._material.passphrase)
                 reason = rotation_reason(records, now, self._algorithm)
                 writer.rotate(private_key or self._generate(), self._algorithm, due, reason)
-                records = rows.select_all(conn)
+                records = keyrows.select_all(conn)
             for record in records:
                 retires_at = needs_retirement(record, now, self._lifecycle)
                 if retires_at is not None:
-                    writer.extend_retirement(record["kid"], retires_at)
-            for record in rows.select_all(conn):
-                if rows.is_spent(record, now):
+                    writer.extend_retirement(record.kid, retires_at)
+            for record in keyrows.select_all(conn):
+                if keyrows.is_spent(record, now):
                     writer.destroy(record)
         self._committed(writer.changes)
         return writer.changes.report(activated)
@@ -395,11 +397,11 @@ class SigningKeyStore:
         """
         now = self._now()
         with self._db.transaction() as conn:
-            records = rows.select_all(conn)
+            records = keyrows.select_all(conn)
         records.sort(key=activation_order, reverse=True)
         current = pick_current(records, now)
-        current_kid = None if current is None else current["kid"]
-        return [rows.key_info(record, now, current_kid=current_kid) for record in records]
+        current_kid = None if current is None else current.kid
+        return [keyrows.key_info(record, now, current_kid=current_kid) for record in records]
 
     def rewrap(self, new_passphrase: bytes) -> int:
         """Re-encrypt every stored private key under ``new_passphrase``, all or nothing.
@@ -416,19 +418,18 @@ class SigningKeyStore:
                 (nothing is changed then).
             StorageError: The database is unavailable.
         """
-        new_passphrase = rows.check_passphrase_value(new_passphrase)
+        new_passphrase = keyrows.check_passphrase_value(new_passphrase)
+        passphrase = self._material.passphrase
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             found = conn.execute(
                 sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
-                    rows.HAS_PRIVATE_KEY
+                    keyrows.HAS_PRIVATE_KEY
                 )
             ).all()
             for kid, pem in found:
-                private_key = rows.decrypt(kid, pem, self._passphrase)
-                rows.update(conn, kid, private_key=rows.encrypt(private_key, new_passphrase))
-        self._passphrase = new_passphrase
-        with self._cache_lock:
-            self._unusable.clear()
+                private_key = keyrows.decrypt(kid, pem, passphrase)
+                keyrows.update(conn, kid, private_key=keyrows.encrypt(private_key, new_passphrase))
+        self._material.rewrapped(new_passphrase)
         _LOGGER.info("re-encrypted %d signing keys under a new passphrase", len(found))
         audit_event("key.rewrapped", count=len(found))
         return len(found)
@@ -440,28 +441,17 @@ class SigningKeyStore:
             conn,
             now=self._now(),
             lifecycle=self._lifecycle,
-            passphrase=self._passphrase,
-            usable=self._is_usable,
+            passphrase=self._material.passphrase,
+            usable=self._material.is_usable,
         )
 
-    def _is_usable(self, kid: str) -> bool:
-        try:
-            self._load(kid)
-        except KeyStoreError:
-            return False
-        return True
-
     def _committed(self, changes: Changes) -> None:
-        with self._cache_lock:
-            for key in changes.inserted:
-                self._cache[key.kid] = key
-            for kid in changes.gone:
-                self._cache.pop(kid, None)
+        self._material.committed(changes.inserted, changes.gone)
         for event, fields in changes.events:
             audit_event(event, **fields)
         if not changes.changed:
             return
-        with self._cache_lock:
+        with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -471,69 +461,40 @@ class SigningKeyStore:
 
     # -- internals: reading keys -------------------------------------------------------
 
-    def _observe_current(self, records: list[Record], now: float) -> str | None:
+    def _observe_current(self, records: list[KeyRecord], now: float) -> str | None:
         current = pick_current(records, now)
-        kid = None if current is None else str(current["kid"])
-        with self._cache_lock:
+        kid = None if current is None else current.kid
+        with self._lock:
             before, self._observed_current = self._observed_current, kid
         if kid is None or before is None or kid == before:
             return None
         assert current is not None
-        audit_event("key.activated", kid=kid, algorithm=current["algorithm"], replaces=before)
+        audit_event("key.activated", kid=kid, algorithm=current.algorithm, replaces=before)
         _LOGGER.info("signing key %s is current now, replacing %s", kid, before)
         return kid
 
-    def _unusable_pending(self, records: list[Record], now: float) -> frozenset[str]:
+    def _unusable_pending(self, records: list[KeyRecord], now: float) -> frozenset[str]:
         # Decrypt next keys ahead of time: a corrupted one is found before it
         # should sign, and activation needs no decryption on the login path.
         bad = set()
-        with self._cache_lock:
-            known_bad = set(self._unusable)
+        known_bad = self._material.unusable()
         for record in records:
-            if is_live(record, now) and record["activates_at"] > now:
-                if record["kid"] in known_bad:  # already logged; no retry every tick
-                    bad.add(record["kid"])
+            if is_live(record, now) and record.activates_at > now:
+                if record.kid in known_bad:  # already logged; no retry every tick
+                    bad.add(record.kid)
                     continue
-                try:
-                    self._load(record["kid"])
-                except KeyStoreError:
-                    bad.add(record["kid"])
+                if not self._material.is_usable(record.kid):
+                    bad.add(record.kid)
         return frozenset(bad)
 
     def _describe(self, kid: str) -> KeyInfo:
         now = self._now()
         with self._db.transaction() as conn:
-            row = rows.select_one(conn, kid)
-            current = pick_current(rows.select_live(conn, now), now)
-        if row is None:
+            record = keyrows.select_one(conn, kid)
+            current = pick_current(keyrows.select_live(conn, now), now)
+        if record is None:
             raise KeyStoreError("unknown signing key")
-        return rows.key_info(row, now, current_kid=None if current is None else current["kid"])
-
-    def _load(self, kid: str) -> SigningKey:
-        with self._cache_lock:
-            cached = self._cache.get(kid)
-        if cached is not None:
-            return cached
-        with self._db.transaction() as conn:
-            row = conn.execute(
-                sa.select(
-                    signing_keys.c.algorithm,
-                    signing_keys.c.private_key,
-                    signing_keys.c.public_jwk,
-                ).where(signing_keys.c.kid == kid)
-            ).first()
-        if row is None:
-            raise KeyStoreError("no signing key is active")
-        try:
-            key = rows.signing_key_from_row(kid, *row, self._passphrase)
-        except KeyStoreError:
-            with self._cache_lock:
-                self._unusable.add(kid)
-            raise
-        with self._cache_lock:
-            self._cache[kid] = key
-            self._unusable.discard(kid)
-        return key
+        return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
 
     def _generate(self) -> PrivateKey:
         return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)

@@ -17,16 +17,16 @@ The rules that keep a rotation invisible to verifiers (DESIGN.md "Defaults"):
 * an old key stays published ``retire_after >= access_token_ttl + leeway`` after its
   last signature, so no token outlives the key that verifies it.
 
-This module is pure: it computes decisions from stored rows and a time, and the
-store (:mod:`auth_server.keys`) applies them.
+This module is pure: it computes decisions from stored rows (:class:`KeyRecord`,
+read by :mod:`auth_server._keyrows`) and a time, and the store
+(:mod:`auth_server.keys`) applies them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 DAY = 86400.0
 DEFAULT_ROTATION_INTERVAL = 30 * DAY
@@ -35,7 +35,30 @@ CLOCK_LEEWAY = 30.0
 # Keep the published set small: verifiers cap a JWKS (ours at 100 keys).
 MAX_PUBLISHED_KEYS = 20
 
-Record = Mapping[Any, Any]
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyRecord:
+    """A signing key's row as stored, without key material: what lifecycle decisions read.
+
+    Attributes:
+        kid: The key id (RFC 7638 thumbprint of the public key).
+        algorithm: The JWS algorithm.
+        created_at: When the key was made (and published), epoch seconds.
+        activates_at: When it may start signing.
+        deactivated_at: When a newer key takes (or took) over, if decided.
+        retires_at: When it leaves the published set, if decided.
+        revoked_at: When it was revoked, if it was.
+        has_private_key: Whether its private key is still stored (not yet destroyed).
+    """
+
+    kid: str
+    algorithm: str
+    created_at: float
+    activates_at: float
+    deactivated_at: float | None
+    retires_at: float | None
+    revoked_at: float | None
+    has_private_key: bool
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
@@ -162,46 +185,44 @@ _FLAGS = {
 # --- decisions over stored rows (columns of auth_server.storage.signing_keys) -----------
 
 
-def is_live(record: Record, now: float) -> bool:
+def is_live(record: KeyRecord, now: float) -> bool:
     """Not revoked and not yet retired: the key is published."""
-    return record["revoked_at"] is None and (
-        record["retires_at"] is None or record["retires_at"] > now
-    )
+    return record.revoked_at is None and (record.retires_at is None or record.retires_at > now)
 
 
-def activation_order(record: Record) -> tuple[float, float, str]:
-    return (record["activates_at"], record["created_at"], record["kid"])
+def activation_order(record: KeyRecord) -> tuple[float, float, str]:
+    return (record.activates_at, record.created_at, record.kid)
 
 
-def pick_current(records: Iterable[Record], at: float) -> Record | None:
+def pick_current(records: Iterable[KeyRecord], at: float) -> KeyRecord | None:
     """The key that signs at ``at`` among the live keys of ``records``.
 
     The newest activated key wins, but one whose ``deactivated_at`` has passed
     yields to any that has not: a rotation at the same clock tick as the key it
     replaces must still take over.
     """
-    candidates: Sequence[Record] = [
-        r for r in records if r["activates_at"] <= at and is_live(r, at)
+    candidates: Sequence[KeyRecord] = [
+        r for r in records if r.activates_at <= at and is_live(r, at)
     ]
     if not candidates:
         return None
     return max(
         candidates,
         key=lambda r: (
-            r["deactivated_at"] is None or r["deactivated_at"] > at,
+            r.deactivated_at is None or r.deactivated_at > at,
             *activation_order(r),
         ),
     )
 
 
-def newest(records: Iterable[Record], now: float) -> Record | None:
+def newest(records: Iterable[KeyRecord], now: float) -> KeyRecord | None:
     """The live key that activates last: the one the schedule rotates away from."""
     live = [r for r in records if is_live(r, now)]
     return max(live, key=activation_order) if live else None
 
 
 def rotation_due(
-    records: Sequence[Record], now: float, policy: KeyLifecycle, algorithm: str
+    records: Sequence[KeyRecord], now: float, policy: KeyLifecycle, algorithm: str
 ) -> float | None:
     """When the next key must activate, if it is time to create it now; else ``None``.
 
@@ -214,33 +235,33 @@ def rotation_due(
         return now
     last = newest(records, now)
     assert last is not None  # a current key is live
-    if last["algorithm"] != algorithm:
+    if last.algorithm != algorithm:
         return now + policy.activate_after
     if not policy.rotation_interval:
         return None
-    activates_at = float(last["activates_at"]) + policy.rotation_interval
+    activates_at = last.activates_at + policy.rotation_interval
     if now < activates_at - policy.activate_after:
         return None
     return max(activates_at, now + policy.activate_after)
 
 
-def rotation_reason(records: Sequence[Record], now: float, algorithm: str) -> str:
+def rotation_reason(records: Sequence[KeyRecord], now: float, algorithm: str) -> str:
     """Why :func:`rotation_due` asks for a key: for the log and the audit trail."""
     if pick_current(records, now) is None:
         return "no-current-key"
     last = newest(records, now)
-    if last is not None and last["algorithm"] != algorithm:
+    if last is not None and last.algorithm != algorithm:
         return "algorithm"
     return "scheduled"
 
 
-def retirement_for(record: Record, policy: KeyLifecycle) -> float | None:
+def retirement_for(record: KeyRecord, policy: KeyLifecycle) -> float | None:
     """The ``retires_at`` a replaced key needs under ``policy`` (``None``: still current)."""
-    deactivated_at = record["deactivated_at"]
+    deactivated_at = record.deactivated_at
     return None if deactivated_at is None else deactivated_at + policy.retire_after
 
 
-def needs_retirement(record: Record, now: float, policy: KeyLifecycle) -> float | None:
+def needs_retirement(record: KeyRecord, now: float, policy: KeyLifecycle) -> float | None:
     """A longer ``retires_at`` this live key needs, or ``None`` if its stored one will do.
 
     Retirement is only ever pushed later, never earlier: replicas with a
@@ -249,34 +270,34 @@ def needs_retirement(record: Record, now: float, policy: KeyLifecycle) -> float 
     wanted = retirement_for(record, policy)
     if wanted is None or not is_live(record, now):
         return None
-    stored = record["retires_at"]
+    stored = record.retires_at
     return wanted if stored is None or stored < wanted else None
 
 
-def next_change_at(records: Iterable[Record], now: float, policy: KeyLifecycle) -> float | None:
+def next_change_at(records: Iterable[KeyRecord], now: float, policy: KeyLifecycle) -> float | None:
     """The next scheduled time the published set changes (a key joins or leaves).
 
     Joining: the scheduled pre-publication of the next key. Leaving: a key's
     ``retires_at``. Activation is not a change of the set, only of which key signs.
     """
     live = [r for r in records if is_live(r, now)]
-    times = [r["retires_at"] for r in live if r["retires_at"] is not None and r["retires_at"] > now]
+    times = [r.retires_at for r in live if r.retires_at is not None and r.retires_at > now]
     if policy.rotation_interval and live:
         last = max(live, key=activation_order)
-        prepublish = last["activates_at"] + policy.rotation_interval - policy.activate_after
+        prepublish = last.activates_at + policy.rotation_interval - policy.activate_after
         if prepublish > now:
             times.append(prepublish)
     return min(times) if times else None
 
 
-def state_of(record: Record, now: float, current_kid: str | None) -> str:
+def state_of(record: KeyRecord, now: float, current_kid: str | None) -> str:
     """``next``, ``current``, ``previous``, ``retired`` or ``revoked``."""
-    if record["revoked_at"] is not None:
+    if record.revoked_at is not None:
         return "revoked"
-    if record["retires_at"] is not None and record["retires_at"] <= now:
+    if record.retires_at is not None and record.retires_at <= now:
         return "retired"
-    if record["activates_at"] > now:
+    if record.activates_at > now:
         return "next"
-    if record["kid"] == current_kid:
+    if record.kid == current_kid:
         return "current"
     return "previous"

@@ -1,4 +1,9 @@
-"""The gRPC face of the token authority: parse, delegate, map errors to status codes."""
+"""The gRPC face of the token authority: parse, delegate, map errors to status codes.
+
+RPC methods just raise; :func:`_status_on_error` turns any exception into the
+call's status in one place (:func:`_abort`): an :class:`AuthServerError`'s
+code and client-safe message, anything else ``INTERNAL`` with a fixed text.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
@@ -28,7 +33,6 @@ from auth_server.tls import client_cert_thumbprint
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 def jwks_message(snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
@@ -57,7 +61,8 @@ def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Exception) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """End the call with the status ``exc`` maps to: the one place errors meet the wire."""
     if isinstance(exc, LoginThrottled):
         # RFC 9110 §10.2.3 semantics, as gRPC trailing metadata: seconds to wait.
         await context.abort(
@@ -70,21 +75,41 @@ async def _abort(context: grpc.aio.ServicerContext[object, object], exc: Excepti
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Unary: TypeAlias = Callable[
+    [_Servicer, _Request, grpc.aio.ServicerContext[_Request, _Response]], Awaitable[_Response]
+]
+
+
+def _status_on_error(
+    method: _Unary[_Servicer, _Request, _Response],
+) -> _Unary[_Servicer, _Request, _Response]:
+    """Let a unary RPC just raise: any exception becomes its status (see :func:`_abort`)."""
+
+    @functools.wraps(method)
+    async def call(
+        servicer: _Servicer,
+        request: _Request,
+        context: grpc.aio.ServicerContext[_Request, _Response],
+    ) -> _Response:
+        try:
+            return await method(servicer, request, context)
+        except grpc.aio.AbortError:
+            raise  # the method already chose its status
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback
+            await _abort(context, exc)
+
+    return call
+
+
 def _login_failure_reason(exc: Exception) -> str:
     if isinstance(exc, InvalidCredentials):
         return "bad_credentials"
     if isinstance(exc, AuthServerError):
         return exc.code.name.lower()
     return "internal"
-
-
-async def _run(
-    context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[_T]]
-) -> _T:
-    try:
-        return await call()
-    except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback
-        await _abort(context, exc)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -103,41 +128,46 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._revocations = revocations
         self._max_login_request_size = max_login_request_size
 
+    @_status_on_error
     async def Login(
         self,
         request: auth_pb2.LoginRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
     ) -> auth_pb2.TokenResponse:
         peer = context.peer()
-        address = client_address(peer)
-
-        async def login() -> TokenGrant:
-            # Unknown fields count too: they would otherwise ride along unchecked.
-            if request.ByteSize() > self._max_login_request_size:
-                raise InvalidRequest("login request too large")
-            # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
-            thumbprint = client_cert_thumbprint(context.auth_context())
-            return await asyncio.to_thread(
-                functools.partial(
-                    self._authority.login,
-                    request.username,
-                    request.password,
-                    request.scope,
-                    address=address,
-                    cert_thumbprint=thumbprint,
-                )
-            )
-
         try:
-            grant = await login()
-        except Exception as exc:  # noqa: BLE001 - audited, then mapped to a status
+            grant = await self._login(request, context, peer)
+        except Exception as exc:
             # A throttled attempt already has its own, more specific line (login.throttled).
             if not isinstance(exc, LoginThrottled):
                 audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
-            await _abort(context, exc)  # type: ignore[arg-type]
+            raise
         audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
         return _token_response(grant)
 
+    async def _login(
+        self,
+        request: auth_pb2.LoginRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.TokenResponse],
+        peer: str,
+    ) -> TokenGrant:
+        # Unknown fields count too: they would otherwise ride along unchecked.
+        if request.ByteSize() > self._max_login_request_size:
+            raise InvalidRequest("login request too large")
+        # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
+        thumbprint = client_cert_thumbprint(context.auth_context())
+        return await asyncio.to_thread(
+            functools.partial(
+                self._authority.login,
+                request.username,
+                request.password,
+                request.scope,
+                address=client_address(peer),
+                cert_thumbprint=thumbprint,
+            )
+        )
+
+    @_status_on_error
     async def Refresh(
         self,
         request: auth_pb2.RefreshRequest,
@@ -146,31 +176,25 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # A session opened over mutual TLS refreshes only with the same certificate,
         # and its new access token keeps the binding (RFC 8705 §4).
         thumbprint = client_cert_thumbprint(context.auth_context())
-
-        async def refresh() -> TokenGrant:
-            try:
-                return await asyncio.to_thread(
-                    functools.partial(
-                        self._authority.refresh, request.refresh_token, cert_thumbprint=thumbprint
-                    )
+        try:
+            grant = await asyncio.to_thread(
+                functools.partial(
+                    self._authority.refresh, request.refresh_token, cert_thumbprint=thumbprint
                 )
-            except RefreshTokenReused:
-                # The session was revoked just now: push that before answering.
-                await self._push_revocations()
-                raise
-
-        grant = await _run(context, refresh)  # type: ignore[arg-type]
+            )
+        except RefreshTokenReused:
+            # The session was revoked just now: push that before answering.
+            await self._push_revocations()
+            raise
         return _token_response(grant)
 
+    @_status_on_error
     async def Logout(
         self,
         request: auth_pb2.LogoutRequest,
         context: grpc.aio.ServicerContext[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse],
     ) -> auth_pb2.LogoutResponse:
-        await _run(
-            context,  # type: ignore[arg-type]
-            lambda: asyncio.to_thread(self._authority.logout, request.refresh_token),
-        )
+        await asyncio.to_thread(self._authority.logout, request.refresh_token)
         # Handed to every WatchRevocations stream before Logout returns.
         await self._push_revocations()
         return auth_pb2.LogoutResponse()

@@ -16,17 +16,18 @@ either the old token or its successor spendable, never neither.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from auth_server import _sessionrows as sessionrows
+from auth_server._session_types import EndedSession, NewSession, Rotation, SessionInfo
+from auth_server._sessionrows import revoke_user_sessions
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
 from auth_server.refresh_tokens import (
@@ -35,124 +36,28 @@ from auth_server.refresh_tokens import (
     new_refresh_token,
     successor_token,
 )
+from auth_server.session_policy import SessionPolicy, classify_refresh
 from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_SESSION_TTL = 30 * 86400.0
-DEFAULT_IDLE_TTL = 7 * 86400.0
-DEFAULT_REFRESH_GRACE = 20.0
-DEFAULT_MAX_SESSIONS_PER_USER = 50
 #: How long past its last access token's ``exp`` a revoked session stays on the
 #: revocation list: covers a verifier's clock leeway (30 s) and some clock skew.
 REVOCATION_RETENTION = 120.0
 
 _PURGE_BATCH = 1000
 
-
-@dataclass(frozen=True, kw_only=True)
-class SessionPolicy:
-    """How long sessions live and how refresh tokens may be reused.
-
-    Attributes:
-        max_lifetime: Absolute session lifetime in seconds, however often it is refreshed.
-        idle_timeout: A session not refreshed for this many seconds ends.
-        refresh_grace: Seconds after a refresh token is spent during which
-            presenting it again returns the same successor instead of revoking.
-        max_per_user: Live sessions a user may hold; a new login ends the oldest.
-    """
-
-    max_lifetime: float = DEFAULT_SESSION_TTL
-    idle_timeout: float = DEFAULT_IDLE_TTL
-    refresh_grace: float = DEFAULT_REFRESH_GRACE
-    max_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
-
-    def __post_init__(self) -> None:
-        for name in ("max_lifetime", "idle_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"session {name} must be a positive number of seconds")
-        if not (math.isfinite(self.refresh_grace) and 0 <= self.refresh_grace <= 300):
-            raise ValueError("refresh grace must be between 0 and 300 seconds")
-        if isinstance(self.max_per_user, bool) or not 1 <= self.max_per_user <= 100_000:
-            raise ValueError("max sessions per user must be between 1 and 100000")
-
-
-@dataclass(frozen=True, kw_only=True)
-class NewSession:
-    """A session just created.
-
-    Attributes:
-        session_id: The session id, the access token's ``sid`` claim.
-        refresh_token: The opaque refresh token; handed to the client once,
-            never stored or logged.
-        expires_at: When the session ends at the latest, epoch seconds.
-        issued_at: The time its first access token must carry as ``iat``.
-        ended: Sessions of the same user this login ended (the per-user limit).
-    """
-
-    session_id: str
-    refresh_token: str
-    expires_at: float
-    issued_at: float = 0.0
-    ended: tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        return f"NewSession(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rotation:
-    """The result of a successful refresh.
-
-    Attributes:
-        session_id: The session refreshed.
-        user_id: Its user.
-        scope: The scopes granted at login.
-        refresh_token: The successor refresh token (never log it).
-        issued_at: The time the new access token must carry as ``iat``.
-        repeated: This was a repeat within the grace window (same successor again).
-        cert_thumbprint: The certificate the session is bound to, or None.
-    """
-
-    session_id: str
-    user_id: str
-    scope: tuple[str, ...]
-    refresh_token: str
-    issued_at: float
-    repeated: bool
-    cert_thumbprint: str | None = None
-
-    def __repr__(self) -> str:
-        return f"Rotation(session_id={self.session_id!r}, repeated={self.repeated!r})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndedSession:
-    """A session that :meth:`SessionStore.logout` ended (or found already ended)."""
-
-    session_id: str
-    user_id: str
-    already_ended: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class SessionInfo:
-    """A session as ``ssot-auth sessions list`` shows it (no token material).
-
-    Attributes:
-        state: ``"active"``, ``"revoked"`` or ``"expired"``.
-        ends_at: When it ends unless refreshed first (the idle or absolute end).
-    """
-
-    session_id: str
-    user_id: str
-    state: str
-    created_at: float
-    last_used_at: float
-    ends_at: float
-    revoked_at: float | None
-    revoke_reason: str | None
+__all__ = [
+    "REVOCATION_RETENTION",
+    "EndedSession",
+    "NewSession",
+    "Rotation",
+    "SessionInfo",
+    "SessionPolicy",
+    "SessionStore",
+    "audit_revoked",
+    "revoke_user_sessions",
+]
 
 
 class SessionStore:
@@ -162,10 +67,7 @@ class SessionStore:
         self,
         db: Database,
         *,
-        ttl: float = DEFAULT_SESSION_TTL,
-        idle_ttl: float = DEFAULT_IDLE_TTL,
-        refresh_grace: float = DEFAULT_REFRESH_GRACE,
-        max_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
+        policy: SessionPolicy | None = None,
         secret: bytes | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -173,25 +75,15 @@ class SessionStore:
 
         Args:
             db: The database (schema already created).
-            ttl: Absolute session lifetime in seconds.
-            idle_ttl: A session unused for this long ends.
-            refresh_grace: See :class:`SessionPolicy`.
-            max_per_user: See :class:`SessionPolicy`.
+            policy: Lifetimes, refresh grace and the per-user limit; the
+                defaults of :class:`SessionPolicy` if not given.
             secret: Derives successor refresh tokens; every replica must use the
                 same one (:func:`derive_refresh_secret`). Without it a random
                 one is made, which is fine for a process that never refreshes
                 (the CLI) or runs alone.
             now: Clock, epoch seconds.
-
-        Raises:
-            ValueError: A lifetime or limit is out of range.
         """
-        self.policy = SessionPolicy(
-            max_lifetime=ttl,
-            idle_timeout=idle_ttl,
-            refresh_grace=refresh_grace,
-            max_per_user=max_per_user,
-        )
+        self.policy = policy if policy is not None else SessionPolicy()
         self._db = db
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._now = now
@@ -240,7 +132,10 @@ class SessionStore:
                     raise UserNotFound()
                 live = conn.execute(
                     sa.select(sessions.c.id)
-                    .where(sessions.c.user_id == user_id, self._live(now))
+                    .where(
+                        sessions.c.user_id == user_id,
+                        self._live(now),
+                    )
                     .order_by(sessions.c.created_at, sessions.c.id)
                 ).all()
                 ended = [row.id for row in live[: max(len(live) - policy.max_per_user + 1, 0)]]
@@ -296,14 +191,15 @@ class SessionStore:
         token_hash = checked_hash(refresh_token)
         successor = successor_token(self._secret, refresh_token)
         successor_hash = hash_refresh_token(successor)
-        grace = self.policy.refresh_grace
         with self._db.transaction(write=True) as conn:
             now = self._now()
-            row = self._locked_session(conn, token_hash)
+            row = sessionrows.locked_session(conn, token_hash)
             if row is None or self._end_reason(row, now) is not None:
                 if row is not None:
                     _LOGGER.info(
-                        "refresh refused: session %s is %s", row.id, self._end_reason(row, now)
+                        "refresh refused: session %s is %s",
+                        row.id,
+                        self._end_reason(row, now),
                     )
                 raise InvalidRefreshToken()
             if row.cert_thumbprint is not None and row.cert_thumbprint != cert_thumbprint:
@@ -311,48 +207,35 @@ class SessionStore:
                 # session lives on; but this token is no use without its certificate.
                 _LOGGER.info("refresh refused: session %s needs its client certificate", row.id)
                 raise InvalidRefreshToken()
-            session_id, reused = row.id, False
+            session_id = row.id
+            # Only a token that is not the current one needs its spending time.
+            current = row.refresh_token_hash
+            spent_at = None if current == token_hash else sessionrows.spent_at(conn, token_hash)
+            verdict = classify_refresh(
+                current_hash=current,
+                token_hash=token_hash,
+                successor_hash=successor_hash,
+                spent_at=spent_at,
+                now=now,
+                grace=self.policy.refresh_grace,
+            )
             touch = {
                 "last_used_at": now,
                 "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),
             }
-            if row.refresh_token_hash == token_hash:
+            this_session = sessions.update().where(sessions.c.id == session_id)
+            if verdict == "spend":
                 conn.execute(
                     spent_refresh_tokens.insert().values(
                         token_hash=token_hash, session_id=session_id, spent_at=now
                     )
                 )
-                conn.execute(
-                    sessions.update()
-                    .where(sessions.c.id == session_id)
-                    .values(refresh_token_hash=successor_hash, **touch)
-                )
-                repeated = False
+                conn.execute(this_session.values(refresh_token_hash=successor_hash, **touch))
+            elif verdict == "repeat":
+                conn.execute(this_session.values(**touch))
             else:
-                spent_at = conn.execute(
-                    sa.select(spent_refresh_tokens.c.spent_at).where(
-                        spent_refresh_tokens.c.token_hash == token_hash
-                    )
-                ).scalar()
-                # A repeat only while its successor is still the one to spend: once
-                # the client has moved on, the old token coming back is a thief's.
-                if (
-                    spent_at is not None
-                    and now - spent_at <= grace
-                    and row.refresh_token_hash == successor_hash
-                ):
-                    conn.execute(
-                        sessions.update().where(sessions.c.id == session_id).values(**touch)
-                    )
-                    repeated = True
-                else:
-                    conn.execute(
-                        sessions.update()
-                        .where(sessions.c.id == session_id)
-                        .values(revoked_at=now, revoke_reason="reuse")
-                    )
-                    reused = repeated = True
-        if reused:
+                conn.execute(this_session.values(revoked_at=now, revoke_reason="reuse"))
+        if verdict == "reuse":
             _LOGGER.warning("spent refresh token presented again: session %s revoked", session_id)
             audit_event("refresh.reuse_detected", sid=session_id, user_id=row.user_id)
             audit_event("session.revoked", sid=session_id, user_id=row.user_id, reason="reuse")
@@ -363,7 +246,7 @@ class SessionStore:
             scope=tuple((row.scope or "").split()),
             refresh_token=successor,
             issued_at=now,
-            repeated=repeated,
+            repeated=verdict == "repeat",
             cert_thumbprint=row.cert_thumbprint,
         )
 
@@ -377,7 +260,7 @@ class SessionStore:
         token_hash = checked_hash(refresh_token)
         with self._db.transaction(write=True) as conn:
             now = self._now()
-            row = self._locked_session(conn, token_hash)
+            row = sessionrows.locked_session(conn, token_hash)
             if row is None:
                 raise InvalidRefreshToken()
             already = row.revoked_at is not None
@@ -416,7 +299,7 @@ class SessionStore:
             StorageError: The database is unavailable.
         """
         with self._db.transaction(write=True) as conn:
-            ids = revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
+            ids = sessionrows.revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
         audit_revoked(ids, user_id=user_id, reason=reason)
         return ids
 
@@ -428,7 +311,7 @@ class SessionStore:
             query = query.where(self._live(now))
         with self._db.transaction() as conn:
             rows = conn.execute(query.order_by(sessions.c.created_at, sessions.c.id)).all()
-        return [self._info(row, now) for row in rows]
+        return [sessionrows.session_info(row, now, self.policy.idle_timeout) for row in rows]
 
     def revoked_sessions(self) -> dict[str, float]:
         """Revoked sessions whose access tokens may still be live: ``{sid: last exp}``.
@@ -479,85 +362,10 @@ class SessionStore:
     # -- internals -----------------------------------------------------------------------
 
     def _live(self, now: float) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            sessions.c.revoked_at.is_(None),
-            sessions.c.expires_at > now,
-            sa.func.coalesce(sessions.c.last_used_at, sessions.c.created_at)
-            > now - self.policy.idle_timeout,
-        )
+        return sessionrows.live(now, self.policy.idle_timeout)
 
     def _end_reason(self, row: Any, now: float) -> str | None:
-        if row.revoked_at is not None:
-            return "revoked"
-        if now >= row.expires_at:
-            return "expired"
-        if now >= (row.last_used_at or row.created_at) + self.policy.idle_timeout:
-            return "idle"
-        return None
-
-    def _info(self, row: Any, now: float) -> SessionInfo:
-        last_used = float(row.last_used_at or row.created_at)
-        reason = self._end_reason(row, now)
-        return SessionInfo(
-            session_id=row.id,
-            user_id=row.user_id,
-            state="active" if reason is None else "revoked" if reason == "revoked" else "expired",
-            created_at=float(row.created_at),
-            last_used_at=last_used,
-            ends_at=min(float(row.expires_at), last_used + self.policy.idle_timeout),
-            revoked_at=row.revoked_at,
-            revoke_reason=row.revoke_reason,
-        )
-
-    @staticmethod
-    def _locked_session(conn: sa.Connection, token_hash: str) -> Any:
-        """The session that issued ``token_hash`` (current or spent), its row locked; or None."""
-        # The common case, a current token, in one statement. On PostgreSQL a
-        # concurrent refresh that rotated the row while we waited for its lock
-        # makes this find nothing (the WHERE is re-checked on the new version):
-        # the token is then among the spent ones, committed by that refresh.
-        row = conn.execute(
-            sa.select(sessions).where(sessions.c.refresh_token_hash == token_hash).with_for_update()
-        ).first()
-        if row is not None:
-            return row
-        session_id = conn.execute(
-            sa.select(spent_refresh_tokens.c.session_id).where(
-                spent_refresh_tokens.c.token_hash == token_hash
-            )
-        ).scalar()
-        if session_id is None:
-            return None
-        return conn.execute(
-            sa.select(sessions).where(sessions.c.id == session_id).with_for_update()
-        ).one()
-
-
-def revoke_user_sessions(
-    conn: sa.Connection, user_id: str, *, now: float, reason: str
-) -> list[str]:
-    """Revoke every unrevoked session of ``user_id`` inside the caller's transaction.
-
-    Used where ending the sessions must commit together with another change
-    (disabling a user, setting a new password). The caller audits the ids
-    (:func:`audit_revoked`) once the transaction has committed.
-    """
-    ids: Sequence[str] = (
-        conn.execute(
-            sa.select(sessions.c.id).where(
-                sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if ids:
-        conn.execute(
-            sessions.update()
-            .where(sessions.c.id.in_(ids))
-            .values(revoked_at=now, revoke_reason=reason)
-        )
-    return list(ids)
+        return sessionrows.end_reason(row, now, self.policy.idle_timeout)
 
 
 def audit_revoked(session_ids: Iterable[str], *, user_id: str | None, reason: str) -> None:

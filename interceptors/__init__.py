@@ -1,14 +1,39 @@
-"""Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
+"""Verify ssot-auth access tokens in gRPC servers, and attach them in clients.
+
+The names below, grouped by what you do with them (``__all__`` is one flat list):
+
+Use these:
+    Server side: ``AuthInterceptor``, ``AsyncAuthInterceptor``, ``MethodPolicy``,
+    ``TokenPolicy``, ``TokenVerifier`` (``TokenVerifier.from_source`` owns its
+    parts), a key source (``AuthServiceSource``, formerly ``GrpcJwksSource``;
+    ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``), ``current_principal``,
+    ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
+    ``RevocationList`` to assemble a verifier yourself.
+    Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
+
+Implement these (extension points):
+    ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
+    ``RevocationChecker``, ``RevocationSource``, ``RevocationStream``.
+
+Inspect these (what the library hands you):
+    ``Principal``; ``CacheStats``, ``RevocationStats``; ``FetchResult``,
+    ``KeySet``, ``VerificationKey``, ``RevocationBatch``; ``CertBinding``,
+    ``CERT_BINDINGS``, ``HEALTH_METHODS``, ``REFLECTION_METHODS``.
+
+Catch these:
+    ``AuthError`` and its subclasses (a refused call, a failed key source, each
+    carrying its gRPC status; ``KeySourceError``/``KeySetError`` and
+    ``RevocationStreamError`` stay inside the cache and the list), ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    The trees are drawn in ``interceptors._errors``.
+
+The audit trail writer is the public leaf module :mod:`interceptors.audit`.
+"""
 
 from interceptors._auth_service import AuthServiceSource, GrpcJwksSource
 from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._cache import CacheSettings, CacheStats, KeyCache
-from interceptors._client import (
-    AsyncTokenManager,
-    BearerClientInterceptor,
-    TokenManager,
-    TokenRequestError,
-)
+from interceptors._claims import Principal, TokenPolicy
+from interceptors._client_interceptors import BearerClientInterceptor
 from interceptors._context import current_principal
 from interceptors._errors import (
     AuthError,
@@ -26,10 +51,12 @@ from interceptors._errors import (
     MissingToken,
     RevocationStreamError,
     RevokedToken,
+    TokenClientError,
+    TokenRequestError,
     UnknownKey,
 )
 from interceptors._keyset import KeySet, VerificationKey
-from interceptors._policy import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
 from interceptors._revocation import (
     RevocationBatch,
     RevocationList,
@@ -37,7 +64,7 @@ from interceptors._revocation import (
     RevocationStats,
     RevocationStream,
 )
-from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_token
+from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
@@ -46,13 +73,8 @@ from interceptors._sources import (
     KeyWatch,
     StaticSource,
 )
-from interceptors._verify import (
-    KeyProvider,
-    Principal,
-    RevocationChecker,
-    TokenPolicy,
-    TokenVerifier,
-)
+from interceptors._token_manager import AsyncTokenManager, TokenManager
+from interceptors._verify import KeyProvider, RevocationChecker, TokenVerifier, VerificationKeyLike
 from interceptors.tls import cert_thumbprint
 
 __all__ = [
@@ -100,12 +122,14 @@ __all__ = [
     "RevocationStreamError",
     "RevokedToken",
     "StaticSource",
+    "TokenClientError",
     "TokenManager",
     "TokenPolicy",
     "TokenRequestError",
     "TokenVerifier",
     "UnknownKey",
     "VerificationKey",
+    "VerificationKeyLike",
     "bearer_token",
     "cert_thumbprint",
     "current_principal",

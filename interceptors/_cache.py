@@ -215,7 +215,7 @@ class KeyCache(Background):
             watch = self._source.watch()
             push = watch is not None
         except KeySourceError as exc:
-            _LOGGER.warning("cannot open the key push stream yet: %s", exc.detail)
+            _LOGGER.warning("cannot open the key push stream yet: %s", exc.log_detail)
             push = True
         threads = [threading.Thread(target=self._refresh_loop, name="ssot-keys-refresh")]
         if push:
@@ -444,7 +444,7 @@ class KeyCache(Background):
             key_set = self._build(result)
             max_age = result.max_age
         except KeySourceError as exc:  # KeySetError too: a refused document
-            problem = exc.detail
+            problem = exc.log_detail
         except Exception:  # a broken source must not break the cache
             _LOGGER.exception("key source raised an unexpected error")
             problem = "key source raised an unexpected error"
@@ -572,7 +572,7 @@ class KeyCache(Background):
                 try:
                     opened = self._source.watch()
                 except KeySourceError as exc:
-                    return StreamEnd(delivered=False, why=f"could not be opened: {exc.detail}")
+                    return StreamEnd(delivered=False, why=f"could not be opened: {exc.log_detail}")
                 if opened is None:
                     _LOGGER.warning("key source no longer offers a push stream")
                     return None
@@ -602,7 +602,7 @@ class KeyCache(Background):
                 got_any = True
                 self._apply_push(result)
         except KeySourceError as exc:
-            return StreamEnd(delivered=got_any, why=f"broke: {exc.detail}")
+            return StreamEnd(delivered=got_any, why=f"broke: {exc.log_detail}")
         except Exception:  # keep following the issuer whatever the stream did
             _LOGGER.exception("key push stream failed unexpectedly")
             return StreamEnd(delivered=got_any, why="failed")
@@ -618,7 +618,7 @@ class KeyCache(Background):
         try:
             key_set = self._build(result)
         except KeySetError as exc:
-            _LOGGER.warning("ignoring a pushed key set: %s", exc.detail)
+            _LOGGER.warning("ignoring a pushed key set: %s", exc.log_detail)
             return
         now = self._now()
         with self._lock:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from helpers import FakeAuthService, serve_fake_auth
 from interceptors import (
+    AuthError,
     AuthServiceSource,
     DiscoverySource,
     FetchResult,
@@ -30,6 +34,20 @@ from interceptors import (
     StaticSource,
 )
 from protos import auth_pb2, auth_pb2_grpc
+
+
+@contextlib.contextmanager
+def raises_logged(
+    error: type[AuthError], *, match: str
+) -> Iterator[pytest.ExceptionInfo[AuthError]]:
+    """Like ``pytest.raises(error, match=...)``, matching the internal ``log_detail``.
+
+    ``str()`` of these errors is only the safe wire message, so ``match=`` cannot see why.
+    """
+    with pytest.raises(error) as caught:
+        yield caught
+    assert re.search(match, caught.value.log_detail), caught.value.log_detail
+
 
 _RSA_JWK = {
     **RSAAlgorithm.to_jwk(
@@ -167,7 +185,7 @@ def test_http_source_revalidates_with_the_etag_and_a_304_keeps_the_document(
 def test_http_source_refuses_a_304_it_did_not_ask_for(http_server: HttpServer) -> None:
     http_server.routes["/jwks"] = Reply(status=304)
 
-    with pytest.raises(KeySetError, match="304"):
+    with raises_logged(KeySetError, match="304"):
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
 
 
@@ -191,7 +209,7 @@ def test_http_source_refuses_a_body_over_the_size_cap(
     http_server.routes["/jwks"] = Reply(body=body, content_length=content_length)
 
     accepted = HttpJwksSource(f"{http_server.base}/jwks", max_bytes=len(body)).fetch(3.0)
-    with pytest.raises(KeySetError, match="more than"):
+    with raises_logged(KeySetError, match="more than"):
         HttpJwksSource(f"{http_server.base}/jwks", max_bytes=len(body) - 1).fetch(3.0)
 
     assert accepted.document["pad"] == "x" * 2000
@@ -202,7 +220,7 @@ def test_http_source_does_not_follow_redirects(http_server: HttpServer, status: 
     http_server.routes["/jwks"] = Reply(status=status, headers={"Location": "/elsewhere"})
     http_server.routes["/elsewhere"] = json_reply(JWKS)
 
-    with pytest.raises(KeySourceError, match=str(status)) as caught:
+    with raises_logged(KeySourceError, match=str(status)) as caught:
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
 
     assert type(caught.value) is KeySourceError
@@ -226,12 +244,13 @@ def test_http_source_failures_name_the_source_or_the_answer(
 ) -> None:
     http_server.routes["/jwks"] = reply
 
-    with pytest.raises(KeySourceError, match=match) as caught:
+    with raises_logged(KeySourceError, match=match) as caught:
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
 
     assert type(caught.value) is error
 
 
+@pytest.mark.slow
 def test_http_source_gives_up_at_the_timeout(http_server: HttpServer) -> None:
     http_server.routes["/jwks"] = json_reply(JWKS)
     http_server.hold.clear()
@@ -249,7 +268,7 @@ def test_http_source_reports_a_refused_connection(http_server: HttpServer) -> No
     url = f"{http_server.base}/jwks"
     http_server.close()
 
-    with pytest.raises(KeySourceError, match="cannot fetch") as caught:
+    with raises_logged(KeySourceError, match="cannot fetch") as caught:
         HttpJwksSource(url).fetch(1.0)
 
     assert type(caught.value) is KeySourceError
@@ -262,8 +281,8 @@ def test_http_source_messages_hide_user_info_and_query(http_server: HttpServer) 
     with pytest.raises(KeySourceError) as caught:
         HttpJwksSource(url).fetch(3.0)
 
-    assert "hunter2" not in caught.value.detail
-    assert "token=abc" not in caught.value.detail
+    assert "hunter2" not in caught.value.log_detail
+    assert "token=abc" not in caught.value.log_detail
 
 
 @pytest.mark.parametrize(
@@ -354,7 +373,7 @@ def test_discovery_refuses_a_bad_configuration(
     http_server.routes["/.well-known/openid-configuration"] = json_reply(config(http_server.base))
     http_server.routes["/keys"] = json_reply(JWKS)
 
-    with pytest.raises(KeySetError, match=match):
+    with raises_logged(KeySetError, match=match):
         DiscoverySource(http_server.base).fetch(3.0)
 
     assert http_server.count("/keys") == 0
@@ -393,7 +412,7 @@ def test_rediscovery_of_the_same_jwks_uri_keeps_its_etag(http_server: HttpServer
     assert http_server.count(config) == 2
 
 
-# -- GrpcJwksSource against a real grpc.server ----------------------------------------------
+# -- AuthServiceSource against a real grpc.server ----------------------------------------------
 
 
 def _jwk_message(jwk: dict[str, Any]) -> auth_pb2.Jwk:
@@ -402,56 +421,18 @@ def _jwk_message(jwk: dict[str, Any]) -> auth_pb2.Jwk:
     )
 
 
-class JwksServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._version = 0
-        self._set = auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)], max_age_seconds=300, etag="1")
-
-    def publish(self, jwk_set: auth_pb2.JwkSet) -> None:
-        with self._changed:
-            self._set = jwk_set
-            self._version += 1
-            self._changed.notify_all()
-
-    def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.JwkSet:
-        with self._changed:
-            return self._set
-
-    def WatchJwks(
-        self, request: auth_pb2.WatchJwksRequest, context: Any
-    ) -> Iterator[auth_pb2.JwkSet]:
-        seen = -1
-        while context.is_active():
-            with self._changed:
-                if self._version == seen:
-                    self._changed.wait(0.05)
-                    continue
-                seen, current = self._version, self._set
-            yield current
-
-    def WatchRevocations(
-        self, request: auth_pb2.WatchRevocationsRequest, context: Any
-    ) -> Iterator[auth_pb2.RevocationUpdate]:
-        revoked = auth_pb2.RevokedSession(session_id="sid-1", expires_at=1_700_000_000)
-        yield auth_pb2.RevocationUpdate(full=True, sessions=[revoked])
-        while context.is_active():
-            time.sleep(0.05)
-
-
 @pytest.fixture
-def grpc_server() -> Iterator[tuple[JwksServicer, str]]:
-    servicer = JwksServicer()  # type: ignore[abstract]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def grpc_server() -> Iterator[tuple[FakeAuthService, str]]:
+    servicer = FakeAuthService(
+        auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)], max_age_seconds=300, etag="1")
+    )
+    server, port = serve_fake_auth(servicer)
     yield servicer, f"127.0.0.1:{port}"
     server.stop(0).wait()
 
 
 def test_grpc_fetch_converts_messages_to_jwks_without_empty_fields(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     servicer.publish(
@@ -469,7 +450,7 @@ def test_grpc_fetch_converts_messages_to_jwks_without_empty_fields(
 
 
 def test_grpc_fetch_without_max_age_has_no_caching_hint(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     servicer.publish(auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)]))
@@ -479,11 +460,12 @@ def test_grpc_fetch_without_max_age_has_no_caching_hint(
     assert result.max_age is None
 
 
+@pytest.mark.slow
 def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
     source = AuthServiceSource("127.0.0.1:1")
     started = time.monotonic()
     try:
-        with pytest.raises(KeySourceError, match="GetJwks failed"):
+        with raises_logged(KeySourceError, match="GetJwks failed"):
             source.fetch(0.5)
     finally:
         source.close()
@@ -492,7 +474,7 @@ def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
 
 
 def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     source = AuthServiceSource(target)
@@ -522,7 +504,7 @@ def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
 
 
 def test_grpc_watch_raises_a_key_source_error_when_the_server_goes(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, _ = grpc_server
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -534,7 +516,7 @@ def test_grpc_watch_raises_a_key_source_error_when_the_server_goes(
     first = next(stream)
 
     server.stop(0).wait()
-    with pytest.raises(KeySourceError, match="WatchJwks") as caught:
+    with raises_logged(KeySourceError, match="WatchJwks") as caught:
         next(stream)
     source.close()
 
@@ -554,7 +536,7 @@ def test_grpc_source_needs_exactly_one_of_target_and_channel() -> None:
 
 
 def test_grpc_source_closes_only_the_channel_it_opened(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     _, target = grpc_server
     with grpc.insecure_channel(target) as channel:
@@ -563,28 +545,34 @@ def test_grpc_source_closes_only_the_channel_it_opened(
         assert borrowed.fetch(3.0).document["keys"][0]["kid"] == "rsa-1"
     owned = AuthServiceSource(target)
     owned.close()
-    with pytest.raises(KeySourceError, match="channel closed"):
+    with raises_logged(KeySourceError, match="channel closed"):
         owned.fetch(3.0)
-    with pytest.raises(KeySourceError, match="channel closed"):
+    with raises_logged(KeySourceError, match="channel closed"):
         owned.watch()
-    with pytest.raises(RevocationStreamError, match="channel closed"):
+    with raises_logged(RevocationStreamError, match="channel closed"):
         owned.watch_revocations()
 
 
-def test_the_revocation_stream_fails_with_a_revocation_error_never_a_key_error(
-    grpc_server: tuple[JwksServicer, str],
-) -> None:
-    servicer, _ = grpc_server
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+class RevokingAuthService(FakeAuthService):
+    """Also serves WatchRevocations: one full list, then nothing until the call ends."""
+
+    def WatchRevocations(
+        self, request: auth_pb2.WatchRevocationsRequest, context: Any
+    ) -> Iterator[auth_pb2.RevocationUpdate]:
+        revoked = auth_pb2.RevokedSession(session_id="sid-1", expires_at=1_700_000_000)
+        yield auth_pb2.RevocationUpdate(full=True, sessions=[revoked])
+        while context.is_active():
+            time.sleep(0.05)
+
+
+def test_the_revocation_stream_fails_with_a_revocation_error_never_a_key_error() -> None:
+    server, port = serve_fake_auth(RevokingAuthService(auth_pb2.JwkSet()))
     source = AuthServiceSource(f"127.0.0.1:{port}")
     stream = iter(source.watch_revocations())
     first = next(stream)
 
     server.stop(0).wait()
-    with pytest.raises(RevocationStreamError, match="WatchRevocations") as caught:
+    with raises_logged(RevocationStreamError, match="WatchRevocations stream broke") as caught:
         next(stream)
     source.close()
 

@@ -18,10 +18,11 @@ from auth_server.errors import InvalidCredentials, InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import Argon2Parameters, PasswordHasher
-from auth_server.sessions import SessionStore
+from auth_server.sessions import SessionPolicy, SessionStore
 from auth_server.storage import Database, sessions
 from auth_server.tokens import TokenIssuer
 from auth_server.users import User, UserStore
+from helpers import Clock
 
 PASSPHRASE = b"test passphrase"
 ISSUER = "https://auth.example.test"
@@ -32,17 +33,9 @@ SID = "5f0c7a52-8a43-4a57-9c3e-1f0b5e0d9a11"
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -92,7 +85,7 @@ def test_tokens_of_every_algorithm_verify_with_the_published_jwk(
 def test_token_claims_are_exactly_as_specified(
     database: Database, clock: Clock, user: User
 ) -> None:
-    clock.t = T0 + 0.75
+    clock.now = T0 + 0.75
     keys, issuer = _issuer(database, clock, ttl=600)
 
     issued = issuer.issue(user, scopes=["write", "read"], session_id=SID)
@@ -238,7 +231,7 @@ def test_issued_token_repr_does_not_show_the_token(
 def test_session_stores_only_the_hash_of_its_refresh_token(
     database: Database, clock: Clock, user: User
 ) -> None:
-    store = SessionStore(database, ttl=3600, now=clock)
+    store = SessionStore(database, policy=SessionPolicy(max_lifetime=3600), now=clock)
 
     created = store.create(user.id)
 
@@ -279,4 +272,4 @@ def test_session_for_an_unknown_user_raises_user_not_found(database: Database) -
 )
 def test_session_store_rejects_a_bad_ttl(database: Database, ttl: float) -> None:
     with pytest.raises(ValueError):
-        SessionStore(database, ttl=ttl)
+        SessionStore(database, policy=SessionPolicy(max_lifetime=ttl))

@@ -1,0 +1,111 @@
+"""Rows of the sessions table: the reads a session change starts with, and shared updates.
+
+Private to :mod:`auth_server.sessions` (and :mod:`auth_server.users`, through
+:func:`revoke_user_sessions`); nothing here decides what a refresh means (that
+is :func:`auth_server.session_policy.classify_refresh`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from auth_server._session_types import SessionInfo
+from auth_server.storage import sessions, spent_refresh_tokens
+
+
+def live(now: float, idle_timeout: float) -> sa.ColumnElement[bool]:
+    """SQL for a session that is neither revoked, expired nor idle at ``now``."""
+    return sa.and_(
+        sessions.c.revoked_at.is_(None),
+        sessions.c.expires_at > now,
+        sa.func.coalesce(sessions.c.last_used_at, sessions.c.created_at) > now - idle_timeout,
+    )
+
+
+def end_reason(row: Any, now: float, idle_timeout: float) -> str | None:
+    """Why the session ``row`` has ended (``"revoked"``, ``"expired"``, ``"idle"``), or None."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if now >= row.expires_at:
+        return "expired"
+    if now >= (row.last_used_at or row.created_at) + idle_timeout:
+        return "idle"
+    return None
+
+
+def session_info(row: Any, now: float, idle_timeout: float) -> SessionInfo:
+    last_used = float(row.last_used_at or row.created_at)
+    reason = end_reason(row, now, idle_timeout)
+    return SessionInfo(
+        session_id=row.id,
+        user_id=row.user_id,
+        state="active" if reason is None else "revoked" if reason == "revoked" else "expired",
+        created_at=float(row.created_at),
+        last_used_at=last_used,
+        ends_at=min(float(row.expires_at), last_used + idle_timeout),
+        revoked_at=row.revoked_at,
+        revoke_reason=row.revoke_reason,
+    )
+
+
+def spent_at(conn: sa.Connection, token_hash: str) -> float | None:
+    """When the refresh token ``token_hash`` was spent, or None if it never was."""
+    found: float | None = conn.execute(
+        sa.select(spent_refresh_tokens.c.spent_at).where(
+            spent_refresh_tokens.c.token_hash == token_hash
+        )
+    ).scalar()
+    return found
+
+
+def locked_session(conn: sa.Connection, token_hash: str) -> Any:
+    """The session that issued ``token_hash`` (current or spent), its row locked; or None."""
+    # The common case, a current token, in one statement. On PostgreSQL a
+    # concurrent refresh that rotated the row while we waited for its lock
+    # makes this find nothing (the WHERE is re-checked on the new version):
+    # the token is then among the spent ones, committed by that refresh.
+    row = conn.execute(
+        sa.select(sessions).where(sessions.c.refresh_token_hash == token_hash).with_for_update()
+    ).first()
+    if row is not None:
+        return row
+    session_id = conn.execute(
+        sa.select(spent_refresh_tokens.c.session_id).where(
+            spent_refresh_tokens.c.token_hash == token_hash
+        )
+    ).scalar()
+    if session_id is None:
+        return None
+    return conn.execute(
+        sa.select(sessions).where(sessions.c.id == session_id).with_for_update()
+    ).one()
+
+
+def revoke_user_sessions(
+    conn: sa.Connection, user_id: str, *, now: float, reason: str
+) -> list[str]:
+    """Revoke every unrevoked session of ``user_id`` inside the caller's transaction.
+
+    Used where ending the sessions must commit together with another change
+    (disabling a user, setting a new password). The caller audits the ids
+    (:func:`auth_server.sessions.audit_revoked`) once the transaction has committed.
+    """
+    ids: Sequence[str] = (
+        conn.execute(
+            sa.select(sessions.c.id).where(
+                sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if ids:
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id.in_(ids))
+            .values(revoked_at=now, revoke_reason=reason)
+        )
+    return list(ids)
