@@ -23,7 +23,8 @@ Inspect these (what the library hands you):
 Catch these:
     ``AuthError`` and its subclasses (a refused call, a failed key source, each
     carrying its gRPC status; ``KeySourceError``/``KeySetError`` and
-    ``RevocationStreamError`` stay inside the cache and the list), ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    ``RevocationStreamError`` stay inside the cache and the list),
+    ``TokenClientError``/``TokenRequestError`` (the client helpers).
     The trees are drawn in ``interceptors._errors``.
 
 The audit trail writer is the public leaf module :mod:`interceptors.audit`.
