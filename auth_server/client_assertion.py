@@ -38,6 +38,7 @@ from auth_server.clients import ASSERTION_ALGORITHMS, Client
 from auth_server.storage import Database, client_assertions
 from interceptors import (
     AuthError,
+    CacheSettings,
     HttpJwksSource,
     InvalidClaims,
     InvalidSignature,
@@ -222,9 +223,8 @@ class ClientKeys:
             source = HttpJwksSource(uri, allow_insecure_http=self._allow_insecure_http)
         except ValueError:
             raise AssertionRefused("unknown_key") from None
-        cache = KeyCache(
-            source, algorithms=ASSERTION_ALGORITHMS, cooldown=self._cooldown, background=False
-        )
+        settings = CacheSettings(algorithms=ASSERTION_ALGORITHMS, cooldown=self._cooldown)
+        cache = KeyCache(source, settings, background=False)
         with self._lock:
             old = self._fetched.get(client_id)
             self._fetched[client_id] = (uri, cache)

@@ -111,6 +111,16 @@ login_throttle = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False, index=True),
 )
 
+# Secrets every replica must share, sealed under the key passphrase like the
+# private keys (auth_server._envelope): today the refresh-token successor secret.
+deployment_secrets = sa.Table(
+    "deployment_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 
 # Service identities (OAuth clients, auth_server/clients.py). Exactly one way to
 # authenticate: public keys (``jwks`` or ``jwks_uri``), a TLS subject, or a secret

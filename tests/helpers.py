@@ -29,17 +29,11 @@ import sqlalchemy as sa
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
+from auth_server.kdf import KdfParameters
 from auth_server.passwords import Argon2Parameters
-from interceptors import (
-    GrpcJwksSource,
-    HttpJwksSource,
-    KeyCache,
-    RevocationList,
-    TokenPolicy,
-    TokenVerifier,
-)
+from interceptors import CacheSettings, KeyCache, RevocationList
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, start_aio_server
+from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,6 +43,8 @@ AUDIENCE = "ssot-test"
 PASSPHRASE = b"test-passphrase-0123456789"
 # Cheap argon2 so a test suite full of logins stays fast; production uses the defaults.
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
+# Likewise for the key-encryption KDF (production: 3 passes over 64 MiB).
+FAST_KDF = KdfParameters(time_cost=1, memory_cost=1024, parallelism=1)
 PG_ENV = "SSOT_TEST_DATABASE_URL"
 #: A claim or header member to leave out of a token: ``claims(scope=DROP)``.
 DROP: Any = object()
@@ -313,6 +309,7 @@ def make_config(
         "audience": AUDIENCE,
         "key_passphrase": PASSPHRASE,
         "argon2": FAST_ARGON2,
+        "key_kdf": FAST_KDF,
         "key_poll_interval": 0.2,
     }
     settings.update(changes)
@@ -422,36 +419,29 @@ def running_resource(
         audience=AUDIENCE,
         jwks_url=None if push else auth.jwks_url,
         auth_target=auth.target if push else None,
+        key_cache=CacheSettings(**cache),
     )
-    source = GrpcJwksSource(auth.target) if push else HttpJwksSource(auth.jwks_url)
-    keys = KeyCache(source, **cache)
-    keys.start()
-    revocations = None
-    if isinstance(source, GrpcJwksSource):
-        revocations = RevocationList(source)
-        revocations.start()
-        assert revocations.wait_until_synced(10)
-    verifier = TokenVerifier(
-        keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), revocations=revocations
-    )
-    if aio:
-        aserver, port = loop_thread.run(start_aio_server(config, verifier))
-        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-    else:
-        server, port = build_server(config, verifier)
-        stop = lambda: server.stop(0.5).wait()  # noqa: E731
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield ResourceHarness(
-            target=f"127.0.0.1:{port}",
-            keys=keys,
-            aio=aio,
-            channel=channel,
-            revocations=revocations,
-        )
-    finally:
-        channel.close()
-        stop()
-        keys.close()
-        if revocations is not None:
-            revocations.close()
+    with open_verifier(config) as verifier:
+        keys, revocations = verifier.keys, verifier.revocations
+        assert isinstance(keys, KeyCache)
+        assert revocations is None or isinstance(revocations, RevocationList)
+        if push:
+            assert revocations is not None and revocations.wait_until_synced(10)
+        if aio:
+            aserver, port = loop_thread.run(start_aio_server(config, verifier))
+            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
+        else:
+            server, port = build_server(config, verifier)
+            stop = lambda: server.stop(0.5).wait()  # noqa: E731
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            yield ResourceHarness(
+                target=f"127.0.0.1:{port}",
+                keys=keys,
+                aio=aio,
+                channel=channel,
+                revocations=revocations,
+            )
+        finally:
+            channel.close()
+            stop()
