@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
@@ -40,7 +38,7 @@ from jwt import exceptions as jwt_errors
 from interceptors._cache import CacheSettings, KeyCache
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
-from interceptors._jws import ParsedJws, parse_compact
+from interceptors._jws import CompactParser, ParsedJws
 from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
 from interceptors._sources import KeySource
 
@@ -94,8 +92,7 @@ class RevocationChecker(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     """A verified token in the cache, with the window in which it may be reused."""
 
     principal: Principal
@@ -149,9 +146,8 @@ class TokenVerifier:
         self._removals = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
-        # Bound once here, so the per-call parse costs one call, as the method it replaced.
-        self._parse: Callable[[str], ParsedJws] = functools.partial(
-            parse_compact,
+        # Bound once here; it also remembers the headers it has checked.
+        self._parse: Callable[[str], ParsedJws] = CompactParser(
             algorithms=policy.algorithms,
             accepted_types=frozenset({token_type, "application/" + token_type}),
             max_length=policy.max_token_length,
@@ -324,10 +320,12 @@ class TokenVerifier:
             # A key left the set while this token was being checked: it may be that key.
             if removals != self._removals:
                 return
-            self._cache[token] = entry
-            self._cache.move_to_end(token)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            cache = self._cache
+            if token in cache:
+                cache.move_to_end(token)
+            cache[token] = entry
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
 
     def _forget_kids(self, kids: frozenset[str]) -> None:
         with self._lock:
@@ -350,9 +348,15 @@ class TokenVerifier:
         # the injected clock; PyJWT's decode would parse everything again (~3x the cost
         # of the RSA check itself), so only its algorithm object verifies the signature.
         # ECDSA twins (r, n - s) both verify: see the module docstring for why that is safe.
-        jwk = key.key
+        # A VerificationKey carries its check, prepared once (interceptors._signature);
+        # a custom provider's key is checked by its PyJWK's algorithm object, as before.
+        check = getattr(key, "verify_signature", None)
         try:
-            valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
+            if check is not None:
+                valid = check(parsed.signing_input, parsed.signature)
+            else:
+                jwk = key.key
+                valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
         except (
             jwt_errors.PyJWTError,
             TypeError,
