@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final, NamedTuple
 
 from interceptors._errors import InvalidClaims, InvalidSignature, MalformedToken
@@ -209,7 +209,8 @@ def _no_constant(name: str) -> Any:
 
 # Built once: json.loads with hooks builds a decoder and its scanner on every call.
 _DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-_SCAN: Final = _DECODER.scan_once
+# Set by JSONDecoder.__init__ (the C scanner), though typeshed does not list it.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _decode_json(text: str) -> Any:
