@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import shutil
@@ -328,6 +329,7 @@ def rpc_face(
     jwks_path: Path,
     reused: str,
     next_fresh: Callable[[], str],
+    next_sent: Callable[[], str],
     calls: int,
     repeats: int,
     clients: int,
@@ -357,6 +359,16 @@ def rpc_face(
     reused_md = (("authorization", f"Bearer {reused}"),)
     modes: dict[str, Callable[[Stub], object]] = {
         "public method": lambda stub: stub.GetPublicInfo(public_req),
+        # The same bytes on the wire as the reused-token call: what is left between
+        # this row and that one is the interceptor's own cost.
+        "public, token sent anyway": lambda stub: stub.GetPublicInfo(
+            public_req, metadata=reused_md
+        ),
+        # A new token per call costs the transport too (a header HPACK cannot index):
+        # the public method with never-verified tokens, the baseline of the fresh row.
+        "public, new token sent": lambda stub: stub.GetPublicInfo(
+            public_req, metadata=(("authorization", f"Bearer {next_sent()}"),)
+        ),
         "protected, reused token": lambda stub: stub.GetProtectedResource(
             prot_req, metadata=reused_md
         ),
@@ -381,7 +393,7 @@ def rpc_face(
     for mode, (rates, cpus) in results.items():
         rate, cpu = statistics.median(rates), statistics.median(cpus)
         print(
-            f"  {kind:4} {mode:24} {rate:7.0f} rpc/s  {rate / base_rate:.2f}"
+            f"  {kind:4} {mode:25} {rate:7.0f} rpc/s  {rate / base_rate:.2f}"
             f"   server CPU {cpu:6.1f} us/call  public/this {base_cpu / cpu:.2f}"
         )
     pool.shutdown()
@@ -402,12 +414,24 @@ def rpcs(jwk: dict[str, Any], tokens: list[str], calls: int, repeats: int, clien
         with lock:
             return next(fresh)
 
+    # The public method verifies nothing, so it may send the same tokens again.
+    sent = itertools.cycle(tokens[1:])
+
+    def next_sent() -> str:
+        with lock:
+            return next(sent)
+
     with tempfile.TemporaryDirectory() as tmp:
         jwks_path = Path(tmp) / "jwks.json"
         jwks_path.write_text(json.dumps({"keys": [jwk]}))
         for kind in ("sync", "aio"):
-            rpc_face(kind, jwks_path, tokens[0], next_fresh, calls, repeats, clients)
-    print("  goals: reused >= 0.95 and fresh >= 0.80 of the public method")
+            rpc_face(kind, jwks_path, tokens[0], next_fresh, next_sent, calls, repeats, clients)
+    print(
+        "  goals: reused >= 0.95 and fresh >= 0.80 of the public method. The rates are"
+        " bounded by this\n  process's callers on the same 2 cores; the server's CPU per"
+        " call is the steadier figure, and\n  the 'sent' rows show what the token costs the"
+        " transport before any interceptor runs."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
