@@ -26,7 +26,7 @@ from auth_server.refresh_tokens import derive_refresh_secret
 from auth_server.revocations import RevocationPublisher
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
-from auth_server.sessions import SessionStore
+from auth_server.sessions import REVOCATION_RETENTION, SessionStore
 from auth_server.storage import Database
 from auth_server.throttle import LoginThrottle
 from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
@@ -182,7 +182,10 @@ async def start_auth_server(
     )
     await scheduler.start()
     revocations = RevocationPublisher(
-        components.authority.revoked_sessions, poll_interval=config.revocation_poll_interval
+        components.sessions.read_revocations,
+        retention=REVOCATION_RETENTION,
+        poll_interval=config.revocation_poll_interval,
+        now=now,
     )
     try:
         await revocations.start()

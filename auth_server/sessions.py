@@ -25,18 +25,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from auth_server import _revocationrows as revocationrows
 from auth_server import _sessionrows as sessionrows
+from auth_server._revocationrows import RevocationRead, Watermark
 from auth_server._session_types import EndedSession, NewSession, Rotation, SessionInfo
 from auth_server._sessionrows import revoke_user_sessions
 from auth_server.audit import audit_event
-from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
+from auth_server.errors import (
+    InvalidRefreshToken,
+    InvalidRequest,
+    RefreshTokenReused,
+    UserNotFound,
+)
 from auth_server.refresh_tokens import (
     checked_hash,
     hash_refresh_token,
     new_refresh_token,
     successor_token,
 )
-from auth_server.session_policy import SessionPolicy, classify_refresh
+from auth_server.session_policy import MAX_ACCESS_TOKEN_TTL, SessionPolicy, classify_refresh
 from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,10 +58,12 @@ __all__ = [
     "REVOCATION_RETENTION",
     "EndedSession",
     "NewSession",
+    "RevocationRead",
     "Rotation",
     "SessionInfo",
     "SessionPolicy",
     "SessionStore",
+    "Watermark",
     "audit_revoked",
     "revoke_user_sessions",
 ]
@@ -137,6 +146,7 @@ class SessionStore:
                         self._live(now),
                     )
                     .order_by(sessions.c.created_at, sessions.c.id)
+                    .with_for_update()
                 ).all()
                 ended = [row.id for row in live[: max(len(live) - policy.max_per_user + 1, 0)]]
                 if ended:
@@ -145,6 +155,7 @@ class SessionStore:
                         .where(sessions.c.id.in_(ended))
                         .values(revoked_at=now, revoke_reason="session_limit")
                     )
+                    revocationrows.stamp_sessions(conn, ended)
                 conn.execute(
                     sessions.insert().values(
                         id=session_id,
@@ -235,6 +246,7 @@ class SessionStore:
                 conn.execute(this_session.values(**touch))
             else:
                 conn.execute(this_session.values(revoked_at=now, revoke_reason="reuse"))
+                revocationrows.stamp_sessions(conn, [session_id])
         if verdict == "reuse":
             _LOGGER.warning("spent refresh token presented again: session %s revoked", session_id)
             audit_event("refresh.reuse_detected", sid=session_id, user_id=row.user_id)
@@ -270,6 +282,7 @@ class SessionStore:
                     .where(sessions.c.id == row.id)
                     .values(revoked_at=now, revoke_reason="logout")
                 )
+                revocationrows.stamp_sessions(conn, [row.id])
         if not already:
             audit_event("session.logout", sid=row.id, user_id=row.user_id)
         return EndedSession(session_id=row.id, user_id=row.user_id, already_ended=already)
@@ -288,12 +301,16 @@ class SessionStore:
                 .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
                 .values(revoked_at=self._now(), revoke_reason=reason)
             )
+            if result.rowcount:
+                revocationrows.stamp_sessions(conn, [session_id])
         if result.rowcount:
             audit_event("session.revoked", sid=session_id, reason=reason)
         return bool(result.rowcount)
 
     def revoke_user(self, user_id: str, *, reason: str = "admin") -> list[str]:
         """Revoke every session of a user; return their ids.
+
+        Verifiers hear of it as one entry: every token of the user issued before now.
 
         Raises:
             StorageError: The database is unavailable.
@@ -302,6 +319,41 @@ class SessionStore:
             ids = sessionrows.revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
         audit_revoked(ids, user_id=user_id, reason=reason)
         return ids
+
+    def revoke_all(
+        self, *, before: float | None = None, reason: str = "revoke_all"
+    ) -> tuple[int, float]:
+        """End every session started before ``before`` and refuse every token issued before it.
+
+        Incident response: one entry on the revocation list, whatever the number
+        of sessions.
+
+        Args:
+            before: Epoch seconds; now if not given. Must not be in the future.
+            reason: Recorded as each session's revoke reason.
+
+        Returns:
+            How many sessions ended, and the time used as ``before``.
+
+        Raises:
+            InvalidRequest: ``before`` is in the future.
+            StorageError: The database is unavailable.
+        """
+        with self._db.transaction(write=True) as conn:
+            now = self._now()
+            cutoff = now if before is None else before
+            if cutoff > now + 1:
+                raise InvalidRequest("--before must not be in the future")
+            count = sessionrows.revoke_all_sessions(
+                conn,
+                before=cutoff,
+                now=now,
+                reason=reason,
+                token_lifetime=MAX_ACCESS_TOKEN_TTL,
+            )
+        audit_event("session.revoked_all", reason=reason, count=count, before=cutoff)
+        _LOGGER.warning("ended %d sessions; refusing every token issued before %s", count, cutoff)
+        return count, cutoff
 
     def list_for_user(self, user_id: str, *, include_ended: bool = False) -> list[SessionInfo]:
         """The user's sessions, oldest first; only live ones unless ``include_ended``."""
@@ -319,14 +371,29 @@ class SessionStore:
         This is the list pushed to verifiers; a session leaves it
         :data:`REVOCATION_RETENTION` seconds after its last access token expired.
         """
+        return dict(self.read_revocations().sessions)
+
+    def read_revocations(self, cursor: int | None = None) -> RevocationRead:
+        """The revocation list (``cursor`` None) or what was revoked after ``cursor``.
+
+        Entries whose tokens all expired :data:`REVOCATION_RETENTION` seconds ago
+        are left out. Revoked rows nobody stamped yet (an older replica's) are
+        stamped first, so the cursor finds them.
+
+        Raises:
+            StorageError: The database is unavailable.
+        """
+        with self._db.transaction() as conn:
+            unstamped = revocationrows.has_unstamped(conn)
+        if unstamped:
+            with self._db.transaction(write=True) as conn:
+                adopted = revocationrows.stamp_unstamped(conn)
+            _LOGGER.info("stamped %d revoked sessions for the revocation cursor", adopted)
         since = self._now() - REVOCATION_RETENTION
         with self._db.transaction() as conn:
-            rows = conn.execute(
-                sa.select(sessions.c.id, sessions.c.access_expires_at).where(
-                    sessions.c.revoked_at.isnot(None), sessions.c.access_expires_at > since
-                )
-            ).all()
-        return {row.id: float(row.access_expires_at) for row in rows}
+            if cursor is None:
+                return revocationrows.read_all(conn, since=since)
+            return revocationrows.read_since(conn, cursor, since=since)
 
     def purge_expired(self, *, limit: int = _PURGE_BATCH) -> int:
         """Delete up to ``limit`` ended sessions no verifier needs to hear of any more.
@@ -355,6 +422,7 @@ class SessionStore:
                     spent_refresh_tokens.delete().where(spent_refresh_tokens.c.session_id.in_(ids))
                 )
                 conn.execute(sessions.delete().where(sessions.c.id.in_(ids)))
+            revocationrows.delete_expired_watermarks(conn, before=now - REVOCATION_RETENTION)
         if ids:
             _LOGGER.info("purged %d ended sessions", len(ids))
         return len(ids)
