@@ -2,19 +2,13 @@
 
 Events go to the ``ssot.audit`` logger as a JSON object, so a log pipeline can
 route them apart from operational logs. Fields are categories and ids, never a
-password, token, refresh token or key.
+password, token, refresh token or key. The writer is :mod:`interceptors.audit`
+(a leaf module the auth service may use), so the verifiers' ``token.rejected``
+lines and the auth service's events share one format.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+from interceptors.audit import AUDIT_LOGGER, audit_event
 
-AUDIT_LOGGER = logging.getLogger("ssot.audit")
-
-
-def audit_event(event: str, **fields: str | int | float | bool | None) -> None:
-    """Record ``event`` (e.g. ``"login.failed"``) with its fields (``reason="bad_credentials"``)."""
-    if AUDIT_LOGGER.isEnabledFor(logging.INFO):
-        record = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
-        AUDIT_LOGGER.info("%s", json.dumps(record, separators=(",", ":"), sort_keys=True))
+__all__ = ["AUDIT_LOGGER", "audit_event"]

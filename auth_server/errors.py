@@ -1,8 +1,23 @@
 """The token authority's exception tree: every error carries its gRPC status and a safe message.
 
+::
+
+    AuthServerError                  INTERNAL            base
+    ├── InvalidRequest               INVALID_ARGUMENT    malformed, missing or oversized field
+    ├── InvalidCredentials           UNAUTHENTICATED     unknown user, wrong password, disabled
+    ├── UserExists                   ALREADY_EXISTS
+    ├── UserNotFound                 NOT_FOUND
+    ├── KeyStoreError                FAILED_PRECONDITION a signing key cannot be used
+    ├── StorageError                 UNAVAILABLE         the database; retryable
+    ├── InvalidRefreshToken          UNAUTHENTICATED     one answer for every bad refresh token
+    │   └── RefreshTokenReused                           ... and its session is now revoked
+    └── LoginThrottled               RESOURCE_EXHAUSTED  with ``retry_after``
+
 A servicer maps any of these to the wire with ``context.abort(exc.code, exc.message)``.
-The message names the category only; it never holds a password, a token, a key,
-or the text of a library exception.
+Unlike the verifier's :class:`interceptors.AuthError` (a fixed class ``message`` plus
+an internal ``log_detail``), here ``message`` may be narrowed per instance, and it is
+always client-safe: it names the category only; it never holds a password, a token,
+a key, or the text of a library exception. ``str(exc)`` is that message.
 """
 
 from __future__ import annotations

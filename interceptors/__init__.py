@@ -1,13 +1,35 @@
-"""Verify ssot-auth access tokens in gRPC servers, and attach them in clients."""
+"""Verify ssot-auth access tokens in gRPC servers, and attach them in clients.
+
+The names below, grouped by what you do with them (``__all__`` is one flat list):
+
+Use these:
+    Server side: ``AuthInterceptor``, ``AsyncAuthInterceptor``, ``MethodPolicy``,
+    ``TokenPolicy``, ``TokenVerifier``, ``KeyCache``, ``RevocationList``, a key
+    source (``HttpJwksSource``, ``DiscoverySource``, ``GrpcJwksSource``,
+    ``StaticSource``), ``current_principal``, ``bearer_token``, ``cert_thumbprint``.
+    Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
+
+Implement these (extension points):
+    ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
+    ``RevocationChecker``, ``RevocationSource``, ``RevocationStream``.
+
+Inspect these (what the library hands you):
+    ``Principal``; ``CacheStats``, ``RevocationStats``; ``FetchResult``,
+    ``KeySet``, ``VerificationKey``, ``RevocationBatch``; ``CertBinding``,
+    ``CERT_BINDINGS``, ``HEALTH_METHODS``, ``REFLECTION_METHODS``.
+
+Catch these:
+    ``AuthError`` and its subclasses (a refused call or key set; each carries its
+    gRPC status), ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    The trees are drawn in ``interceptors._errors``.
+
+The audit trail writer is the public leaf module :mod:`interceptors.audit`.
+"""
 
 from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._cache import CacheStats, KeyCache
-from interceptors._client import (
-    AsyncTokenManager,
-    BearerClientInterceptor,
-    TokenManager,
-    TokenRequestError,
-)
+from interceptors._claims import Principal, TokenPolicy
+from interceptors._client_interceptors import BearerClientInterceptor
 from interceptors._context import current_principal
 from interceptors._errors import (
     AuthError,
@@ -23,10 +45,12 @@ from interceptors._errors import (
     MalformedToken,
     MissingToken,
     RevokedToken,
+    TokenClientError,
+    TokenRequestError,
     UnknownKey,
 )
 from interceptors._keyset import KeySet, VerificationKey
-from interceptors._policy import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
 from interceptors._revocation import (
     RevocationBatch,
     RevocationList,
@@ -34,7 +58,7 @@ from interceptors._revocation import (
     RevocationStats,
     RevocationStream,
 )
-from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_token
+from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
@@ -44,13 +68,8 @@ from interceptors._sources import (
     KeyWatch,
     StaticSource,
 )
-from interceptors._verify import (
-    KeyProvider,
-    Principal,
-    RevocationChecker,
-    TokenPolicy,
-    TokenVerifier,
-)
+from interceptors._token_manager import AsyncTokenManager, TokenManager
+from interceptors._verify import KeyProvider, RevocationChecker, TokenVerifier, VerificationKeyLike
 from interceptors.tls import cert_thumbprint
 
 __all__ = [
@@ -94,12 +113,14 @@ __all__ = [
     "RevocationStream",
     "RevokedToken",
     "StaticSource",
+    "TokenClientError",
     "TokenManager",
     "TokenPolicy",
     "TokenRequestError",
     "TokenVerifier",
     "UnknownKey",
     "VerificationKey",
+    "VerificationKeyLike",
     "bearer_token",
     "cert_thumbprint",
     "current_principal",

@@ -17,8 +17,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias
 
+from interceptors._claims import Principal
 from interceptors._errors import CertificateMismatch
-from interceptors._verify import Principal
 from interceptors.tls import cert_thumbprint
 
 CertBinding: TypeAlias = Literal["subject", "cnf"]

@@ -206,7 +206,7 @@ class KeyCache:
             watch = self._source.watch()
             push = watch is not None
         except KeySetError as exc:
-            _LOGGER.warning("cannot open the key push stream yet: %s", exc.detail)
+            _LOGGER.warning("cannot open the key push stream yet: %s", exc.log_detail)
             push = True
         threads = [threading.Thread(target=self._refresh_loop, name="ssot-keys-refresh")]
         if push:
@@ -448,7 +448,7 @@ class KeyCache:
             key_set = self._build(result)
             max_age = result.max_age
         except KeySetError as exc:
-            problem = exc.detail
+            problem = exc.log_detail
         except Exception:  # a broken source must not break the cache
             _LOGGER.exception("key source raised an unexpected error")
             problem = "key source raised an unexpected error"
@@ -574,7 +574,7 @@ class KeyCache:
                 try:
                     opened = self._source.watch()
                 except KeySetError as exc:
-                    return False, f"could not be opened: {exc.detail}"
+                    return False, f"could not be opened: {exc.log_detail}"
                 if opened is None:
                     _LOGGER.warning("key source no longer offers a push stream")
                     return None
@@ -609,7 +609,7 @@ class KeyCache:
                 got_any = True
                 self._apply_push(result)
         except KeySetError as exc:
-            return f"broke: {exc.detail}", got_any
+            return f"broke: {exc.log_detail}", got_any
         except Exception:  # keep following the issuer whatever the stream did
             _LOGGER.exception("key push stream failed unexpectedly")
             return "failed", got_any
@@ -625,7 +625,7 @@ class KeyCache:
         try:
             key_set = self._build(result)
         except KeySetError as exc:
-            _LOGGER.warning("ignoring a pushed key set: %s", exc.detail)
+            _LOGGER.warning("ignoring a pushed key set: %s", exc.log_detail)
             return
         now = self._now()
         with self._lock:

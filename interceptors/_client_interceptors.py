@@ -1,8 +1,13 @@
-"""Attach a manager's access token to calls: call credentials and client interceptors.
+"""Attach a token manager's access token to calls: call credentials and client interceptors.
 
 The sync :class:`BearerClientInterceptor` covers the four call kinds; the
-asyncio ones are returned by ``AsyncTokenManager.interceptors()``. Unary-unary
-calls rejected with ``UNAUTHENTICATED`` are retried once with a fresh token.
+asyncio ones come from :func:`async_bearer_interceptors`, one per call kind as
+grpc.aio requires. Unary-unary calls rejected with ``UNAUTHENTICATED`` are
+retried once with a fresh token.
+
+This module knows managers only as :class:`TokenSource` / :class:`AsyncTokenSource`,
+so the managers (:mod:`interceptors._token_manager`) import it and not the
+other way round.
 """
 
 from __future__ import annotations
@@ -10,54 +15,73 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-)
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 import grpc
 from grpc import aio
 
-from interceptors._token_core import (
-    _AUTHORIZATION,
-    _BEARER,
-    _Metadata,
-    _remaining,
-    _TRequest,
-    _TResponse,
-)
-
-_LOGGER = logging.getLogger(__name__)
-
 if TYPE_CHECKING:
     from grpc import _CallFuture, _CallIterator
 
+_LOGGER = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from interceptors._client import AsyncTokenManager, TokenManager
+_AUTHORIZATION = "authorization"
+_SCHEME = "Bearer"  # RFC 6750 §2.1
+
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+
+#: Call metadata as gRPC takes it: ``(key, value)`` pairs.
+Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 
 
-def _bearer_pairs(metadata: Iterable[tuple[str, str | bytes]] | None, token: str) -> _Metadata:
+class TokenSource(Protocol):
+    """What the sync interceptor needs from :class:`~interceptors.TokenManager`."""
+
+    def token(self) -> str:
+        """Return a valid access token, renewing it first when needed."""
+        ...
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` if it is still the current one."""
+        ...
+
+
+class AsyncTokenSource(Protocol):
+    """What the asyncio interceptors need from :class:`~interceptors.AsyncTokenManager`."""
+
+    async def token(self) -> str:
+        """Return a valid access token, renewing it first when needed."""
+        ...
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` if it is still the current one."""
+        ...
+
+
+def bearer_metadata(metadata: Iterable[tuple[str, str | bytes]] | None, token: str) -> Metadata:
+    """Return ``metadata`` with any ``authorization`` entry replaced by ``Bearer <token>``."""
     kept = tuple((key, value) for key, value in metadata or () if key.lower() != _AUTHORIZATION)
-    return (*kept, (_AUTHORIZATION, f"{_BEARER} {token}"))
+    return (*kept, (_AUTHORIZATION, f"{_SCHEME} {token}"))
+
+
+def bearer_call_credentials(tokens: TokenSource) -> grpc.CallCredentials:
+    """Return call credentials that send ``tokens``' current token on every call."""
+    return grpc.metadata_call_credentials(_BearerPlugin(tokens), name="ssot-bearer")
 
 
 class _BearerPlugin(grpc.AuthMetadataPlugin):
     """Call credentials plugin; gRPC runs it on a thread of its own, so it may block."""
 
-    def __init__(self, manager: TokenManager) -> None:
-        self._manager = manager
+    def __init__(self, tokens: TokenSource) -> None:
+        self._tokens = tokens
 
     def __call__(
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
         try:
-            metadata = self._manager.metadata()
+            metadata = bearer_metadata((), self._tokens.token())
         # Any failure must reach gRPC through the callback, which fails the call with it.
         except Exception as exc:  # noqa: BLE001
             callback((), exc)
@@ -69,7 +93,7 @@ class _BearerPlugin(grpc.AuthMetadataPlugin):
 class _CallDetails(grpc.ClientCallDetails):
     method: str
     timeout: float | None
-    metadata: _Metadata | None
+    metadata: Metadata | None
     credentials: grpc.CallCredentials | None
     wait_for_ready: bool | None
     compression: grpc.Compression | None
@@ -79,7 +103,7 @@ def _with_token(details: grpc.ClientCallDetails, token: str, timeout: float | No
     return _CallDetails(
         method=details.method,
         timeout=timeout,
-        metadata=_bearer_pairs(details.metadata, token),
+        metadata=bearer_metadata(details.metadata, token),
         credentials=details.credentials,
         wait_for_ready=details.wait_for_ready,
         compression=getattr(details, "compression", None),
@@ -102,7 +126,8 @@ class BearerClientInterceptor(
     the token is renewed ahead of expiry anyway. No other status code is ever retried.
     """
 
-    def __init__(self, manager: TokenManager) -> None:
+    def __init__(self, manager: TokenSource) -> None:
+        """Create the interceptor; ``manager`` is usually a :class:`~interceptors.TokenManager`."""
         self._manager = manager
 
     def intercept_unary_unary(
@@ -165,13 +190,19 @@ class BearerClientInterceptor(
         )
 
 
+def _remaining(timeout: float | None, started: float) -> float | None:
+    if timeout is None:
+        return None
+    return timeout - (time.monotonic() - started)
+
+
 def _aio_with_token(
     details: aio.ClientCallDetails, token: str, timeout: float | None
 ) -> aio.ClientCallDetails:
     return aio.ClientCallDetails(
         details.method,
         timeout,
-        aio.Metadata(*_bearer_pairs(details.metadata, token)),
+        aio.Metadata(*bearer_metadata(details.metadata, token)),
         details.credentials,
         details.wait_for_ready,
     )
@@ -180,7 +211,7 @@ def _aio_with_token(
 class _AsyncBearer:
     """Shared part of the four asyncio interceptors; see :class:`BearerClientInterceptor`."""
 
-    def __init__(self, manager: AsyncTokenManager) -> None:
+    def __init__(self, manager: AsyncTokenSource) -> None:
         self._manager = manager
 
     async def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
@@ -248,3 +279,13 @@ class _AsyncStreamStreamBearer(_AsyncBearer, aio.StreamStreamClientInterceptor):
         request_iterator: AsyncIterable[_TRequest] | Iterable[_TRequest],
     ) -> AsyncIterator[_TResponse] | aio.StreamStreamCall[_TRequest, _TResponse]:
         return await continuation(await self._details(client_call_details), request_iterator)
+
+
+def async_bearer_interceptors(manager: AsyncTokenSource) -> list[aio.ClientInterceptor]:
+    """Return the four asyncio interceptors (one per call kind) that send ``manager``'s token."""
+    return [
+        _AsyncUnaryUnaryBearer(manager),
+        _AsyncUnaryStreamBearer(manager),
+        _AsyncStreamUnaryBearer(manager),
+        _AsyncStreamStreamBearer(manager),
+    ]

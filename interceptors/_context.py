@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from interceptors._verify import Principal
+    from interceptors._claims import Principal
 
 # Set by the server interceptors inside the wrapped handler, for exactly the span of
 # one authenticated call (grpc does not promise that ``intercept_service`` and the

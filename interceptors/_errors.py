@@ -1,9 +1,39 @@
-"""The verifier's exception tree: every error carries its gRPC status and a safe message.
+"""Exceptions of :mod:`interceptors`: two trees that never mix.
 
-The message is what a client sees in the status details. It names the
-category only ("token expired"), never the token, a key, or the text of a
-library exception. ``reason`` is the same category as a stable identifier for
-the audit trail (``token.rejected``).
+The server-side tree, raised while a call or a key set is checked. Each class
+carries its gRPC status (``code``), the client-safe wire text (``message``) and
+a stable audit identifier (``reason``, the ``token.rejected`` event's field)::
+
+    AuthError                        UNAUTHENTICATED    base; never raised itself
+    ├── MissingToken                 UNAUTHENTICATED    no authorization metadata
+    ├── InvalidToken                 UNAUTHENTICATED    presented, not acceptable
+    │   ├── MalformedToken
+    │   ├── InvalidSignature
+    │   ├── ExpiredToken
+    │   ├── ImmatureToken
+    │   ├── InvalidClaims
+    │   ├── UnknownKey
+    │   ├── CertificateMismatch
+    │   └── RevokedToken
+    ├── InsufficientScope            PERMISSION_DENIED
+    ├── KeysUnavailable              UNAVAILABLE        retryable
+    └── KeySetError                  UNAVAILABLE        inside the key cache only
+
+The client-side tree, raised by the token helpers of a *calling* service. It
+has no status: nothing here goes on a wire, and a server handler that catches
+``AuthError`` never catches its own outgoing client's failure::
+
+    TokenClientError
+    └── TokenRequestError            no usable token from the auth service
+
+Two texts, never confused (gRPC's own word for the wire text is "details"):
+
+- ``message`` (class attribute) is the wire text: it names the category only
+  ("token expired"), never the token, a key, or the text of a library exception.
+  ``str(exc)`` returns it, so ``context.abort(exc.code, str(exc))`` is safe.
+- ``log_detail`` (per instance) is internal: why exactly, for logs and
+  debugging (``repr(exc)`` shows it too). It holds no secret, but it is never
+  sent to a client.
 """
 
 from __future__ import annotations
@@ -14,17 +44,32 @@ import grpc
 
 
 class AuthError(Exception):
-    """Base of every error raised by :mod:`interceptors`."""
+    """Base of every server-side error raised by :mod:`interceptors`.
+
+    Attributes:
+        code: The gRPC status this error maps to.
+        message: The client-safe wire text; also ``str(exc)``.
+        reason: The category as a stable identifier for the audit trail.
+        log_detail: Internal text saying why exactly; for logs only, never the wire.
+    """
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNAUTHENTICATED
     message: ClassVar[str] = "unauthenticated"
     reason: ClassVar[str] = "unauthenticated"
 
-    def __init__(self, detail: str | None = None) -> None:
-        # ``detail`` is for logs and debugging only and must not hold secrets;
-        # the wire only ever gets the class's ``message``.
-        super().__init__(detail or self.message)
-        self.detail = detail or self.message
+    def __init__(self, log_detail: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            log_detail: Why exactly, for logs; must not hold a token, key or password.
+                Defaults to the class's ``message``.
+        """
+        self.log_detail = log_detail or self.message
+        super().__init__(self.log_detail)
+
+    def __str__(self) -> str:
+        # The wire-safe text: whoever forwards str(exc) to a client leaks nothing.
+        return self.message
 
 
 class MissingToken(AuthError):
@@ -129,3 +174,29 @@ class KeySetError(AuthError):
     code = grpc.StatusCode.UNAVAILABLE
     message = "signing keys unavailable"
     reason = "bad_key_set"
+
+
+class TokenClientError(Exception):
+    """Base of the client-side token helpers' errors (not an :class:`AuthError`).
+
+    ``str(exc)`` says what went wrong; it never holds a password or a token.
+
+    Attributes:
+        message: The category, as a fixed text.
+    """
+
+    message: ClassVar[str] = "token client error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        """Create the error; ``detail`` says what went wrong (defaults to ``message``)."""
+        super().__init__(detail or self.message)
+
+
+class TokenRequestError(TokenClientError):
+    """The auth service gave no usable token, or there is no credential left to ask with.
+
+    Failed ``Login``/``Refresh`` RPCs are not wrapped in this error: they surface as the
+    auth service's own :class:`grpc.RpcError`, so its status code can be inspected.
+    """
+
+    message = "token request failed"

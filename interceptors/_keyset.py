@@ -23,6 +23,8 @@ from interceptors._errors import KeySetError
 
 _LOGGER = logging.getLogger(__name__)
 
+#: The asymmetric JWS algorithms (RFC 7518 §3, RFC 8037) a key set or a policy may allow.
+#: HMAC and ``none`` are never accepted by a verifier (RFC 8725 §3.1, §3.2).
 SUPPORTED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -114,7 +116,7 @@ class KeySet:
             The usable signature keys of the document.
 
         Raises:
-            KeySetError: The document is refused as a whole (its ``detail``
+            KeySetError: The document is refused as a whole (its ``log_detail``
                 says why, without key material).
             ValueError: ``algorithms`` names an unsupported algorithm.
         """
@@ -176,7 +178,10 @@ def check_algorithms(algorithms: Collection[str]) -> frozenset[str]:
     allowed = frozenset(algorithms)
     unsupported = allowed - SUPPORTED_ALGORITHMS
     if unsupported:
-        raise ValueError(f"unsupported algorithms: {sorted(unsupported)}")
+        raise ValueError(
+            f"unsupported algorithms {sorted(unsupported)!r}: "
+            f"only {sorted(SUPPORTED_ALGORITHMS)!r} (never HS* or none)"
+        )
     if not allowed:
         raise ValueError("algorithms must not be empty")
     return allowed

@@ -1,64 +1,47 @@
 """The token helpers' sans-I/O core: when to renew, which RPC to send, what an answer means.
 
-:class:`_TokenCore` holds the state; the sync and asyncio managers in
-:mod:`interceptors._client` only perform the RPCs it asks for.
+:class:`TokenCore` holds the state; the sync and asyncio managers in
+:mod:`interceptors._token_manager` only perform the RPCs it asks for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import (
-    Callable,
-)
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
 
 import grpc
 
-from interceptors._errors import AuthError
+from interceptors._errors import TokenRequestError
 from protos import auth_pb2
-
-if TYPE_CHECKING:
-    pass
 
 _LOGGER = logging.getLogger(__name__)
 
-_AUTHORIZATION = "authorization"
-_BEARER = "Bearer"
+_TOKEN_TYPE = "bearer"  # noqa: S105 -- RFC 6749 §7.1 token_type, compared case-insensitively
 # The token is renewed when less than min(refresh_margin, this share of its lifetime) is left,
 # so a short-lived token is not renewed on every call.
 _MAX_MARGIN_SHARE = 0.2
 
-_TRequest = TypeVar("_TRequest")
-_TResponse = TypeVar("_TResponse")
-_Metadata = tuple[tuple[str, str | bytes], ...]
-
-
-class TokenRequestError(AuthError):
-    """The auth service gave no usable token, or there is no credential left to ask with.
-
-    Failed ``Login``/``Refresh`` RPCs are not wrapped in this error: they surface as the
-    auth service's own :class:`grpc.RpcError`, so its status code can be inspected.
-    """
-
-    message = "token request failed"
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _LoginStep:
+class LoginStep:
+    """Send ``Login`` with this request."""
+
     request: auth_pb2.LoginRequest = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _RefreshStep:
+class RefreshStep:
+    """Send ``Refresh`` with this request."""
+
     request: auth_pb2.RefreshRequest = dataclasses.field(repr=False)
 
 
-_Step = _LoginStep | _RefreshStep
+#: The RPC the core asks a manager to send next.
+Step = LoginStep | RefreshStep
 
 
-class _TokenCore:
+class TokenCore:
     """The token state machine, free of I/O: which RPC to send next and what its answer means.
 
     Not thread-safe on its own; the managers serialise access to it.
@@ -91,7 +74,7 @@ class _TokenCore:
         self._sent_at = 0.0
 
     def __repr__(self) -> str:
-        return f"_TokenCore(username={self.username!r}, has_token={self.has_token})"
+        return f"TokenCore(username={self.username!r}, has_token={self.has_token})"
 
     @property
     def has_token(self) -> bool:
@@ -104,19 +87,19 @@ class _TokenCore:
             return self._access_token
         return None
 
-    def first_step(self) -> _Step:
+    def first_step(self) -> Step:
         """The RPC that starts a renewal: ``Refresh`` when possible, else ``Login``."""
         if self._refresh_token is not None:
             return self._start(
-                _RefreshStep(auth_pb2.RefreshRequest(refresh_token=self._refresh_token))
+                RefreshStep(auth_pb2.RefreshRequest(refresh_token=self._refresh_token))
             )
         if self._password is not None:
             return self._login()
         raise TokenRequestError("no password or refresh token left to obtain a token with")
 
-    def after_failure(self, step: _Step, code: grpc.StatusCode | None) -> _Step | None:
+    def after_failure(self, step: Step, code: grpc.StatusCode | None) -> Step | None:
         """The RPC to try after ``step`` failed with ``code``, or ``None`` to give up."""
-        if not isinstance(step, _RefreshStep):
+        if not isinstance(step, RefreshStep):
             return None
         if code is grpc.StatusCode.UNAUTHENTICATED:
             # The refresh token is spent, expired or revoked: it will never work again.
@@ -136,7 +119,7 @@ class _TokenCore:
         """
         if not response.access_token:
             raise TokenRequestError("token response has no access_token")
-        if response.token_type and response.token_type.lower() != _BEARER.lower():
+        if response.token_type and response.token_type.lower() != _TOKEN_TYPE:
             raise TokenRequestError("token response has an unsupported token_type")
         if response.expires_in <= 0:
             raise TokenRequestError("token response has a non-positive expires_in")
@@ -155,22 +138,23 @@ class _TokenCore:
         if token == self._access_token:
             self._access_token = None
 
-    def _login(self) -> _Step:
+    def _login(self) -> Step:
         assert self._password is not None
         return self._start(
-            _LoginStep(
+            LoginStep(
                 auth_pb2.LoginRequest(
                     username=self.username, password=self._password, scope=self.scope
                 )
             )
         )
 
-    def _start(self, step: _Step) -> _Step:
+    def _start(self, step: Step) -> Step:
         self._sent_at = self._now()
         return step
 
 
-def _status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed RPC, or ``None`` when the error carries none."""
     code = getattr(error, "code", None)
     if not callable(code):
         return None
@@ -178,12 +162,7 @@ def _status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
     return result if isinstance(result, grpc.StatusCode) else None
 
 
-def _remaining(timeout: float | None, started: float) -> float | None:
-    if timeout is None:
-        return None
-    return timeout - (time.monotonic() - started)
-
-
-def _check_timeout(timeout: float) -> None:
+def check_timeout(timeout: float) -> None:
+    """Refuse a non-positive RPC deadline."""
     if timeout <= 0:
         raise ValueError("timeout must be positive")

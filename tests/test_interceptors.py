@@ -18,13 +18,22 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from interceptors._cache import KeyCache
-from interceptors._context import current_principal
-from interceptors._errors import KeysUnavailable, MalformedToken, MissingToken
-from interceptors._policy import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
-from interceptors._server import AsyncAuthInterceptor, AuthInterceptor, bearer_token
-from interceptors._sources import StaticSource
-from interceptors._verify import TokenPolicy, TokenVerifier
+from interceptors import (
+    HEALTH_METHODS,
+    REFLECTION_METHODS,
+    AsyncAuthInterceptor,
+    AuthInterceptor,
+    KeyCache,
+    KeysUnavailable,
+    MalformedToken,
+    MethodPolicy,
+    MissingToken,
+    StaticSource,
+    TokenPolicy,
+    TokenVerifier,
+    bearer_token,
+    current_principal,
+)
 from protos import resource_pb2, resource_pb2_grpc
 
 ISSUER = "https://auth.example.test"

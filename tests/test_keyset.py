@@ -180,11 +180,11 @@ def test_document_is_refused(document: Any, why: str) -> None:
     with pytest.raises(KeySetError) as caught:
         KeySet.from_jwks(document, max_keys=3)
 
-    assert why in caught.value.detail
+    assert why in caught.value.log_detail
     for entry in document.get("keys", []) if isinstance(document, dict) else []:
         for member in ("n", "x", "d", "k"):
             if isinstance(entry, dict) and member in entry and len(str(entry[member])) > 6:
-                assert str(entry[member]) not in caught.value.detail
+                assert str(entry[member]) not in caught.value.log_detail
 
 
 # -- skipped entries ------------------------------------------------------------------------

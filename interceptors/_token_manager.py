@@ -1,4 +1,4 @@
-"""Client-side token helpers: log in once, keep the access token fresh, attach it to every call.
+"""Client-side token managers: log in once, keep the access token fresh, attach it to every call.
 
 A client developer builds one manager per identity and lets it handle the
 ``AuthService`` round trips::
@@ -11,8 +11,10 @@ A client developer builds one manager per identity and lets it handle the
         grpc.ssl_channel_credentials(), tokens.call_credentials()
     )
 
-How the token is kept (one sans-I/O core, :class:`_TokenCore`, decides; the
-sync and asyncio managers only perform the RPCs it asks for):
+How the token is kept (one sans-I/O core, :class:`~interceptors._token_core.TokenCore`,
+decides; the sync and asyncio managers only perform the RPCs it asks for; the
+interceptors and call credentials that attach the token live in
+:mod:`interceptors._client_interceptors`):
 
 - The first :meth:`TokenManager.token` logs in (or, given only a refresh
   token, refreshes). The token is renewed once less than
@@ -30,8 +32,11 @@ Errors: a failed ``Login``/``Refresh`` surfaces as the :class:`grpc.RpcError`
 the auth service returned, unchanged, so its status code is there to inspect.
 An answer that holds no usable token (no ``access_token``, ``expires_in <= 0``,
 a ``token_type`` other than Bearer), or a manager with no credential left to
-ask with, raises :class:`TokenRequestError`. Neither ever carries the password
-or a token; the managers' reprs do not show them either.
+ask with, raises :class:`~interceptors.TokenRequestError`, a
+:class:`~interceptors.TokenClientError` and deliberately not an ``AuthError``:
+a server handler catching ``AuthError`` must not catch its own outgoing
+client's failure. Neither ever carries the password or a token; the managers'
+reprs do not show them either.
 """
 
 from __future__ import annotations
@@ -39,44 +44,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import (
-    Callable,
-)
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
 
 from interceptors._client_interceptors import (
     BearerClientInterceptor,
-    _AsyncStreamStreamBearer,
-    _AsyncStreamUnaryBearer,
-    _AsyncUnaryStreamBearer,
-    _AsyncUnaryUnaryBearer,
-    _bearer_pairs,
-    _BearerPlugin,
+    Metadata,
+    async_bearer_interceptors,
+    bearer_call_credentials,
+    bearer_metadata,
 )
-from interceptors._token_core import (
-    TokenRequestError,
-    _check_timeout,
-    _LoginStep,
-    _Metadata,
-    _status_code,
-    _Step,
-    _TokenCore,
-)
+from interceptors._token_core import LoginStep, Step, TokenCore, check_timeout, status_code
 from protos import auth_pb2, auth_pb2_grpc
-
-if TYPE_CHECKING:
-    pass
-
-__all__ = [
-    "AsyncTokenManager",
-    "BearerClientInterceptor",
-    "TokenManager",
-    "TokenRequestError",
-]
 
 
 class TokenManager:
@@ -112,8 +94,8 @@ class TokenManager:
         timeout: float = 10.0,
         now: Callable[[], float] = time.time,
     ) -> None:
-        _check_timeout(timeout)
-        self._core = _TokenCore(
+        check_timeout(timeout)
+        self._core = TokenCore(
             username=username,
             password=password,
             refresh_token=refresh_token,
@@ -166,9 +148,9 @@ class TokenManager:
         with self._lock:
             self._core.invalidate(token)
 
-    def metadata(self) -> _Metadata:
+    def metadata(self) -> Metadata:
         """Return call metadata holding the current token: ``(("authorization", "Bearer …"),)``."""
-        return _bearer_pairs((), self.token())
+        return bearer_metadata((), self.token())
 
     def call_credentials(self) -> grpc.CallCredentials:
         """Return call credentials that send the current token (TLS or local channels only).
@@ -177,10 +159,15 @@ class TokenManager:
         expiry but cannot retry a call the server rejects; use :meth:`interceptor` (which
         also works on TLS channels) for that, not both at once.
         """
-        return grpc.metadata_call_credentials(_BearerPlugin(self), name="ssot-bearer")
+        return bearer_call_credentials(self)
 
     def interceptor(self) -> BearerClientInterceptor:
-        """Return an interceptor for ``grpc.intercept_channel(channel, interceptor)``."""
+        """Return an interceptor for ``grpc.intercept_channel(channel, interceptor)``.
+
+        One object, because a sync channel takes one interceptor implementing all four
+        call kinds; :meth:`AsyncTokenManager.interceptors` returns a list because
+        grpc.aio picks interceptors by class, one class per call kind.
+        """
         return BearerClientInterceptor(self)
 
     def _land(self, flight: Future[str]) -> None:
@@ -190,13 +177,13 @@ class TokenManager:
 
     def _renew(self) -> str:
         with self._lock:
-            step: _Step | None = self._core.first_step()
+            step: Step | None = self._core.first_step()
         while step is not None:
             try:
                 response = self._send(step)
             except grpc.RpcError as exc:
                 with self._lock:
-                    step = self._core.after_failure(step, _status_code(exc))
+                    step = self._core.after_failure(step, status_code(exc))
                 if step is None:
                     raise
                 continue
@@ -204,14 +191,17 @@ class TokenManager:
                 return self._core.accept(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, step: _Step) -> auth_pb2.TokenResponse:
-        if isinstance(step, _LoginStep):
+    def _send(self, step: Step) -> auth_pb2.TokenResponse:
+        if isinstance(step, LoginStep):
             return self._stub.Login(step.request, timeout=self._timeout)
         return self._stub.Refresh(step.request, timeout=self._timeout)
 
 
 class AsyncTokenManager:
     """The asyncio face of :class:`TokenManager`: same arguments and behaviour.
+
+    It attaches tokens through :meth:`interceptors` only (no ``call_credentials()``;
+    that method's docstring says why).
 
     Concurrent tasks share one ``Login``/``Refresh``; a task cancelled while waiting does not
     cancel the shared request. Use it from one event loop.
@@ -229,8 +219,8 @@ class AsyncTokenManager:
         timeout: float = 10.0,
         now: Callable[[], float] = time.time,
     ) -> None:
-        _check_timeout(timeout)
-        self._core = _TokenCore(
+        check_timeout(timeout)
+        self._core = TokenCore(
             username=username,
             password=password,
             refresh_token=refresh_token,
@@ -268,23 +258,24 @@ class AsyncTokenManager:
         """Forget ``token`` if it is still the current one, so the next :meth:`token` renews."""
         self._core.invalidate(token)
 
-    async def metadata(self) -> _Metadata:
+    async def metadata(self) -> Metadata:
         """Return call metadata holding the current token: ``(("authorization", "Bearer …"),)``."""
-        return _bearer_pairs((), await self.token())
+        return bearer_metadata((), await self.token())
 
     def interceptors(self) -> list[aio.ClientInterceptor]:
         """Return interceptors for ``grpc.aio.insecure_channel(target, interceptors=...)``.
 
-        One per call kind, as grpc.aio requires. They behave as
-        :class:`BearerClientInterceptor`: the token on all four kinds, caller metadata kept,
-        one retry of a unary-unary call rejected with ``UNAUTHENTICATED``.
+        Four, one per call kind, because grpc.aio picks interceptors by class (the sync
+        :meth:`TokenManager.interceptor` is one object implementing all four). They
+        behave as :class:`BearerClientInterceptor`: the token on all four kinds, caller
+        metadata kept, one retry of a unary-unary call rejected with ``UNAUTHENTICATED``.
+
+        There is no asyncio ``call_credentials()``: gRPC calls a metadata plugin on a
+        thread of its own and takes the answer through a callback, so it would have
+        to drive this single-loop manager from a foreign thread. The interceptors get
+        the token on the event loop and work on TLS and insecure channels alike.
         """
-        return [
-            _AsyncUnaryUnaryBearer(self),
-            _AsyncUnaryStreamBearer(self),
-            _AsyncStreamUnaryBearer(self),
-            _AsyncStreamStreamBearer(self),
-        ]
+        return async_bearer_interceptors(self)
 
     def _land(self, flight: asyncio.Task[str]) -> None:
         if self._flight is flight:
@@ -294,19 +285,19 @@ class AsyncTokenManager:
             flight.exception()
 
     async def _renew(self) -> str:
-        step: _Step | None = self._core.first_step()
+        step: Step | None = self._core.first_step()
         while step is not None:
             try:
                 response = await self._send(step)
             except grpc.RpcError as exc:
-                step = self._core.after_failure(step, _status_code(exc))
+                step = self._core.after_failure(step, status_code(exc))
                 if step is None:
                     raise
                 continue
             return self._core.accept(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, step: _Step) -> auth_pb2.TokenResponse:
-        if isinstance(step, _LoginStep):
+    async def _send(self, step: Step) -> auth_pb2.TokenResponse:
+        if isinstance(step, LoginStep):
             return await self._stub.Login(step.request, timeout=self._timeout)
         return await self._stub.Refresh(step.request, timeout=self._timeout)

@@ -1,9 +1,10 @@
 """Server interceptors, sync and asyncio, that admit a call only with a valid bearer token.
 
-Both are thin shells over :class:`_Gate`: it decides which methods to guard and wraps
-the method's handler, of any of the four kinds, so that the wrapper authenticates
-first, checks scopes, and only then runs the handler with :func:`current_principal`
-set. The two classes differ only in ``await``.
+Both are thin shells over :class:`_HandlerWrapper`, which decides which methods are
+protected and wraps each one's handler, of any of the four kinds. For every call the
+wrapper runs the method's :class:`_MethodCheck` (token, certificate binding, scopes)
+and only then the handler, inside a :class:`_PrincipalScope` that sets
+:func:`current_principal`. The two classes differ only in ``await``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Final, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 
-from interceptors._audit import audit_event
 from interceptors._binding import CERT_BINDINGS, CertBinding, check_cert_binding
+from interceptors._claims import Principal
 from interceptors._context import PRINCIPAL
 from interceptors._errors import (
     AuthError,
@@ -27,8 +28,9 @@ from interceptors._errors import (
     MalformedToken,
     MissingToken,
 )
-from interceptors._policy import MethodPolicy
-from interceptors._verify import Principal, TokenVerifier
+from interceptors._methods import MethodPolicy
+from interceptors._verify import TokenVerifier
+from interceptors.audit import audit_event
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     """Record why a call is refused and pick the error to send (never the library's text)."""
     if isinstance(exc, AuthError):
         error = exc
-        _LOGGER.debug("rejected call to %s: %s (%s)", method, exc.message, exc.detail)
+        _LOGGER.debug("rejected call to %s: %s (%s)", method, exc.message, exc.log_detail)
     else:
         # Fail closed: an unexpected failure while checking a token is still a refusal.
         # Only the type is logged, since the text of a foreign exception may echo the token.
@@ -110,7 +112,7 @@ def _peer(context: Any) -> str:
         return "unknown"
 
 
-class _Bound:
+class _PrincipalScope:
     """Holds ``current_principal()`` set while the wrapped handler's code runs."""
 
     __slots__ = ("_principal", "_token")
@@ -125,7 +127,7 @@ class _Bound:
         PRINCIPAL.reset(self._token)
 
 
-class _Guard:
+class _MethodCheck:
     """The token and scope check for one protected method, in a sync and an async face."""
 
     __slots__ = ("_binding", "_method", "_scopes", "_verifier")
@@ -142,54 +144,56 @@ class _Guard:
         self._scopes = scopes
         self._binding = binding
 
-    def _check(self, principal: Principal, context: Any) -> None:
+    def _authorize(self, principal: Principal, context: Any) -> None:
         if self._binding is not None:
             check_cert_binding(principal, context.auth_context(), self._binding)
         _require_scopes(principal, self._scopes)
 
-    def admit(self, context: grpc.ServicerContext) -> _Bound:
+    def admit(self, context: grpc.ServicerContext) -> _PrincipalScope:
         try:
             principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
-            self._check(principal, context)
+            self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
             error = _rejection(exc, self._method, _peer(context))
             context.abort(error.code, error.message)
-        return _Bound(principal)
+        return _PrincipalScope(principal)
 
-    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Bound:
+    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
         try:
             principal = await self._verifier.averify(bearer_token(context.invocation_metadata()))
-            self._check(principal, context)
+            self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
             error = _rejection(exc, self._method, _peer(context))
             await context.abort(error.code, error.message)
-        return _Bound(principal)
+        return _PrincipalScope(principal)
 
 
-def _guard_unary(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        with guard.admit(context):
+def _wrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        with check.admit(context):
             return behaviour(request, context)
 
-    return guarded
+    return checked
 
 
-def _guard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        return _hold(guard.admit(context), behaviour, request, context)
+def _wrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
+    def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        return _hold(check.admit(context), behaviour, request, context)
 
-    return guarded
+    return checked
 
 
-def _hold(bound: _Bound, behaviour: _Behaviour, request: Any, context: Any) -> Iterator[Any]:
+def _hold(
+    scope: _PrincipalScope, behaviour: _Behaviour, request: Any, context: Any
+) -> Iterator[Any]:
     # The principal is set around each step of the handler's iterator, not across a
     # yield: a generator may be finished on another thread, where a reset would fail.
-    with bound:
+    with scope:
         responses = iter(behaviour(request, context))
     done = object()
     try:
         while True:
-            with bound:
+            with scope:
                 response = next(responses, done)
             if response is done:
                 return
@@ -197,23 +201,23 @@ def _hold(bound: _Bound, behaviour: _Behaviour, request: Any, context: Any) -> I
     finally:
         close = getattr(responses, "close", None)
         if close is not None:
-            with bound:
+            with scope:
                 close()
 
 
-def _aguard_unary(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with await guard.aadmit(context):
+def _awrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with await check.aadmit(context):
             return await behaviour(request, context)
 
-    return guarded
+    return checked
 
 
-def _aguard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
+def _awrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
     # A coroutine using context.write, so that the principal is set and reset in the
     # call's own task even when the client cancels mid-stream.
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        with await guard.aadmit(context):
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        with await check.aadmit(context):
             responses = behaviour(request, context)
             if inspect.isawaitable(responses):
                 await responses  # the handler writes its responses itself
@@ -222,11 +226,11 @@ def _aguard_stream(guard: _Guard, behaviour: _Behaviour) -> _Behaviour:
                 async for response in stream:
                     await context.write(response)
 
-    return guarded
+    return checked
 
 
-class _Gate:
-    """What both interceptors share: which calls to guard, and the wrapped handlers."""
+class _HandlerWrapper:
+    """What both interceptors share: which calls to check, and the wrapped handlers."""
 
     def __init__(
         self,
@@ -240,10 +244,10 @@ class _Gate:
         self._policy = policy if policy is not None else MethodPolicy()
         self._binding = cert_binding
 
-    def protect(self, handler: _Handler | None, method: str) -> _Handler | None:
+    def wrap(self, handler: _Handler | None, method: str) -> _Handler | None:
         if handler is None or self._policy.is_public(method):
             return handler
-        guard = _Guard(self._verifier, method, self._policy.scopes_for(method), self._binding)
+        check = _MethodCheck(self._verifier, method, self._policy.scopes_for(method), self._binding)
         for attribute, factory, streams_out in _KINDS:
             behaviour: _Behaviour | None = getattr(handler, attribute)
             if behaviour is None:
@@ -252,11 +256,11 @@ class _Gate:
                 behaviour
             )
             if is_async:
-                wrap = _aguard_stream if streams_out else _aguard_unary
+                make = _awrap_stream if streams_out else _awrap_unary
             else:
-                wrap = _guard_stream if streams_out else _guard_unary
+                make = _wrap_stream if streams_out else _wrap_unary
             return factory(
-                wrap(guard, behaviour),
+                make(check, behaviour),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -288,7 +292,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 match the token: ``"subject"`` (it names ``sub`` or ``username``) or
                 ``"cnf"`` (RFC 8705 ``x5t#S256``); ``None`` does not look at it.
         """
-        self._gate = _Gate(verifier, policy, cert_binding)
+        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding)
 
     def intercept_service(
         self,
@@ -299,7 +303,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
         """Wrap the method's handler so that it authenticates first (grpc calls this)."""
         handler = continuation(handler_call_details)
-        return self._gate.protect(handler, handler_call_details.method)
+        return self._wrapper.wrap(handler, handler_call_details.method)
 
 
 class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -324,7 +328,7 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
                 health and reflection needs a token.
             cert_binding: As for :class:`AuthInterceptor`.
         """
-        self._gate = _Gate(verifier, policy, cert_binding)
+        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding)
 
     async def intercept_service(
         self,
@@ -336,4 +340,4 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
         """Wrap the method's handler so that it authenticates first (grpc calls this)."""
         handler = await continuation(handler_call_details)
-        return self._gate.protect(handler, handler_call_details.method)
+        return self._wrapper.wrap(handler, handler_call_details.method)

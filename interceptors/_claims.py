@@ -1,0 +1,210 @@
+"""The claims policy (RFC 7519 §4.1, RFC 9068 §2.2, RFC 8725 §3.8-3.10): what a token must say.
+
+:func:`check_claims` is one pure function of the claims, a :class:`TokenPolicy`
+and the time: it returns the :class:`Principal` they describe or raises the
+:class:`~interceptors.InvalidToken` subclass naming what is wrong. It runs only
+after the signature verified (see :mod:`interceptors._verify`), so nothing here
+ever trusts an unsigned claim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from interceptors._errors import ExpiredToken, ImmatureToken, InvalidClaims
+from interceptors._keyset import check_algorithms
+
+# Without these the verifier cannot decide expiry, lifetime, issuer, audience or subject.
+_ALWAYS_REQUIRED: Final = frozenset({"iss", "sub", "aud", "exp", "iat"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenPolicy:
+    """What a token must satisfy to be accepted.
+
+    Attributes:
+        issuer: The exact ``iss`` the issuer puts in its tokens.
+        audience: This service's audience; ``aud`` must be it or a list containing it.
+        algorithms: JWS algorithms accepted; asymmetric ones only.
+        leeway: Seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
+        token_type: The required ``typ`` header (RFC 9068 §2.1), compared case-insensitively.
+        max_token_length: Longer tokens are rejected before any parsing.
+        max_lifetime: Largest ``exp - iat`` accepted, in seconds.
+        max_json_depth: Deepest nesting of JSON arrays and objects accepted in the
+            header and the claims (the top-level object counts as 1).
+        required_claims: Claims that must be present; always includes iss, sub, aud, exp, iat.
+
+    Raises:
+        ValueError: On an algorithm that is symmetric, ``none`` or unknown, or another
+            value that makes no sense.
+    """
+
+    issuer: str
+    audience: str
+    algorithms: frozenset[str] = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
+    leeway: float = 30.0
+    token_type: str = "at+jwt"  # noqa: S105 -- a JOSE "typ" value, not a secret
+    max_token_length: int = 8192
+    max_lifetime: float = 86400.0
+    max_json_depth: int = 16
+    required_claims: frozenset[str] = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
+
+    def __post_init__(self) -> None:
+        # One list of supported algorithms for the key set and the policy (HS* and
+        # "none" are never in it, RFC 8725 §3.1-3.2).
+        object.__setattr__(self, "algorithms", check_algorithms(self.algorithms))
+        object.__setattr__(self, "required_claims", frozenset(self.required_claims))
+        if not isinstance(self.issuer, str) or not self.issuer:
+            raise ValueError("issuer must be a non-empty string")
+        if not isinstance(self.audience, str) or not self.audience:
+            raise ValueError("audience must be a non-empty string")
+        if not math.isfinite(self.leeway) or self.leeway < 0:
+            raise ValueError("leeway must be a finite number >= 0")
+        if not math.isfinite(self.max_lifetime) or self.max_lifetime <= 0:
+            raise ValueError("max_lifetime must be a finite number > 0")
+        if self.max_token_length <= 0:
+            raise ValueError("max_token_length must be > 0")
+        if self.max_json_depth < 2:
+            raise ValueError("max_json_depth must be >= 2 (an object holding a list)")
+        if not self.token_type or not self.token_type.isascii():
+            raise ValueError("token_type must be a non-empty ASCII string")
+        missing = _ALWAYS_REQUIRED - self.required_claims
+        if missing:
+            raise ValueError(f"required_claims must include {sorted(missing)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """The verified caller, as the access token describes it.
+
+    Attributes:
+        subject: ``sub``: a stable user id.
+        username: ``username`` claim, or ``""``.
+        scopes: ``scope`` split on spaces (RFC 9068 §2.2.3).
+        session_id: ``sid``, or ``None``.
+        token_id: ``jti``, or ``""`` when the policy does not require it.
+        issued_at: ``iat``, seconds since the epoch.
+        expires_at: ``exp``, seconds since the epoch.
+        claims: Every claim of the token, read-only.
+    """
+
+    subject: str
+    username: str
+    scopes: frozenset[str]
+    session_id: str | None
+    token_id: str
+    issued_at: int
+    expires_at: int
+    claims: Mapping[str, Any] = field(repr=False)
+
+    def has_scopes(self, required: Iterable[str]) -> bool:
+        """Tell whether the principal holds every scope in ``required``.
+
+        Args:
+            required: Scope names; a single string is split on spaces like a ``scope`` claim.
+        """
+        wanted = _split_scope(required) if isinstance(required, str) else frozenset(required)
+        return wanted <= self.scopes
+
+
+def check_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: float) -> Principal:
+    """Check a signed token's claims against ``policy`` at time ``now``.
+
+    Args:
+        claims: The decoded payload; the principal exposes it read-only, not copied.
+        policy: What the token must satisfy.
+        now: The time, in seconds since the epoch.
+
+    Returns:
+        Who the token speaks for.
+
+    Raises:
+        ExpiredToken: ``exp`` has passed, beyond the leeway.
+        ImmatureToken: ``nbf`` or ``iat`` lies in the future, beyond the leeway.
+        InvalidClaims: A claim is missing, of the wrong type, or names another issuer
+            or audience; or the lifetime is not positive or exceeds the policy's.
+    """
+    return check_claims_window(claims, policy, now)[0]
+
+
+def check_claims_window(
+    claims: Mapping[str, Any], policy: TokenPolicy, now: float
+) -> tuple[Principal, float, float]:
+    """:func:`check_claims`, also returning ``(not_before, expires)`` without leeway.
+
+    ``not_before`` is ``nbf`` (``-inf`` without one) and ``expires`` the exact
+    ``exp``: the verifier reuses a verified token only inside that window.
+    """
+    missing = policy.required_claims - claims.keys()
+    if missing:
+        raise InvalidClaims(f"missing claims {sorted(missing)!r}")
+
+    expires = _numeric_date(claims, "exp")
+    issued = _numeric_date(claims, "iat")
+    not_before = _numeric_date(claims, "nbf") if "nbf" in claims else -math.inf
+    if expires <= now - policy.leeway:
+        raise ExpiredToken("exp has passed")
+    if not_before > now + policy.leeway:
+        raise ImmatureToken("nbf lies in the future")
+    if issued > now + policy.leeway:
+        raise ImmatureToken("iat lies in the future")
+    if expires <= issued:
+        raise InvalidClaims("exp is not after iat")
+    if expires - issued > policy.max_lifetime:
+        raise InvalidClaims("lifetime longer than policy allows")
+
+    if claims.get("iss") != policy.issuer:
+        raise InvalidClaims("iss is not the trusted issuer")
+    audience = claims.get("aud")
+    if isinstance(audience, list):
+        if not all(isinstance(item, str) for item in audience):
+            raise InvalidClaims("aud list holds a non-string")
+        if policy.audience not in audience:
+            raise InvalidClaims("aud does not name this service")
+    elif audience != policy.audience:
+        raise InvalidClaims("aud does not name this service")
+
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidClaims("sub must be a non-empty string")
+    scope = _optional_str(claims, "scope")
+    username = _optional_str(claims, "username")
+    session_id = _optional_str(claims, "sid")
+    token_id = _optional_str(claims, "jti")
+
+    principal = Principal(
+        subject=subject,
+        username=username or "",
+        scopes=_split_scope(scope or ""),
+        session_id=session_id,
+        token_id=token_id or "",
+        issued_at=int(issued),
+        expires_at=int(expires),
+        claims=MappingProxyType(claims),
+    )
+    return principal, not_before, expires
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    # bool is an int subclass: ``"exp": true`` must not read as 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidClaims(f"{name} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidClaims(f"{name} is not finite")
+    return value
+
+
+def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidClaims(f"{name} is not a string")
+    return value
+
+
+def _split_scope(scope: str) -> frozenset[str]:
+    return frozenset(part for part in scope.split(" ") if part)

@@ -1,0 +1,204 @@
+"""The strict compact-JWS parse (RFC 7515 §7.1): structure and header, before any key is involved.
+
+:func:`parse_compact` is pure: it decodes the three segments, checks the header
+and returns what the signature check needs. It accepts exactly one spelling of
+a token (canonical unpadded base64url, strict UTF-8 JSON objects with unique
+member names, bounded size and depth), so a token's string can key the
+verified-token cache. It never verifies the signature and never chooses a key:
+the ``alg`` it returns is only compared with the key's own algorithm later
+(RFC 8725 §3.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from interceptors._errors import InvalidClaims, InvalidSignature, MalformedToken
+
+_MAX_KID_LENGTH: Final = 256
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJws:
+    """A token that passed the structural checks, before its signature is checked.
+
+    Attributes:
+        kid: The ``kid`` header: which key to verify with.
+        alg: The ``alg`` header, already one the caller allows.
+        claims: The decoded payload, a JSON object.
+        signing_input: ``BASE64URL(header) "." BASE64URL(payload)`` as bytes.
+        signature: The decoded signature, never empty.
+    """
+
+    kid: str
+    alg: str
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def parse_compact(
+    token: str,
+    *,
+    algorithms: Collection[str],
+    accepted_types: Collection[str],
+    max_length: int,
+    max_depth: int,
+) -> ParsedJws:
+    """Parse a compact JWS strictly; no key, no clock, no I/O.
+
+    Args:
+        token: The compact serialization, as sent.
+        algorithms: ``alg`` values to let through (case-sensitive).
+        accepted_types: Lower-case ``typ`` values to accept (RFC 9068 §2.1).
+        max_length: Longer tokens are refused before any decoding.
+        max_depth: Deepest nesting of JSON arrays and objects in the header and the
+            payload (the top-level object counts as 1).
+
+    Returns:
+        The header's ``kid`` and ``alg``, the claims, and the signature with its input.
+
+    Raises:
+        MalformedToken: Not three canonical base64url segments of strict JSON objects,
+            or a header without a usable ``kid``, with ``crit`` or ``b64: false``.
+        InvalidSignature: ``alg`` is not among ``algorithms``, or the signature is empty.
+        InvalidClaims: ``typ`` is missing or not an accepted type.
+    """
+    if not isinstance(token, str):
+        raise MalformedToken("token is not a string")
+    if len(token) > max_length:
+        raise MalformedToken("token too long")
+    if not token.isascii():
+        raise MalformedToken("token is not ASCII")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise MalformedToken("token is not a compact JWS of three segments")
+    header_segment, payload_segment, signature_segment = segments
+
+    header = _json_object(_b64decode(header_segment, "header"), "header", max_depth)
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise MalformedToken("alg header missing or not a string")
+    if alg not in algorithms:
+        raise InvalidSignature("alg header not allowed by policy")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+        raise MalformedToken("kid header missing, empty, too long or not a string")
+    # RFC 7515 §4.1.11: we understand no extension, so any "crit" is a rejection.
+    if "crit" in header:
+        raise MalformedToken("crit header names an unsupported extension")
+    if header.get("b64", True) is not True:
+        raise MalformedToken("unencoded payload (b64) is not accepted")
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in accepted_types:
+        raise InvalidClaims("typ header is not the access token type")
+
+    claims = _json_object(_b64decode(payload_segment, "payload"), "payload", max_depth)
+    signature = _b64decode(signature_segment, "signature")
+    if not signature:
+        raise InvalidSignature("empty signature")
+    signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
+    return ParsedJws(
+        kid=kid,
+        alg=alg,
+        claims=claims,
+        signing_input=signing_input,
+        signature=signature,
+    )
+
+
+def _b64decode(segment: str, name: str) -> bytes:
+    """Decode unpadded base64url, refusing anything but its one canonical spelling."""
+    if len(segment) % 4 == 1 or _BASE64URL.fullmatch(segment) is None:
+        raise MalformedToken(f"{name} is not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedToken(f"{name} is not base64url") from exc
+    # Leftover bits must be zero, so one token has exactly one spelling (cache key).
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise MalformedToken(f"{name} is not canonical base64url")
+    return raw
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateMember("duplicate member name")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: bytes, name: str, max_depth: int) -> dict[str, Any]:
+    """Parse strict UTF-8 JSON: an object with unique member names, at most ``max_depth`` deep."""
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except _DuplicateMember as exc:
+        raise MalformedToken(f"{name} repeats a member name") from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedToken(f"{name} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise MalformedToken(f"{name} is not a JSON object")
+    # Counting brackets (in C) bounds the depth from above, so the walk runs only
+    # for documents that could be too deep, never for an ordinary token.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        raise MalformedToken(f"{name} nests JSON deeper than {max_depth} levels")
+    # JSON can escape a lone UTF-16 surrogate ("\ud800"), which is not Unicode text:
+    # a claim holding one breaks whatever encodes it later (protobuf, logs). Only a
+    # document with a \u escape can hold one, so ordinary tokens skip the walk.
+    if b"\\u" in raw and _holds_lone_surrogate(value):
+        raise MalformedToken(f"{name} holds a lone UTF-16 surrogate")
+    return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Tell whether any string (member name or value) is not encodable as UTF-8."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Tell whether arrays and objects nest more than ``limit`` levels (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
