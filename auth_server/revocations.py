@@ -32,7 +32,14 @@ from auth_server._revocation_state import (
 from auth_server._revocationrows import RevocationRead, Watermark
 from auth_server.broadcast import DEFAULT_POLL_INTERVAL, PolledBroadcaster
 
-__all__ = ["RevocationBatch", "RevocationPublisher", "Watermark"]
+__all__ = [
+    "FullList",
+    "RevocationBatch",
+    "RevocationPublisher",
+    "RevocationRead",
+    "RevocationReader",
+    "Watermark",
+]
 
 #: Reads the list: everything (``None``) or what was revoked after a cursor.
 RevocationReader = Callable[[int | None], RevocationRead]
