@@ -21,7 +21,8 @@ Module map (``_name``: private to its group):
   network-free core both call), ``broadcast`` (PolledBroadcaster, the
   poll-and-push shape under both publishers).
 * process -- ``app`` (build and start the servers), ``config`` (AuthServerConfig),
-  ``settings``, ``cli``, ``commands/`` (one module per ``ssot-auth`` command).
+  ``cli``, ``commands/`` (one module per ``ssot-auth`` command, plus ``settings``:
+  data dir, key passphrase and password flags, shared by the commands).
 * cross-cutting -- ``storage`` (tables, Database), ``errors`` (the exception tree,
   each error with its gRPC status), ``audit``, ``tls``.
 

@@ -32,6 +32,7 @@ from auth_server.throttle import LoginThrottle
 from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore
+from interceptors._cli import SERVER_TLS_FLAGS
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ async def start_auth_server(
     try:
         grpc_credentials, http_context = _tls_material(config)
     except TlsError as exc:
-        raise StartupError(str(exc)) from None
+        raise StartupError(exc.naming(SERVER_TLS_FLAGS)) from None
     components = await asyncio.to_thread(build_components, config, now=now)
     publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
     await publisher.start()

@@ -11,19 +11,14 @@ from auth_server.app import StartupError
 from auth_server.commands import keys, login, serve, sessions, up, users
 from auth_server.commands._common import CommandError, close_databases
 from auth_server.errors import AuthServerError
-from auth_server.settings import SettingsError, env_default
+from interceptors._cli import SettingsError, add_log_level_argument
 
 PROG = "ssot-auth"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument(
-        "--log-level",
-        default=env_default("LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (SSOT_LOG_LEVEL, default INFO)",
-    )
+    add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (serve, up, users, sessions, keys, login):
         module.register(commands)

@@ -41,5 +41,7 @@ def http_server_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load --tls-cert {cert} with --tls-key {key}") from exc
+        raise TlsError(
+            "cannot load {cert} {cert_path} with {key} {key_path}", cert_path=cert, key_path=key
+        ) from exc
     return context

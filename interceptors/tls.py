@@ -26,24 +26,65 @@ __all__ = [
 ]
 
 
+#: How messages name each file a function here takes, by its parameter.
+_ROLES: Mapping[str, str] = {
+    "cert": "the certificate chain",
+    "key": "the private key",
+    "client_ca": "the client CA file",
+    "ca_cert": "the CA file",
+    "client_cert": "the client certificate",
+    "client_key": "the client key",
+}
+
+
 class TlsError(ValueError):
-    """A certificate or key file cannot be used; the message names the flag."""
+    """A certificate or key file cannot be used.
+
+    The message names the file and its role by the parameter it was given as ("cannot
+    read the private key k.pem: ..."). A program that took the file from a setting of
+    its own, such as a command-line flag, names that instead with :meth:`naming`.
+
+    Attributes:
+        template: The message, with each parameter as a ``{cert}``-style field.
+        values: The other fields of ``template`` (the file names, the reason).
+    """
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.naming({}))
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter called by ``names`` (e.g. ``{"key": "--tls-key"}``).
+
+        A parameter ``names`` does not hold keeps its role ("the private key").
+        """
+        roles = {param: names.get(param, role) for param, role in _ROLES.items()}
+        return self.template.format(**roles, **self.values)
 
 
-def read_pem(path: Path | None, flag: str) -> bytes | None:
+def read_pem(path: Path | None, param: str) -> bytes | None:
     """The bytes of a PEM file, or ``None`` without a path.
 
+    Args:
+        path: The file.
+        param: What it is, by parameter name (``"cert"``, ``"ca_cert"``, ...), for errors.
+
     Raises:
-        TlsError: The file cannot be read or holds no PEM block (message names ``flag``).
+        TlsError: The file cannot be read or holds no PEM block.
     """
     if path is None:
         return None
+    # The role goes in as a field, so that a caller can rename it (TlsError.naming).
+    field = "{" + param + "}" if param in _ROLES else "{what}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise TlsError(f"cannot read {flag} {path}: {exc.strerror}") from None
+        raise TlsError(
+            f"cannot read {field} {{path}}: {{reason}}", what=param, path=path, reason=exc.strerror
+        ) from None
     if b"-----BEGIN " not in data:
-        raise TlsError(f"{flag} {path} is not a PEM file")
+        raise TlsError(f"{field} {{path}} is not a PEM file", what=param, path=path)
     return data
 
 
@@ -55,10 +96,10 @@ def server_credentials(
     Raises:
         TlsError: A file cannot be read.
     """
-    cert_pem = read_pem(cert, "--tls-cert")
-    key_pem = read_pem(key, "--tls-key")
+    cert_pem = read_pem(cert, "cert")
+    key_pem = read_pem(key, "key")
     assert cert_pem is not None and key_pem is not None
-    ca_pem = read_pem(client_ca, "--client-ca")
+    ca_pem = read_pem(client_ca, "client_ca")
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
     )
@@ -68,22 +109,18 @@ def channel_credentials(
     ca_cert: Path | None = None,
     client_cert: Path | None = None,
     client_key: Path | None = None,
-    *,
-    flags: tuple[str, str, str] = ("--ca-cert", "--client-cert", "--client-key"),
 ) -> grpc.ChannelCredentials:
     """Client TLS credentials: trust ``ca_cert`` (or the system roots), present a cert if given.
-
-    ``flags`` names the three settings in error messages.
 
     Raises:
         TlsError: A file cannot be read, or only one of the client cert and key is given.
     """
     if (client_cert is None) != (client_key is None):
-        raise TlsError(f"give both {flags[1]} and {flags[2]}, or neither")
+        raise TlsError("give both {client_cert} and {client_key}, or neither")
     return grpc.ssl_channel_credentials(
-        root_certificates=read_pem(ca_cert, flags[0]),
-        private_key=read_pem(client_key, flags[2]),
-        certificate_chain=read_pem(client_cert, flags[1]),
+        root_certificates=read_pem(ca_cert, "ca_cert"),
+        private_key=read_pem(client_key, "client_key"),
+        certificate_chain=read_pem(client_cert, "client_cert"),
     )
 
 

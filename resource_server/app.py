@@ -27,6 +27,7 @@ from interceptors import (
     TokenPolicy,
     TokenVerifier,
 )
+from interceptors._cli import SERVER_TLS_FLAGS
 from interceptors.tls import (
     TlsError,
     channel_credentials,
@@ -154,10 +155,7 @@ def build_key_source(config: ResourceServerConfig) -> KeySource:
         credentials = None
         if config.auth_tls or ca_cert is not None or config.auth_client_cert is not None:
             credentials = channel_credentials(
-                ca_cert,
-                config.auth_client_cert,
-                config.auth_client_key,
-                flags=("--auth-ca-cert", "--auth-client-cert", "--auth-client-key"),
+                ca_cert, config.auth_client_cert, config.auth_client_key
             )
         return GrpcJwksSource(config.auth_target, credentials=credentials)
     return DiscoverySource(
@@ -239,7 +237,7 @@ def _bind(server: grpc.Server | grpc.aio.Server, config: ResourceServerConfig) -
             )
         return server.add_insecure_port(address)
     except TlsError as exc:
-        raise StartupError(str(exc)) from None
+        raise StartupError(exc.naming(SERVER_TLS_FLAGS)) from None
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {address} (--grpc)") from exc
 

@@ -18,6 +18,15 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from interceptors import CERT_BINDINGS
+from interceptors._cli import (
+    CLIENT_TLS_FLAGS,
+    SettingsError,
+    add_client_tls_arguments,
+    add_env_argument,
+    add_log_level_argument,
+    add_server_tls_arguments,
+    wants_tls,
+)
 from interceptors.tls import TlsError, channel_credentials
 from protos import resource_pb2, resource_pb2_grpc
 from resource_server.app import (
@@ -44,191 +53,140 @@ class CommandError(Exception):
     """A command failed in a way the user can fix; printed as one line."""
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"SSOT_{name}", default)
-
-
-def _flag(name: str) -> bool:
-    return _env(name, "") not in ("", "0", "false")
+#: How the --auth-* flags name ``channel_credentials``' parameters, in TlsError messages.
+AUTH_SOURCE_TLS_FLAGS = {
+    "ca_cert": "--auth-ca-cert",
+    "client_cert": "--auth-client-cert",
+    "client_key": "--auth-client-key",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ssot-resource`` parser; every flag also reads its ``SSOT_*`` variable.
+
+    Raises:
+        SettingsError: A variable holds a value its flag refuses.
+    """
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-    )
+    add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the resource service")
-    serve.add_argument(
+    add_env_argument(
+        serve,
         "--grpc",
-        default=_env("GRPC", DEFAULT_GRPC_ADDRESS),
-        help=f"listen address (SSOT_GRPC, default {DEFAULT_GRPC_ADDRESS})",
+        default=DEFAULT_GRPC_ADDRESS,
+        help="listen address",
+        default_help=DEFAULT_GRPC_ADDRESS,
     )
     source = serve.add_mutually_exclusive_group()
-    source.add_argument(
-        "--jwks-url", default=_env("JWKS_URL"), help="fetch keys from this JWKS URL (SSOT_JWKS_URL)"
-    )
-    source.add_argument(
+    add_env_argument(source, "--jwks-url", help="fetch keys from this JWKS URL")
+    add_env_argument(
+        source,
         "--auth-target",
-        default=_env("AUTH_TARGET"),
-        help="fetch and follow keys over gRPC from the auth service at "
-        "HOST:PORT (SSOT_AUTH_TARGET)",
+        help="fetch and follow keys over gRPC from the auth service at HOST:PORT",
     )
-    source.add_argument(
+    add_env_argument(
+        source,
         "--discover",
         action="store_true",
-        default=_flag("DISCOVER"),
-        help="find the JWKS by OIDC discovery on --issuer (SSOT_DISCOVER=1)",
+        help="find the JWKS by OIDC discovery on --issuer",
     )
-    serve.add_argument("--issuer", default=_env("ISSUER"), help="accepted iss (SSOT_ISSUER)")
-    serve.add_argument("--audience", default=_env("AUDIENCE"), help="accepted aud (SSOT_AUDIENCE)")
-    serve.add_argument(
+    add_env_argument(serve, "--issuer", help="accepted iss")
+    add_env_argument(serve, "--audience", help="accepted aud")
+    add_env_argument(
+        serve,
         "--allow-insecure-http",
         action="store_true",
-        default=_flag("ALLOW_INSECURE_HTTP"),
         help="allow fetching keys over plain HTTP from a non-loopback host",
     )
-    serve.add_argument(
-        "--aio",
-        action="store_true",
-        default=_flag("AIO"),
-        help="serve with grpc.aio instead of a thread pool (SSOT_AIO=1)",
+    add_env_argument(
+        serve, "--aio", action="store_true", help="serve with grpc.aio instead of a thread pool"
     )
-    serve.add_argument("--no-reflection", action="store_true", default=_flag("NO_REFLECTION"))
+    add_env_argument(
+        serve, "--no-reflection", action="store_true", help="do not serve gRPC server reflection"
+    )
     _add_tls_arguments(serve)
     _add_limit_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     get = commands.add_parser("get", help="call the service with an access token")
-    get.add_argument(
+    add_env_argument(
+        get,
         "--target",
-        default=_env("TARGET", DEFAULT_GRPC_ADDRESS),
-        help=f"resource service address (default {DEFAULT_GRPC_ADDRESS})",
+        default=DEFAULT_GRPC_ADDRESS,
+        help="resource service address",
+        default_help=DEFAULT_GRPC_ADDRESS,
     )
     get.add_argument(
         "--token-file",
         type=Path,
         help="file with the token: the JSON printed by `ssot-auth login`, or the "
-        "bare token; '-' reads standard input",
+        "bare token; '-' reads standard input; without it, SSOT_TOKEN holds the token",
     )
     get.add_argument("--method", choices=["protected", "admin", "public"], default="protected")
-    _add_client_tls_arguments(get)
+    add_client_tls_arguments(get)
     get.set_defaults(run=_cmd_get)
     return parser
 
 
-def _add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tls``, ``--ca-cert``, ``--client-cert``, ``--client-key`` of a calling command."""
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=_flag("TLS"),
-        help="connect with TLS, trusting the system roots (implied by --ca-cert; SSOT_TLS=1)",
-    )
-    parser.add_argument(
-        "--ca-cert",
-        type=Path,
-        default=_env("CA_CERT"),
-        help="connect with TLS, trusting the CAs in this PEM file (SSOT_CA_CERT)",
-    )
-    parser.add_argument(
-        "--client-cert",
-        type=Path,
-        default=_env("CLIENT_CERT"),
-        help="client certificate chain (PEM) for mutual TLS (SSOT_CLIENT_CERT)",
-    )
-    parser.add_argument(
-        "--client-key",
-        type=Path,
-        default=_env("CLIENT_KEY"),
-        help="private key (PEM) of --client-cert (SSOT_CLIENT_KEY)",
-    )
-
-
 def _open_channel(ns: argparse.Namespace, target: str) -> grpc.Channel:
     """A channel to ``target``: TLS when any of the client TLS flags asks for it."""
-    if not (ns.tls or ns.ca_cert or ns.client_cert or ns.client_key):
+    if not wants_tls(ns):
         return grpc.insecure_channel(target)
     try:
         credentials = channel_credentials(ns.ca_cert, ns.client_cert, ns.client_key)
     except TlsError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(exc.naming(CLIENT_TLS_FLAGS)) from None
     return grpc.secure_channel(target, credentials)
 
 
 def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=_env("TLS_CERT"),
-        help="serve TLS with this certificate chain, PEM (SSOT_TLS_CERT; needs --tls-key)",
-    )
-    serve.add_argument(
-        "--tls-key", type=Path, default=_env("TLS_KEY"), help="its private key, PEM (SSOT_TLS_KEY)"
-    )
-    serve.add_argument(
-        "--client-ca",
-        type=Path,
-        default=_env("CLIENT_CA"),
-        help="require client certificates signed by these CAs: mutual TLS (SSOT_CLIENT_CA)",
-    )
-    serve.add_argument(
+    add_server_tls_arguments(serve, serves="gRPC")
+    add_env_argument(
+        serve,
         "--require-cert-binding",
         choices=CERT_BINDINGS,
-        default=_env("REQUIRE_CERT_BINDING"),
         help="the client certificate must match the token: 'subject' (it names the token's "
-        "sub or username) or 'cnf' (RFC 8705 x5t#S256); needs --client-ca "
-        "(SSOT_REQUIRE_CERT_BINDING)",
+        "sub or username) or 'cnf' (RFC 8705 x5t#S256); needs --client-ca",
     )
-    serve.add_argument(
+    add_env_argument(
+        serve,
         "--auth-tls",
         action="store_true",
-        default=_flag("AUTH_TLS"),
-        help="reach --auth-target over TLS (implied by --auth-ca-cert; SSOT_AUTH_TLS=1)",
+        help="reach --auth-target over TLS",
+        note="implied by --auth-ca-cert",
     )
-    serve.add_argument(
+    add_env_argument(
+        serve,
         "--auth-ca-cert",
         type=Path,
-        default=_env("AUTH_CA_CERT"),
-        help="trust these CAs for the key source, gRPC or HTTPS (SSOT_AUTH_CA_CERT)",
+        help="trust these CAs for the key source, gRPC or HTTPS",
     )
-    serve.add_argument(
+    add_env_argument(
+        serve,
         "--auth-client-cert",
         type=Path,
-        default=_env("AUTH_CLIENT_CERT"),
-        help="client certificate for an auth service that requires mutual TLS "
-        "(SSOT_AUTH_CLIENT_CERT)",
+        help="client certificate for an auth service that requires mutual TLS",
     )
-    serve.add_argument(
-        "--auth-client-key",
-        type=Path,
-        default=_env("AUTH_CLIENT_KEY"),
-        help="private key of --auth-client-cert (SSOT_AUTH_CLIENT_KEY)",
+    add_env_argument(
+        serve, "--auth-client-key", type=Path, help="private key of --auth-client-cert"
     )
 
 
 _LIMITS = (
-    ("max-metadata-size", DEFAULT_MAX_METADATA_SIZE, "largest request metadata, bytes"),
-    ("max-message-size", DEFAULT_MAX_MESSAGE_SIZE, "largest request message, bytes"),
-    ("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, "most calls per connection"),
-    ("max-token-length", DEFAULT_MAX_TOKEN_LENGTH, "longest access token, characters"),
-    ("max-json-depth", DEFAULT_MAX_JSON_DEPTH, "deepest JSON nesting in a token"),
-    ("max-token-lifetime", DEFAULT_MAX_TOKEN_LIFETIME, "largest exp - iat, seconds"),
+    ("--max-metadata-size", DEFAULT_MAX_METADATA_SIZE, "largest request metadata, bytes"),
+    ("--max-message-size", DEFAULT_MAX_MESSAGE_SIZE, "largest request message, bytes"),
+    ("--max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, "most calls per connection"),
+    ("--max-token-length", DEFAULT_MAX_TOKEN_LENGTH, "longest access token, characters"),
+    ("--max-json-depth", DEFAULT_MAX_JSON_DEPTH, "deepest JSON nesting in a token"),
+    ("--max-token-lifetime", DEFAULT_MAX_TOKEN_LIFETIME, "largest exp - iat, seconds"),
 )
 
 
 def _add_limit_arguments(serve: argparse.ArgumentParser) -> None:
     for flag, default, what in _LIMITS:
-        env = flag.upper().replace("-", "_")
-        serve.add_argument(
-            f"--{flag}",
-            type=int,
-            default=_env(env, str(default)),
-            help=f"{what} (SSOT_{env}, default {default})",
-        )
+        add_env_argument(serve, flag, type=int, default=default, help=what, default_help=default)
 
 
 def _config(ns: argparse.Namespace) -> ResourceServerConfig:
@@ -267,6 +225,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     config = _config(ns)
     try:
         keys, verifier = build_verifier(config)
+    except TlsError as exc:
+        raise CommandError(exc.naming(AUTH_SOURCE_TLS_FLAGS)) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     try:
@@ -351,7 +311,11 @@ def _cmd_get(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except SettingsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=ns.log_level,
         stream=sys.stderr,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from auth_server.__main__ import main as auth_main
-from conftest import PASSPHRASE
+from helpers import PASSPHRASE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,6 +235,7 @@ def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str
                 pipe.close()
 
 
+@pytest.mark.slow
 def test_up_runs_the_whole_system_and_stops_on_ctrl_c(
     up_process: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ from auth_server.commands.serve import server_config
 from auth_server.errors import InvalidRefreshToken
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database, sqlite_url_for
-from conftest import PASSPHRASE
+from helpers import PASSPHRASE
 
 
 @pytest.fixture

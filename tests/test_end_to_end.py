@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     AuthHarness,
@@ -41,15 +41,25 @@ def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return err.code(), err.details() or ""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def alice(auth: AuthHarness) -> str:
+    """An access token of alice (resource.read), on the module's shared auth service."""
     auth.add_user("alice", PASSWORD, ("resource.read",))
     return auth.login("alice", PASSWORD).access_token
 
 
-def test_login_then_protected_call_succeeds(auth: AuthHarness, resource: ResourceHarness) -> None:
-    user_id = auth.add_user("alice", PASSWORD, ("resource.read",))
-    response = auth.login("alice", PASSWORD)
+@pytest.fixture(scope="module")
+def root(auth: AuthHarness) -> str:
+    """An access token of root (resource.admin and resource.read), on the shared auth service."""
+    auth.add_user("root", PASSWORD, ("resource.admin", "resource.read"))
+    return auth.login("root", PASSWORD).access_token
+
+
+def test_login_then_protected_call_succeeds(
+    auth_fresh: AuthHarness, resource: ResourceHarness
+) -> None:
+    user_id = auth_fresh.add_user("alice", PASSWORD, ("resource.read",))
+    response = auth_fresh.login("alice", PASSWORD)
     assert response.token_type == "Bearer"
     assert 0 < response.expires_in <= 900
     assert response.scope == "resource.read"
@@ -64,9 +74,9 @@ def test_login_then_protected_call_succeeds(auth: AuthHarness, resource: Resourc
     assert reply.user.username == "alice"
 
 
-def test_token_header_and_claims_follow_the_contract(auth: AuthHarness) -> None:
-    user_id = auth.add_user("alice", PASSWORD, ("resource.read", "resource.admin"))
-    token = auth.login("alice", PASSWORD, scope="resource.read").access_token
+def test_token_header_and_claims_follow_the_contract(auth_fresh: AuthHarness) -> None:
+    user_id = auth_fresh.add_user("alice", PASSWORD, ("resource.read", "resource.admin"))
+    token = auth_fresh.login("alice", PASSWORD, scope="resource.read").access_token
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "RS256", "kid": header["kid"], "typ": "at+jwt"}
     claims = jwt.decode(token, options={"verify_signature": False})
@@ -85,7 +95,7 @@ def test_token_header_and_claims_follow_the_contract(auth: AuthHarness) -> None:
     assert claims["iss"] == ISSUER and claims["aud"] == AUDIENCE and claims["sub"] == user_id
     assert claims["scope"] == "resource.read"  # asked-for subset of the user's scopes
     assert claims["exp"] - claims["iat"] == 900
-    with urllib.request.urlopen(auth.jwks_url) as response:
+    with urllib.request.urlopen(auth_fresh.jwks_url) as response:
         published = {k["kid"] for k in json.load(response)["keys"]}
     assert header["kid"] in published
 
@@ -200,17 +210,15 @@ def test_public_method_needs_no_token(resource: ResourceHarness) -> None:
     assert info.issuer == ISSUER
 
 
-def test_scope_is_enforced(auth: AuthHarness, resource: ResourceHarness, alice: str) -> None:
+def test_scope_is_enforced(resource: ResourceHarness, alice: str, root: str) -> None:
     code, details = _code(
         lambda: resource.stub.GetAdminReport(
             resource_pb2.GetAdminReportRequest(), metadata=bearer(alice), timeout=10
         )
     )
     assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED, "insufficient scope")
-    auth.add_user("root", PASSWORD, ("resource.admin", "resource.read"))
-    admin = auth.login("root", PASSWORD).access_token
     report = resource.stub.GetAdminReport(
-        resource_pb2.GetAdminReportRequest(), metadata=bearer(admin), timeout=10
+        resource_pb2.GetAdminReportRequest(), metadata=bearer(root), timeout=10
     )
     assert report.user.username == "root" and "resource.admin" in report.scope.split()
 
@@ -261,18 +269,19 @@ def test_every_rpc_kind_sees_the_principal_and_rejects_no_token(
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
 def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
-    loop_thread: EventLoopThread, auth: AuthHarness, aio: bool
+    loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
-    auth.add_user("alice", PASSWORD)
-    token = auth.login("alice", PASSWORD).access_token
-    with running_resource(loop_thread, auth, aio=aio, cooldown=0.0) as resource:
+    auth_fresh.add_user("alice", PASSWORD)
+    token = auth_fresh.login("alice", PASSWORD).access_token
+    with running_resource(loop_thread, auth_fresh, aio=aio, cooldown=0.0) as resource:
         first = resource.stub.GetProtectedResource(
             resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
         )
-        auth.stop()
-        fresh = auth.forge({"sub": first.user.user_id, "username": "alice"})
+        auth_fresh.stop()
+        fresh = auth_fresh.forge({"sub": first.user.user_id, "username": "alice"})
         for t in (token, fresh):  # fresh: not in the verified-token cache
             again = resource.stub.GetProtectedResource(
                 resource_pb2.GetProtectedResourceRequest(), metadata=bearer(t), timeout=10
@@ -280,7 +289,7 @@ def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
             assert again.user.username == "alice"
         # A key the cache has never seen cannot be checked while the issuer is down: the
         # answer is retryable, never OK and never a hang.
-        unknown = auth.forge({}, {"kid": "new-key-" + uuid.uuid4().hex})
+        unknown = auth_fresh.forge({}, {"kid": "new-key-" + uuid.uuid4().hex})
         started = time.monotonic()
         code, _ = _code(
             lambda: resource.stub.GetProtectedResource(
@@ -293,11 +302,11 @@ def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
 
 @pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
 def test_burst_of_unknown_kids_costs_at_most_one_fetch(
-    loop_thread: EventLoopThread, auth: AuthHarness, aio: bool
+    loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
-    auth.add_user("alice", PASSWORD)
-    token = auth.login("alice", PASSWORD).access_token
-    with running_resource(loop_thread, auth, aio=aio, cooldown=30.0) as resource:
+    auth_fresh.add_user("alice", PASSWORD)
+    token = auth_fresh.login("alice", PASSWORD).access_token
+    with running_resource(loop_thread, auth_fresh, aio=aio, cooldown=30.0) as resource:
         resource.stub.GetProtectedResource(
             resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
         )
@@ -305,7 +314,7 @@ def test_burst_of_unknown_kids_costs_at_most_one_fetch(
         futures = [
             resource.stub.GetProtectedResource.future(
                 resource_pb2.GetProtectedResourceRequest(),
-                metadata=bearer(auth.forge({}, {"kid": f"attacker-{i}"})),
+                metadata=bearer(auth_fresh.forge({}, {"kid": f"attacker-{i}"})),
                 timeout=20,
             )
             for i in range(200)
@@ -361,11 +370,11 @@ def test_discovery_document_points_at_the_jwks(auth: AuthHarness) -> None:
     assert "RS256" in doc["id_token_signing_alg_values_supported"]
 
 
-def test_watch_jwks_sends_the_set_then_every_change(auth: AuthHarness) -> None:
-    stream = auth.stub.WatchJwks(auth_pb2.WatchJwksRequest(), timeout=20)
+def test_watch_jwks_sends_the_set_then_every_change(auth_fresh: AuthHarness) -> None:
+    stream = auth_fresh.stub.WatchJwks(auth_pb2.WatchJwksRequest(), timeout=20)
     first = next(stream)
     assert len(first.keys) == 1
-    new = auth.server.components.keys.rotate()
+    new = auth_fresh.server.components.keys.rotate()
     second = next(stream)
     stream.cancel()
     assert new.kid in {k.kid for k in second.keys}
@@ -380,11 +389,13 @@ def test_watch_jwks_sends_the_set_then_every_change(auth: AuthHarness) -> None:
         pytest.param("carol", PASSWORD, id="disabled-user"),
     ],
 )
-def test_bad_credentials_get_one_answer(auth: AuthHarness, username: str, password: str) -> None:
-    auth.add_user("alice", PASSWORD)
-    auth.add_user("carol", PASSWORD)
-    auth.server.components.users.disable("carol")
-    code, details = _code(lambda: auth.login(username, password))
+def test_bad_credentials_get_one_answer(
+    auth_fresh: AuthHarness, username: str, password: str
+) -> None:
+    auth_fresh.add_user("alice", PASSWORD)
+    auth_fresh.add_user("carol", PASSWORD)
+    auth_fresh.server.components.users.disable("carol")
+    code, details = _code(lambda: auth_fresh.login(username, password))
     assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "invalid username or password")
 
 
@@ -435,6 +446,7 @@ def test_health_and_reflection_answer_without_a_token(
         assert names & {"ssot.auth.v1.AuthService", "ssot.resource.v1.ResourceService"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
 def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
     loop_thread: EventLoopThread, auth: AuthHarness, aio: bool

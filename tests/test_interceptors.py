@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from types import SimpleNamespace
@@ -18,6 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+import helpers
+from helpers import EventLoopThread, bearer
 from interceptors import (
     HEALTH_METHODS,
     REFLECTION_METHODS,
@@ -68,27 +69,18 @@ def mint(
     kid: str = "rs-1",
     key: Any = RSA_KEY,
     algorithm: str = "RS256",
-    scope: str = "resource.read",
     **overrides: Any,
 ) -> str:
-    claims: dict[str, Any] = {
-        "iss": ISSUER,
-        "sub": "user-1",
-        "aud": AUDIENCE,
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 900,
-        "jti": "token-1",
-        "sid": "session-1",
-        "username": "alice",
-        "scope": scope,
-    }
-    claims.update(overrides)
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid, "typ": "at+jwt"})
-
-
-def bearer(token: str, scheme: str = "Bearer") -> list[tuple[str, str]]:
-    return [("authorization", f"{scheme} {token}")]
+    return helpers.mint(
+        key,
+        kid=kid,
+        algorithm=algorithm,
+        now=NOW,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        lifetime=900,
+        **{"jti": "token-1", **overrides},
+    )
 
 
 # -- test service, sync and asyncio -----------------------------------------------------
@@ -209,10 +201,8 @@ class AioServer:
     """A grpc.aio server on its own event loop in a background thread."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="aio-server")
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(verifier), self._loop).result(10)
+        self._loop = EventLoopThread("aio-server")
+        self.port = self._loop.run(self._start(verifier), 10)
 
     async def _start(self, verifier: TokenVerifier) -> int:
         interceptor = AsyncAuthInterceptor(verifier, method_policy())
@@ -224,9 +214,7 @@ class AioServer:
         return port
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._loop.run(self._server.stop(None), 10)
         self._loop.close()
 
 

@@ -10,8 +10,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -19,11 +18,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from helpers import Clock, FakeAuthService, jwk_set_message, serve_fake_auth, wait_until
 from interceptors import _cache
 from interceptors._cache import CacheStats, KeyCache
 from interceptors._errors import AuthError, KeySetError, KeysUnavailable, UnknownKey
 from interceptors._sources import FetchResult, GrpcJwksSource, HttpJwksSource, StaticSource
-from protos import auth_pb2, auth_pb2_grpc
+from protos import auth_pb2
 
 _JWKS_BY_KID: dict[str, dict[str, Any]] = {}
 
@@ -45,29 +45,9 @@ def jwks(*kids: str) -> dict[str, Any]:
     return {"keys": [jwk(kid) for kid in kids]}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+def clock() -> Clock:
+    return Clock(1000.0)
 
 
 # -- a real JWKS server on 127.0.0.1:0 -------------------------------------------------------
@@ -138,7 +118,7 @@ def server() -> Iterator[JwksHttpServer]:
 
 
 @pytest.fixture
-def http_cache(server: JwksHttpServer, clock: FakeClock) -> Iterator[KeyCache]:
+def http_cache(server: JwksHttpServer, clock: Clock) -> Iterator[KeyCache]:
     with KeyCache(HttpJwksSource(server.url), now=clock, background=False) as cache:
         yield cache
 
@@ -207,7 +187,7 @@ def test_first_lookup_loads_the_set_and_later_lookups_are_served_from_memory(
 
 
 def test_never_loaded_and_source_down_is_unavailable_and_attempts_back_off(
-    clock: FakeClock,
+    clock: Clock,
 ) -> None:
     source = FakeSource(DOWN)
     cache = KeyCache(source, now=clock, background=False)
@@ -229,7 +209,7 @@ def test_never_loaded_and_source_down_is_unavailable_and_attempts_back_off(
     assert cache.key_set is None
 
 
-def test_first_load_recovers_once_the_backoff_has_passed(clock: FakeClock) -> None:
+def test_first_load_recovers_once_the_backoff_has_passed(clock: Clock) -> None:
     source = FakeSource(DOWN)
     cache = KeyCache(source, now=clock, background=False)
     with pytest.raises(KeysUnavailable):
@@ -246,7 +226,8 @@ def test_first_load_recovers_once_the_backoff_has_passed(clock: FakeClock) -> No
     assert cache.stats.last_success == clock.now
 
 
-def test_a_lookup_waits_at_most_the_fetch_timeout(clock: FakeClock) -> None:
+@pytest.mark.slow
+def test_a_lookup_waits_at_most_the_fetch_timeout(clock: Clock) -> None:
     source = FakeSource(ok("A"))
     source.gate.clear()
     cache = KeyCache(source, now=clock, background=False, fetch_timeout=0.2)
@@ -263,7 +244,7 @@ def test_a_lookup_waits_at_most_the_fetch_timeout(clock: FakeClock) -> None:
 
 
 def test_an_async_lookup_that_times_out_leaves_the_shared_fetch_running(
-    clock: FakeClock,
+    clock: Clock,
 ) -> None:
     source = FakeSource(ok("A"))
     source.gate.clear()
@@ -282,7 +263,7 @@ def test_an_async_lookup_that_times_out_leaves_the_shared_fetch_running(
     assert source.calls == 1
 
 
-def test_wait_until_loaded_reports_success_and_failure(clock: FakeClock) -> None:
+def test_wait_until_loaded_reports_success_and_failure(clock: Clock) -> None:
     good = KeyCache(FakeSource(ok("A")), now=clock, background=False)
     bad = KeyCache(FakeSource(DOWN), now=clock, background=False)
 
@@ -294,7 +275,7 @@ def test_wait_until_loaded_reports_success_and_failure(clock: FakeClock) -> None
 
 
 def test_unknown_kid_refetches_at_most_once_per_cooldown(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
 
@@ -311,7 +292,7 @@ def test_unknown_kid_refetches_at_most_once_per_cooldown(
 
 
 def test_a_kid_found_missing_is_remembered_and_causes_no_further_fetch(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     clock.advance(30)
@@ -335,7 +316,7 @@ def test_a_kid_found_missing_is_remembered_and_causes_no_further_fetch(
 
 
 def test_a_remembered_kid_is_served_once_a_later_load_has_it(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     clock.advance(30)
@@ -349,7 +330,7 @@ def test_a_remembered_kid_is_served_once_a_later_load_has_it(
     assert http_cache.get_key("B").kid == "B"
 
 
-def test_missing_kid_memory_is_bounded(clock: FakeClock) -> None:
+def test_missing_kid_memory_is_bounded(clock: Clock) -> None:
     source = FakeSource(ok("A", max_age=None))
     cache = KeyCache(source, now=clock, background=False, missing_kid_memory=2)
     cache.get_key("A")
@@ -369,7 +350,7 @@ def test_missing_kid_memory_is_bounded(clock: FakeClock) -> None:
 
 
 def test_a_new_key_is_found_by_the_refetch_an_unknown_kid_causes(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     server.document = jwks("A", "B")
@@ -380,7 +361,7 @@ def test_a_new_key_is_found_by_the_refetch_an_unknown_kid_causes(
 
 
 def test_unknown_kid_while_the_source_is_down_is_unavailable_not_unauthenticated(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     server.status = 500
@@ -395,7 +376,7 @@ def test_unknown_kid_while_the_source_is_down_is_unavailable_not_unauthenticated
     assert http_cache.get_key("A").kid == "A"
 
 
-def test_cooldown_counts_from_a_failed_attempt_too(clock: FakeClock) -> None:
+def test_cooldown_counts_from_a_failed_attempt_too(clock: Clock) -> None:
     source = FakeSource(ok("A"))
     cache = KeyCache(source, now=clock, background=False)
     cache.get_key("A")
@@ -415,7 +396,7 @@ def test_cooldown_counts_from_a_failed_attempt_too(clock: FakeClock) -> None:
 
 
 def test_200_threads_with_unknown_kids_cause_one_fetch(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     clock.advance(30)
@@ -434,7 +415,7 @@ def test_200_threads_with_unknown_kids_cause_one_fetch(
     for thread in threads:
         thread.start()
     barrier.wait()
-    assert wait_for(lambda: server.requests == 2)
+    assert wait_until(lambda: server.requests == 2)
     server.hold.set()
     for thread in threads:
         thread.join(10)
@@ -445,7 +426,7 @@ def test_200_threads_with_unknown_kids_cause_one_fetch(
 
 
 def test_200_tasks_with_unknown_kids_cause_one_fetch_and_never_block_the_loop(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     clock.advance(30)
@@ -506,7 +487,7 @@ def test_async_lookup_of_a_known_kid_returns_it(http_cache: KeyCache) -> None:
     ],
 )
 def test_set_is_refreshed_at_the_refresh_ratio_of_its_clamped_max_age(
-    clock: FakeClock, max_age: float | None, lifetime: float
+    clock: Clock, max_age: float | None, lifetime: float
 ) -> None:
     source = FakeSource(ok("A", max_age=max_age))
     cache = KeyCache(source, now=clock, background=False)
@@ -521,7 +502,7 @@ def test_set_is_refreshed_at_the_refresh_ratio_of_its_clamped_max_age(
     assert source.calls == 2
 
 
-def test_a_static_set_never_expires(clock: FakeClock) -> None:
+def test_a_static_set_never_expires(clock: Clock) -> None:
     cache = KeyCache(StaticSource(jwks("A")), now=clock, background=False, stale_for=0)
     cache.get_key("A")
 
@@ -534,7 +515,7 @@ def test_a_static_set_never_expires(clock: FakeClock) -> None:
 
 
 def test_http_max_age_and_304_revalidation_drive_refreshes(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     server.etag = '"v1"'
     http_cache.get_key("A")
@@ -555,7 +536,7 @@ def test_http_max_age_and_304_revalidation_drive_refreshes(
 
 
 def test_source_down_serves_the_last_good_set_until_stale_for_then_drops_it(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     removed: list[frozenset[str]] = []
     http_cache.add_removal_listener(removed.append)
@@ -582,7 +563,7 @@ def test_source_down_serves_the_last_good_set_until_stale_for_then_drops_it(
 
 
 def test_a_refused_document_counts_as_a_failure_and_keeps_the_last_good_set(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     http_cache.get_key("A")
     server.document = {"keys": [{**jwk("B"), "d": "c2VjcmV0"}]}
@@ -597,7 +578,7 @@ def test_a_refused_document_counts_as_a_failure_and_keeps_the_last_good_set(
 
 
 def test_removal_listeners_get_the_kids_that_left_the_set(
-    http_cache: KeyCache, server: JwksHttpServer, clock: FakeClock
+    http_cache: KeyCache, server: JwksHttpServer, clock: Clock
 ) -> None:
     removed: list[frozenset[str]] = []
 
@@ -625,13 +606,13 @@ def test_background_refresh_happens_before_expiry_without_making_requests_wait(
     with KeyCache(HttpJwksSource(server.url)) as cache:
         assert cache.wait_until_loaded(5)
         server.hold.clear()
-        assert wait_for(lambda: server.requests == 2)
+        assert wait_until(lambda: server.requests == 2)
 
         started = time.monotonic()
         key = cache.get_key("A")
         waited = time.monotonic() - started
         server.hold.set()
-        assert wait_for(lambda: cache.stats.fetches == 2)
+        assert wait_until(lambda: cache.stats.fetches == 2)
 
     assert key.kid == "A"
     # Waiting for the held refresh would take the 3 s fetch timeout; a busy machine's
@@ -642,7 +623,7 @@ def test_background_refresh_happens_before_expiry_without_making_requests_wait(
 # -- push -----------------------------------------------------------------------------------
 
 
-def test_pushed_sets_replace_the_current_one_at_once(clock: FakeClock) -> None:
+def test_pushed_sets_replace_the_current_one_at_once(clock: Clock) -> None:
     watch = QueueWatch()
     source = FakeSource(ok("A"), watch=watch)
     removed: list[frozenset[str]] = []
@@ -651,7 +632,7 @@ def test_pushed_sets_replace_the_current_one_at_once(clock: FakeClock) -> None:
         assert cache.wait_until_loaded(5)
 
         watch.queue.put(ok("B", max_age=50))
-        assert wait_for(lambda: cache.stats.pushes == 1)
+        assert wait_until(lambda: cache.stats.pushes == 1)
 
         assert removed == [frozenset({"A"})]
         assert cache.get_key("B").kid == "B"
@@ -660,7 +641,7 @@ def test_pushed_sets_replace_the_current_one_at_once(clock: FakeClock) -> None:
         assert cache.stats.last_success == clock.now
 
 
-def test_a_push_renews_expiry(clock: FakeClock) -> None:
+def test_a_push_renews_expiry(clock: Clock) -> None:
     watch = QueueWatch()
     source = FakeSource(ok("A", max_age=100), watch=watch)
     with KeyCache(source, now=clock, stale_for=0) as cache:
@@ -668,40 +649,40 @@ def test_a_push_renews_expiry(clock: FakeClock) -> None:
         clock.advance(90)
         source.outcome = DOWN
         watch.queue.put(ok("A", max_age=100))
-        assert wait_for(lambda: cache.stats.pushes == 1)
+        assert wait_until(lambda: cache.stats.pushes == 1)
         clock.advance(90)  # 180 s after the fetch, 90 s after the push
 
         assert cache.get_key("A").kid == "A"
         assert cache.stats.stale_serves == 0
 
 
-def test_a_refused_push_is_ignored(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_push_is_ignored(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     watch = QueueWatch()
     with KeyCache(FakeSource(ok("A"), watch=watch), now=clock) as cache:
         assert cache.wait_until_loaded(5)
         watch.queue.put(FetchResult(document={"keys": []}, max_age=None))
-        assert wait_for(lambda: "ignoring a pushed key set" in caplog.text)
+        assert wait_until(lambda: "ignoring a pushed key set" in caplog.text)
 
         assert cache.key_set is not None and cache.key_set.kids == {"A"}
         assert cache.stats.pushes == 0
 
 
-def test_a_fetch_answer_older_than_a_push_does_not_overwrite_it(clock: FakeClock) -> None:
+def test_a_fetch_answer_older_than_a_push_does_not_overwrite_it(clock: Clock) -> None:
     watch = QueueWatch()
     source = FakeSource(ok("OLD"), watch=watch)
     source.gate.clear()  # the first fetch is slow
     with KeyCache(source, now=clock) as cache:
-        assert wait_for(lambda: source.calls == 1)
+        assert wait_until(lambda: source.calls == 1)
         watch.queue.put(ok("NEW"))
-        assert wait_for(lambda: cache.stats.pushes == 1)
+        assert wait_until(lambda: cache.stats.pushes == 1)
         source.gate.set()
-        assert wait_for(lambda: cache.stats.fetches == 1)
+        assert wait_until(lambda: cache.stats.fetches == 1)
 
         assert cache.key_set is not None and cache.key_set.kids == {"NEW"}
 
 
 def test_a_broken_stream_is_reopened_with_a_full_fetch(
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_cache, "_RECONNECT_INITIAL", 0.01)
     watches = [QueueWatch(), QueueWatch()]
@@ -715,59 +696,18 @@ def test_a_broken_stream_is_reopened_with_a_full_fetch(
     source = Source(ok("A"))
     with KeyCache(source, now=clock) as cache:
         assert cache.wait_until_loaded(5)
-        assert wait_for(lambda: len(opened) == 1)
+        assert wait_until(lambda: len(opened) == 1)
         source.outcome = ok("A", "B")
 
         watches[0].queue.put(KeySetError("stream broke"))
 
-        assert wait_for(lambda: len(opened) == 2)
-        assert wait_for(lambda: cache.stats.fetches == 2)
+        assert wait_until(lambda: len(opened) == 2)
+        assert wait_until(lambda: cache.stats.fetches == 2)
         assert cache.get_key("B").kid == "B"
 
 
-class JwksServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, *kids: str) -> None:
-        self._changed = threading.Condition()
-        self._version = 0
-        self.get_calls = 0
-        self._set = self._message(kids)
-
-    @staticmethod
-    def _message(kids: tuple[str, ...]) -> auth_pb2.JwkSet:
-        fields = auth_pb2.Jwk.DESCRIPTOR.fields_by_name
-        keys = [auth_pb2.Jwk(**{k: v for k, v in jwk(kid).items() if k in fields}) for kid in kids]
-        return auth_pb2.JwkSet(keys=keys, max_age_seconds=300)
-
-    def publish(self, *kids: str) -> None:
-        with self._changed:
-            self._set = self._message(kids)
-            self._version += 1
-            self._changed.notify_all()
-
-    def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.JwkSet:
-        with self._changed:
-            self.get_calls += 1
-            return self._set
-
-    def WatchJwks(
-        self, request: auth_pb2.WatchJwksRequest, context: Any
-    ) -> Iterator[auth_pb2.JwkSet]:
-        seen = -1
-        while context.is_active():
-            with self._changed:
-                if self._version == seen:
-                    self._changed.wait(0.02)
-                    continue
-                seen, current = self._version, self._set
-            yield current
-
-
-def _serve(servicer: JwksServicer, port: int = 0) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    return server, port
+def jwk_set(*kids: str) -> auth_pb2.JwkSet:
+    return jwk_set_message([jwk(kid) for kid in kids])
 
 
 def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
@@ -775,8 +715,8 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
 ) -> None:
     monkeypatch.setattr(_cache, "_RECONNECT_INITIAL", 0.05)
     monkeypatch.setattr(_cache, "_RECONNECT_MAX", 0.2)
-    servicer = JwksServicer("A")  # type: ignore[abstract]
-    server, port = _serve(servicer)
+    servicer = FakeAuthService(jwk_set("A"))
+    server, port = serve_fake_auth(servicer)
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}",
         options=[
@@ -793,19 +733,19 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
         assert cache.wait_until_loaded(5)
         assert cache.get_key("A").kid == "A"
 
-        servicer.publish("A", "B")  # a new key is published ...
-        assert wait_for(lambda: cache.key_set is not None and "B" in cache.key_set)
-        servicer.publish("B")  # ... and the old one revoked
-        assert wait_for(lambda: removed == [frozenset({"A"})])
+        servicer.publish(jwk_set("A", "B"))  # a new key is published ...
+        assert wait_until(lambda: cache.key_set is not None and "B" in cache.key_set)
+        servicer.publish(jwk_set("B"))  # ... and the old one revoked
+        assert wait_until(lambda: removed == [frozenset({"A"})])
         with pytest.raises(UnknownKey):
             cache.get_key("A")
 
         server.stop(0).wait()
         fetches = servicer.get_calls
-        restarted = JwksServicer("B", "C")  # type: ignore[abstract]  # what changed while the stream was down
-        server, _ = _serve(restarted, port)
-        assert wait_for(lambda: cache.key_set is not None and "C" in cache.key_set)
-        assert wait_for(lambda: restarted.get_calls >= 1)  # the full fetch after reconnecting
+        restarted = FakeAuthService(jwk_set("B", "C"))  # what changed while the stream was down
+        server, _ = serve_fake_auth(restarted, port)
+        assert wait_until(lambda: cache.key_set is not None and "C" in cache.key_set)
+        assert wait_until(lambda: restarted.get_calls >= 1)  # the full fetch after reconnecting
         assert cache.get_key("C").kid == "C"
         assert fetches >= 1
         assert cache.stats.pushes >= 3
@@ -815,9 +755,10 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
         server.stop(0).wait()
 
 
+@pytest.mark.slow
 def test_close_stops_the_threads_promptly_and_is_idempotent() -> None:
-    servicer = JwksServicer("A")  # type: ignore[abstract]
-    server, port = _serve(servicer)
+    servicer = FakeAuthService(jwk_set("A"))
+    server, port = serve_fake_auth(servicer)
     source = GrpcJwksSource(f"127.0.0.1:{port}")
     try:
         cache = KeyCache(source)
@@ -839,7 +780,7 @@ def test_close_stops_the_threads_promptly_and_is_idempotent() -> None:
         server.stop(0).wait()
 
 
-def test_background_false_starts_no_threads(clock: FakeClock) -> None:
+def test_background_false_starts_no_threads(clock: Clock) -> None:
     before = set(threading.enumerate())
     with KeyCache(FakeSource(ok("A"), watch=QueueWatch()), now=clock, background=False):
         assert set(threading.enumerate()) == before
@@ -870,7 +811,7 @@ def test_out_of_range_settings_are_refused(settings: dict[str, Any]) -> None:
         KeyCache(FakeSource(ok("A")), **settings)
 
 
-def test_accepted_algorithms_and_rsa_size_reach_the_key_set_filter(clock: FakeClock) -> None:
+def test_accepted_algorithms_and_rsa_size_reach_the_key_set_filter(clock: Clock) -> None:
     source = FakeSource(ok("A"))
     cache = KeyCache(source, algorithms={"RS256"}, now=clock, background=False)
 

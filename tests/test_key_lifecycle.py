@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -20,24 +19,17 @@ from auth_server.errors import KeyStoreError
 from auth_server.keys import SigningKeyStore
 from auth_server.lifecycle import KeyLifecycle, LifecycleError, parse_duration
 from auth_server.storage import Database, signing_keys
-from conftest import PASSPHRASE as SERVER_PASSPHRASE
+from helpers import PASSPHRASE as SERVER_PASSPHRASE
+from helpers import Clock, run_concurrently
 
 PASSPHRASE = b"lifecycle passphrase"
 T0 = 1_700_000_000.0
 POLICY = KeyLifecycle(rotation_interval=1000, activate_after=100, retire_after=200)
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 def _store(
@@ -188,11 +180,11 @@ def test_next_key_is_pre_published_then_signs_then_the_old_one_retires(
     first = store.ensure_signing_key().kid
     store.maintain()
 
-    clock.t = T0 + 899  # 1 s before the pre-publication time
+    clock.now = T0 + 899  # 1 s before the pre-publication time
     assert not store.maintain().changed
     assert store.published_set().next_change_at == T0 + 900
 
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     report = store.maintain()
     [second] = report.created
     assert _states(store) == {first: "current", second: "next"}
@@ -201,14 +193,14 @@ def test_next_key_is_pre_published_then_signs_then_the_old_one_retires(
     assert info.activates_at == T0 + 1000
     assert store.current().kid == first
 
-    clock.t = T0 + 1000
+    clock.now = T0 + 1000
     assert store.maintain().activated == second
     assert store.current().kid == second
     [old] = [k for k in store.list_keys() if k.kid == first]
     assert (old.state, old.deactivated_at, old.retires_at) == ("previous", T0 + 1000, T0 + 1200)
     assert store.published_set().next_change_at == T0 + 1200
 
-    clock.t = T0 + 1200
+    clock.now = T0 + 1200
     assert store.maintain().destroyed == (first,)
     assert _states(store)[first] == "retired"
     assert _published(store) == [second]
@@ -226,7 +218,7 @@ def test_a_late_scheduler_still_pre_publishes_for_the_full_delay(
     store: SigningKeyStore, clock: Clock
 ) -> None:
     store.ensure_signing_key()
-    clock.t = T0 + 5000  # the server was down when the rotation was due
+    clock.now = T0 + 5000  # the server was down when the rotation was due
 
     [new] = store.maintain().created
 
@@ -237,7 +229,7 @@ def test_a_late_scheduler_still_pre_publishes_for_the_full_delay(
 def test_rotation_interval_zero_rotates_only_by_hand(database: Database, clock: Clock) -> None:
     store = _store(database, clock, policy=KeyLifecycle(rotation_interval=0))
     store.ensure_signing_key()
-    clock.t = T0 + 10**8
+    clock.now = T0 + 10**8
 
     assert not store.maintain().changed
 
@@ -245,25 +237,10 @@ def test_rotation_interval_zero_rotates_only_by_hand(database: Database, clock: 
 def test_replicas_maintaining_at_once_create_one_next_key(database: Database, clock: Clock) -> None:
     stores = [_store(database, clock) for _ in range(4)]
     stores[0].ensure_signing_key()
-    clock.t = T0 + 950
-    created: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(stores))
+    clock.now = T0 + 950
 
-    def run(store: SigningKeyStore) -> None:
-        try:
-            barrier.wait()
-            created.extend(store.maintain().created)
-        except BaseException as err:
-            errors.append(err)
+    created = [kid for r in run_concurrently(lambda s: s.maintain(), stores) for kid in r.created]
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert len(created) == 1
     assert all(s.published_jwks() == stores[0].published_jwks() for s in stores)
 
@@ -293,11 +270,11 @@ def test_changing_the_algorithm_migrates_through_a_pre_published_key(
 
     assert eddsa.current().kid == es256.kid  # keeps signing with the old algorithm meanwhile
     assert [j["alg"] for j in eddsa.published_jwks()] == ["ES256", "EdDSA"]
-    clock.t = T0 + 100
+    clock.now = T0 + 100
     assert eddsa.current().kid == new
     assert eddsa.current().algorithm == "EdDSA"
     assert [j["alg"] for j in eddsa.published_jwks()] == ["EdDSA", "ES256"]
-    clock.t = T0 + 300
+    clock.now = T0 + 300
     eddsa.maintain()
     assert [j["alg"] for j in eddsa.published_jwks()] == ["EdDSA"]
 
@@ -320,7 +297,7 @@ def test_revoking_the_current_key_promotes_the_pre_published_one(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ssot.audit")
     old = store.ensure_signing_key().kid
-    clock.t = T0 + 950
+    clock.now = T0 + 950
     [upcoming] = store.maintain().created
 
     store.revoke(old)
@@ -334,9 +311,9 @@ def test_revoking_the_current_key_promotes_the_pre_published_one(
         {"event": "key.revoked", "kid": old, "algorithm": "ES256", "replacement": upcoming}
     ]
     # The schedule starts again from the promoted key's activation.
-    clock.t = T0 + 950 + 899
+    clock.now = T0 + 950 + 899
     assert not store.maintain().created
-    clock.t = T0 + 950 + 900
+    clock.now = T0 + 950 + 900
     assert len(store.maintain().created) == 1
 
 
@@ -344,14 +321,14 @@ def test_revoking_the_next_key_keeps_the_current_key_signing_and_schedules_anoth
     store: SigningKeyStore, clock: Clock
 ) -> None:
     current = store.ensure_signing_key().kid
-    clock.t = T0 + 950
+    clock.now = T0 + 950
     [upcoming] = store.maintain().created
 
     store.revoke(upcoming)
 
     [info] = [k for k in store.list_keys() if k.kid == current]
     assert (info.deactivated_at, info.retires_at) == (None, None)
-    clock.t = T0 + 1000
+    clock.now = T0 + 1000
     assert store.current().kid == current
     [replacement] = store.maintain().created
     [new] = [k for k in store.list_keys() if k.kid == replacement]
@@ -375,21 +352,21 @@ def test_an_unusable_next_key_is_withdrawn_and_replaced_before_it_signs(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     current = store.ensure_signing_key().kid
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     [upcoming] = store.maintain().created
     _set_column(database, upcoming, private_key=b"garbage")
     fresh = _store(database, clock)  # a replica that never decrypted it
 
-    clock.t = T0 + 910
+    clock.now = T0 + 910
     report = fresh.maintain()
 
     assert report.withdrawn == (upcoming,)
     [replacement] = report.created
     assert _states(fresh)[upcoming] == "retired"
     assert upcoming not in _published(fresh)
-    clock.t = T0 + 1000
+    clock.now = T0 + 1000
     assert fresh.current().kid == current  # keeps signing with the good key
-    clock.t = T0 + 1010
+    clock.now = T0 + 1010
     assert fresh.current().kid == replacement
 
 
@@ -397,7 +374,7 @@ def test_a_next_key_this_server_cannot_decrypt_is_not_published(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     store.ensure_signing_key()
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     [upcoming] = store.maintain().created
     _set_column(database, upcoming, private_key=b"garbage")
     fresh = _store(database, clock)
@@ -412,7 +389,7 @@ def test_a_wrong_passphrase_replica_withdraws_nothing(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     store.ensure_signing_key()
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     [upcoming] = store.maintain().created
     wrong = _store(database, clock, passphrase=b"not the passphrase")
 
@@ -433,6 +410,6 @@ def test_rewrap_skips_destroyed_keys_and_keeps_the_schedule_working(
     assert store.rewrap(b"a new passphrase") == 1
 
     reopened = _store(database, clock, passphrase=b"a new passphrase")
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     assert len(reopened.maintain().created) == 1
     assert {"event": "key.rewrapped", "count": 1} in _audit(caplog)

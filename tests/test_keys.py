@@ -7,7 +7,6 @@ They use ES256 (fast key generation) unless the algorithm is the point.
 from __future__ import annotations
 
 import json
-import threading
 
 import grpc
 import pytest
@@ -19,6 +18,7 @@ from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, generate_private_key, jwk_thumbprint, public_jwk
 from auth_server.keys import SigningKeyStore
 from auth_server.storage import Database, signing_keys
+from helpers import Clock, run_concurrently
 
 PASSPHRASE = b"test passphrase"
 T0 = 1_700_000_000.0
@@ -40,17 +40,9 @@ RFC7638_JWK = {
 RFC8037_JWK = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -267,7 +259,7 @@ def test_wrong_passphrase_replica_does_not_make_a_key_when_none_is_current(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     first = store.ensure_signing_key()
-    _set_column(database, first.kid, retires_at=clock.t - 1)
+    _set_column(database, first.kid, retires_at=clock.now - 1)
     wrong = SigningKeyStore(database, b"not the passphrase", algorithm="ES256", now=clock)
 
     with pytest.raises(KeyStoreError):
@@ -341,19 +333,19 @@ def test_corrupted_public_key_is_left_out_of_the_published_set(
 
 def test_immediate_rotation_switches_the_current_key(store: SigningKeyStore, clock: Clock) -> None:
     old = store.ensure_signing_key().kid
-    clock.t += 10
+    clock.now += 10
 
     info = store.rotate()
 
     assert info.state == "current"
-    assert info.activates_at == clock.t
+    assert info.activates_at == clock.now
     assert store.current().kid == info.kid
     assert _kids(store) == [info.kid, old]
     assert _states(store) == {info.kid: "current", old: "previous"}
     [previous] = [k for k in store.list_keys() if k.kid == old]
-    assert previous.deactivated_at == clock.t
+    assert previous.deactivated_at == clock.now
     # Default lifecycle: retired access-token TTL (900 s) + 30 s leeway after its last use.
-    assert previous.retires_at == clock.t + 930
+    assert previous.retires_at == clock.now + 930
 
 
 def test_rotation_at_the_same_instant_still_takes_over(store: SigningKeyStore) -> None:
@@ -375,9 +367,9 @@ def test_delayed_rotation_publishes_the_next_key_before_it_signs(
     assert info.activates_at == T0 + 600
     assert store.current().kid == old
     assert _kids(store) == [old, info.kid]
-    clock.t = T0 + 599
+    clock.now = T0 + 599
     assert store.current().kid == old
-    clock.t = T0 + 600
+    clock.now = T0 + 600
     assert store.current().kid == info.kid
     assert _kids(store) == [info.kid, old]
     assert _states(store) == {info.kid: "current", old: "previous"}
@@ -387,9 +379,9 @@ def test_published_set_lists_the_current_key_first_then_newest(
     store: SigningKeyStore, clock: Clock
 ) -> None:
     first = store.ensure_signing_key().kid
-    clock.t += 1
+    clock.now += 1
     second = store.rotate().kid
-    clock.t += 1
+    clock.now += 1
     upcoming = store.rotate(activate_after=100).kid
 
     assert _kids(store) == [second, upcoming, first]
@@ -416,11 +408,11 @@ def test_revoking_a_previous_key_removes_it_from_the_published_set(
 ) -> None:
     old = store.ensure_signing_key().kid
     new = store.rotate().kid
-    clock.t += 5
+    clock.now += 5
 
     info = store.revoke(old)
 
-    assert (info.state, info.revoked_at) == ("revoked", clock.t)
+    assert (info.state, info.revoked_at) == ("revoked", clock.now)
     assert _kids(store) == [new]
     assert store.current().kid == new
 
@@ -429,7 +421,7 @@ def test_revoking_the_current_key_makes_a_new_key_current_at_once(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     old = store.ensure_signing_key().kid
-    clock.t += 5
+    clock.now += 5
 
     info = store.revoke(old)
 
@@ -459,7 +451,7 @@ def test_revoking_the_next_key_keeps_the_current_key_signing(
     upcoming = store.rotate(activate_after=600).kid
 
     store.revoke(upcoming)
-    clock.t += 1000
+    clock.now += 1000
 
     assert store.current().kid == old
     assert _kids(store) == [old]
@@ -485,10 +477,10 @@ def test_retired_key_is_neither_published_nor_current(
 ) -> None:
     old = store.ensure_signing_key().kid
     new = store.rotate().kid
-    _set_column(database, old, retires_at=clock.t + 60)
+    _set_column(database, old, retires_at=clock.now + 60)
     assert _kids(store) == [new, old]
 
-    clock.t += 60
+    clock.now += 60
 
     assert _kids(store) == [new]
     assert _states(store) == {old: "retired", new: "current"}
@@ -498,7 +490,7 @@ def test_a_new_key_is_made_when_every_key_has_retired(
     store: SigningKeyStore, database: Database, clock: Clock
 ) -> None:
     old = store.ensure_signing_key().kid
-    _set_column(database, old, retires_at=clock.t)
+    _set_column(database, old, retires_at=clock.now)
 
     new = store.ensure_signing_key().kid
 
@@ -525,24 +517,9 @@ def test_two_stores_on_one_database_agree(database: Database, clock: Clock) -> N
 
 def test_replicas_starting_at_once_create_one_key(database: Database) -> None:
     stores = [SigningKeyStore(database, PASSPHRASE, algorithm="ES256") for _ in range(4)]
-    kids: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(stores))
 
-    def start(store: SigningKeyStore) -> None:
-        try:
-            barrier.wait()
-            kids.append(store.ensure_signing_key().kid)
-        except BaseException as err:
-            errors.append(err)
+    kids = [key.kid for key in run_concurrently(lambda s: s.ensure_signing_key(), stores)]
 
-    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert len(set(kids)) == 1
     assert _row_count(database) == 1
 
@@ -560,7 +537,7 @@ def test_rewrap_reencrypts_every_key_under_the_new_passphrase(
         SigningKeyStore(database, PASSPHRASE, algorithm="ES256", now=clock).current()
     reopened = SigningKeyStore(database, b"new passphrase", algorithm="ES256", now=clock)
     assert reopened.current().kid == current
-    clock.t += 100
+    clock.now += 100
     assert reopened.current().kid != current
     # The store that rewrapped keeps working, and its new keys use the new passphrase.
     newest = store.rotate().kid

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from auth_server.__main__ import main as auth_main
 from auth_server.app import build_components
 from auth_server.storage import signing_keys, sqlite_url_for
-from conftest import PASSPHRASE, make_config
+from helpers import PASSPHRASE, make_config
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.cli import build_parser as auth_parser
 from auth_server.commands.serve import server_config
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     AuthHarness,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
-from conftest import EventLoopThread, bearer, make_config, running_resource, start_harness
+from helpers import Clock, EventLoopThread, bearer, make_config, running_resource, start_harness
 from interceptors import (
     InvalidToken,
     KeyCache,
@@ -42,14 +42,6 @@ JWK = {
 }
 
 
-class Clock:
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def token(sid: str | None, jti: str = "j1") -> str:
     claims: dict[str, Any] = {
         "iss": ISSUER,
@@ -66,7 +58,7 @@ def token(sid: str | None, jti: str = "j1") -> str:
 
 @pytest.fixture
 def verifier_and_list() -> Iterator[tuple[TokenVerifier, RevocationList]]:
-    clock = Clock()
+    clock = Clock(NOW)
     revocations = RevocationList(now=clock)
     with KeyCache(StaticSource({"keys": [JWK]}), now=clock, background=False) as keys:
         yield (
@@ -109,7 +101,7 @@ def test_a_revoked_session_is_refused_even_when_its_token_is_cached(
 
 
 def test_a_full_list_replaces_a_delta_adds_and_expired_entries_go() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     revocations = RevocationList(keep_after_expiry=60, now=clock)
     revocations.apply(RevocationBatch(full=True, sessions={"a": NOW + 100, "b": NOW + 100}))
     revocations.apply(RevocationBatch(full=False, sessions={"c": NOW + 500}))
@@ -118,7 +110,7 @@ def test_a_full_list_replaces_a_delta_adds_and_expired_entries_go() -> None:
     revocations.apply(RevocationBatch(full=True, sessions={"b": NOW + 100, "d": NOW + 100}))
     assert [s for s in "abcd" if revocations.is_revoked(s)] == ["b", "d"]
 
-    clock.t = NOW + 161  # past exp + keep_after_expiry
+    clock.now = NOW + 161  # past exp + keep_after_expiry
     revocations.revoke("e", NOW + 1000)
     assert [s for s in "bde" if revocations.is_revoked(s)] == ["e"]
     assert len(revocations) == 1 and revocations.stats.revoked == 1
@@ -173,7 +165,7 @@ def test_the_follower_reconnects_and_takes_the_full_list_after_a_reconnect() -> 
         ConnectionRefusedError("auth service down"),
         last,
     )
-    revocations = RevocationList(source, reconnect_initial=0.01, now=Clock())
+    revocations = RevocationList(source, reconnect_initial=0.01, now=Clock(NOW))
     with revocations:
         deadline = time.monotonic() + 10
         while not revocations.is_revoked("b") and time.monotonic() < deadline:
@@ -187,7 +179,7 @@ def test_the_follower_reconnects_and_takes_the_full_list_after_a_reconnect() -> 
 
 def test_reconnect_delays_double_up_to_the_cap() -> None:
     source = ScriptedSource()  # every attempt fails
-    revocations = RevocationList(source, reconnect_initial=0.05, reconnect_max=0.2, now=Clock())
+    revocations = RevocationList(source, reconnect_initial=0.05, reconnect_max=0.2, now=Clock(NOW))
     with revocations:
         deadline = time.monotonic() + 10
         while len(source.opened) < 6 and time.monotonic() < deadline:
@@ -199,9 +191,10 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
         assert want * 0.9 <= gap < want + 0.15, (gaps, expected)
 
 
+@pytest.mark.slow
 def test_close_returns_promptly_while_the_stream_is_quiet() -> None:
     stream = ScriptedStream([RevocationBatch(full=True, sessions={})], block=True)
-    revocations = RevocationList(ScriptedSource(stream), now=Clock())
+    revocations = RevocationList(ScriptedSource(stream), now=Clock(NOW))
     revocations.start()
     assert revocations.wait_until_synced(5)
 

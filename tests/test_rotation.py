@@ -25,7 +25,7 @@ import pytest
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.keys import SigningKeyStore
-from conftest import AUDIENCE, ISSUER, PASSPHRASE, EventLoopThread, bearer, make_config
+from helpers import AUDIENCE, ISSUER, PASSPHRASE, Clock, EventLoopThread, bearer, make_config
 from interceptors import GrpcJwksSource, HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server
@@ -38,16 +38,6 @@ INTERVAL = 600
 STEP = 10.0
 PASSWORD = "rotation password"
 OK = grpc.StatusCode.OK
-
-
-class Clock:
-    """The injected clock of the auth server and both verifiers."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -246,7 +236,7 @@ def _advance(rig: Rig, traffic: Traffic, clients: int, seconds: float) -> None:
     """Move the clock in steps, letting the server act and every client call at each one."""
     target = rig.clock() + seconds
     while rig.clock() < target:
-        rig.clock.t = min(rig.clock.t + STEP, target)
+        rig.clock.now = min(rig.clock.now + STEP, target)
         rig.settle()
         traffic.wait_for_calls(clients, each=2)
 
@@ -264,6 +254,7 @@ def _revoked_fails_on(rig: Rig, target: str, token: str, limit: float) -> float:
     pytest.fail(f"a token of the revoked key still passed after {limit} s")
 
 
+@pytest.mark.slow
 def test_three_rotations_and_a_revocation_fail_no_honest_call(rig: Rig) -> None:
     traffic = Traffic()
     stop = threading.Event()
@@ -340,19 +331,19 @@ def test_jwks_max_age_never_outlives_the_next_scheduled_change(rig: Rig) -> None
 
     prepublish = T0 + INTERVAL - ACTIVATE_AFTER
     assert max_age() == MAX_AGE
-    rig.clock.t = prepublish - 25.5
+    rig.clock.now = prepublish - 25.5
     assert max_age() == 25
-    rig.clock.t = prepublish - 0.5
+    rig.clock.now = prepublish - 0.5
     assert max_age() == 1  # never 0: that would make every verifier refetch on every call
-    rig.clock.t = prepublish
+    rig.clock.now = prepublish
     rig.settle()
     assert len(_published_kids(rig)) == 2
     # Next scheduled change: none until the following pre-publication.
     assert max_age() == MAX_AGE
-    rig.clock.t = T0 + INTERVAL
+    rig.clock.now = T0 + INTERVAL
     rig.settle()
     # The old key retires TTL + 30 s after its last signature: that caps max-age now.
-    rig.clock.t += TTL + 30 - 7
+    rig.clock.now += TTL + 30 - 7
     assert max_age() == 7
 
 
@@ -391,7 +382,7 @@ def test_changing_the_algorithm_migrates_with_both_accepted_meanwhile(
             discovery = json.load(response)
         assert discovery["id_token_signing_alg_values_supported"] == ["EdDSA", "RS256"]
 
-        clock.t += 600  # 2 x the default max-age later, the EdDSA key signs
+        clock.now += 600  # 2 x the default max-age later, the EdDSA key signs
         new = login()
         assert jwt.get_unverified_header(new)["alg"] == "EdDSA"
         assert verifier.verify(old).username == verifier.verify(new).username == "alice"

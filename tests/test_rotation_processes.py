@@ -23,8 +23,10 @@ import grpc
 import jwt
 import pytest
 
-from conftest import PASSPHRASE, bearer
+from helpers import PASSPHRASE, bearer, wait_until
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
+
+pytestmark = pytest.mark.slow  # real processes
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "rotation-e2e"
@@ -249,15 +251,6 @@ def _watch(target: str, token: str, refused: dict[str, float], name: str) -> Non
                 return
 
 
-def _until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_rotations_and_revocation_with_real_processes(system: System) -> None:
     log = Log()
     stop = threading.Event()
@@ -274,7 +267,7 @@ def test_rotations_and_revocation_with_real_processes(system: System) -> None:
         return list(dict.fromkeys(kids))
 
     try:
-        _until(lambda: len(signed_ok()) >= 4, 6 * INTERVAL, "three rotations")
+        assert wait_until(lambda: len(signed_ok()) >= 4, 6 * INTERVAL), "three rotations"
         # Revoke the current key while the standby has been published for > 2 x max-age.
         for _ in range(3):
             [standby] = [r for r in system.key_rows() if r["state"] == "next"]
@@ -317,7 +310,9 @@ def test_rotations_and_revocation_with_real_processes(system: System) -> None:
         push_seconds = refused["push"] - float(row["revoked_at"])  # type: ignore[arg-type]
         http_seconds = refused["http"] - float(row["revoked_at"])  # type: ignore[arg-type]
         calls = len(log.calls)
-        _until(lambda: len(log.calls) > calls + 50, 10, "honest calls on the promoted key")
+        assert wait_until(lambda: len(log.calls) > calls + 50, 10), (
+            "honest calls on the promoted key"
+        )
     finally:
         stop.set()
         for thread in threads:

@@ -5,7 +5,6 @@ Runs on SQLite, and on PostgreSQL too when SSOT_TEST_DATABASE_URL is set.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,23 +17,16 @@ from auth_server.refresh_tokens import derive_refresh_secret
 from auth_server.sessions import REVOCATION_RETENTION, SessionStore
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import User, UserStore
+from helpers import Clock, run_concurrently
 
 T0 = 1_700_000_000.0
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 SECRET = derive_refresh_secret(b"test-passphrase-0123456789")
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -58,29 +50,11 @@ def test_many_threads_refreshing_one_token_leave_one_branch(
     # Straight on the store, more threads than the gRPC server would run at once.
     for _ in range(3):
         token = store.create(alice.id).refresh_token
-        barrier = threading.Barrier(24)
-        results: list[str | BaseException] = []
-        lock = threading.Lock()
-
-        def refresh(
-            token: str = token,
-            barrier: threading.Barrier = barrier,
-            results: list[str | BaseException] = results,
-            lock: threading.Lock = lock,
-        ) -> None:
-            barrier.wait()
-            try:
-                outcome: str | BaseException = store.refresh(token).refresh_token
-            except BaseException as exc:  # recorded and asserted below
-                outcome = exc
-            with lock:
-                results.append(outcome)
-
-        threads = [threading.Thread(target=refresh) for _ in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results: list[str | BaseException] = run_concurrently(
+            lambda _, token=token: store.refresh(token).refresh_token,
+            range(24),
+            return_exceptions=True,
+        )
         assert all(isinstance(r, str) for r in results), results
         assert len(set(results)) == 1
         (successor,) = set(results)
@@ -105,7 +79,7 @@ def test_reuse_revokes_and_names_the_session(
 ) -> None:
     created = store.create(alice.id)
     store.refresh(created.refresh_token)
-    clock.t += 21
+    clock.now += 21
 
     with pytest.raises(RefreshTokenReused) as raised:
         store.refresh(created.refresh_token)
@@ -121,15 +95,15 @@ def test_the_revocation_list_keeps_a_session_until_its_last_access_token_expired
 ) -> None:
     created = store.create(alice.id, access_ttl=900)
     live = store.create(alice.id, access_ttl=900)
-    clock.t += 100
+    clock.now += 100
     store.refresh(created.refresh_token, access_ttl=900)  # last token now expires at T0+1000
     store.logout(created.refresh_token)
 
     assert store.revoked_sessions() == {created.session_id: T0 + 100 + 900}
     assert live.session_id not in store.revoked_sessions()
-    clock.t = T0 + 1000 + REVOCATION_RETENTION - 1
+    clock.now = T0 + 1000 + REVOCATION_RETENTION - 1
     assert created.session_id in store.revoked_sessions()
-    clock.t = T0 + 1000 + REVOCATION_RETENTION + 1
+    clock.now = T0 + 1000 + REVOCATION_RETENTION + 1
     assert store.revoked_sessions() == {}
 
 
@@ -142,7 +116,7 @@ def test_purge_deletes_only_sessions_nobody_needs(
     live = store.create(alice.id, access_ttl=900)
 
     assert store.purge_expired() == 0  # the ended one is still on the revocation list
-    clock.t += 900 + REVOCATION_RETENTION + 1
+    clock.now += 900 + REVOCATION_RETENTION + 1
     live = store.create(alice.id, access_ttl=900)  # a fresh live session
 
     assert store.purge_expired() == 1
@@ -157,7 +131,7 @@ def test_purge_deletes_only_sessions_nobody_needs(
 
 def test_listing_and_revoking_sessions(store: SessionStore, alice: User, clock: Clock) -> None:
     first = store.create(alice.id)
-    clock.t += 1
+    clock.now += 1
     second = store.create(alice.id)
 
     assert [s.session_id for s in store.list_for_user(alice.id)] == [

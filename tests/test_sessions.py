@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +19,14 @@ import sqlalchemy as sa
 
 from auth_server.sessions import SessionPolicy
 from auth_server.storage import Database
-from conftest import (
+from helpers import (
     AuthHarness,
+    Clock,
     EventLoopThread,
     ResourceHarness,
     bearer,
     make_config,
+    run_concurrently,
     running_resource,
     start_harness,
 )
@@ -34,22 +35,9 @@ from protos import auth_pb2, resource_pb2
 PASSWORD = "correct horse battery"
 
 
-class Clock:
-    """The auth server's clock: starts at real time, moves only when told to."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(time.time())
 
 
 @pytest.fixture
@@ -195,24 +183,12 @@ def test_reuse_after_the_grace_window_revokes_the_family_everywhere(
 
 def test_concurrent_refreshes_with_one_token_yield_one_successor(server: AuthHarness) -> None:
     login = server.login("alice", PASSWORD)
-    barrier = threading.Barrier(20)
-    results: list[auth_pb2.TokenResponse | BaseException] = []
-    lock = threading.Lock()
-
-    def refresh() -> None:
-        barrier.wait()
-        try:
-            outcome: auth_pb2.TokenResponse | BaseException = server.refresh(login.refresh_token)
-        except BaseException as exc:  # recorded and asserted below
-            outcome = exc
-        with lock:
-            results.append(outcome)
-
-    threads = [threading.Thread(target=refresh) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results: list[auth_pb2.TokenResponse | BaseException] = run_concurrently(
+        lambda _: server.refresh(login.refresh_token),
+        range(20),
+        return_exceptions=True,
+        timeout=30,
+    )
 
     assert len(results) == 20
     assert all(isinstance(r, auth_pb2.TokenResponse) for r in results), results

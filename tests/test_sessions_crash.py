@@ -24,8 +24,10 @@ from auth_server.passwords import PasswordHasher
 from auth_server.refresh_tokens import hash_refresh_token
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import UserStore
-from conftest import FAST_ARGON2, PASSPHRASE
+from helpers import FAST_ARGON2, PASSPHRASE
 from protos import auth_pb2, auth_pb2_grpc
+
+pytestmark = pytest.mark.slow  # real processes, killed mid-request
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from helpers import FakeAuthService, serve_fake_auth
 from interceptors._errors import KeySetError
 from interceptors._sources import (
     DiscoverySource,
@@ -238,6 +239,7 @@ def test_http_source_failures_are_key_set_errors(
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
 
 
+@pytest.mark.slow
 def test_http_source_gives_up_at_the_timeout(http_server: HttpServer) -> None:
     http_server.routes["/jwks"] = json_reply(JWKS)
     http_server.hold.clear()
@@ -405,48 +407,18 @@ def _jwk_message(jwk: dict[str, Any]) -> auth_pb2.Jwk:
     )
 
 
-class JwksServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._version = 0
-        self._set = auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)], max_age_seconds=300, etag="1")
-
-    def publish(self, jwk_set: auth_pb2.JwkSet) -> None:
-        with self._changed:
-            self._set = jwk_set
-            self._version += 1
-            self._changed.notify_all()
-
-    def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.JwkSet:
-        with self._changed:
-            return self._set
-
-    def WatchJwks(
-        self, request: auth_pb2.WatchJwksRequest, context: Any
-    ) -> Iterator[auth_pb2.JwkSet]:
-        seen = -1
-        while context.is_active():
-            with self._changed:
-                if self._version == seen:
-                    self._changed.wait(0.05)
-                    continue
-                seen, current = self._version, self._set
-            yield current
-
-
 @pytest.fixture
-def grpc_server() -> Iterator[tuple[JwksServicer, str]]:
-    servicer = JwksServicer()  # type: ignore[abstract]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def grpc_server() -> Iterator[tuple[FakeAuthService, str]]:
+    servicer = FakeAuthService(
+        auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)], max_age_seconds=300, etag="1")
+    )
+    server, port = serve_fake_auth(servicer)
     yield servicer, f"127.0.0.1:{port}"
     server.stop(0).wait()
 
 
 def test_grpc_fetch_converts_messages_to_jwks_without_empty_fields(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     servicer.publish(
@@ -464,7 +436,7 @@ def test_grpc_fetch_converts_messages_to_jwks_without_empty_fields(
 
 
 def test_grpc_fetch_without_max_age_has_no_caching_hint(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     servicer.publish(auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)]))
@@ -474,6 +446,7 @@ def test_grpc_fetch_without_max_age_has_no_caching_hint(
     assert result.max_age is None
 
 
+@pytest.mark.slow
 def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
     source = GrpcJwksSource("127.0.0.1:1")
     started = time.monotonic()
@@ -487,7 +460,7 @@ def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
 
 
 def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
     source = GrpcJwksSource(target)
@@ -517,7 +490,7 @@ def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
 
 
 def test_grpc_watch_raises_key_set_error_when_the_server_goes(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, _ = grpc_server
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -547,7 +520,7 @@ def test_grpc_source_needs_exactly_one_of_target_and_channel() -> None:
 
 
 def test_grpc_source_closes_only_the_channel_it_opened(
-    grpc_server: tuple[JwksServicer, str],
+    grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     _, target = grpc_server
     with grpc.insecure_channel(target) as channel:

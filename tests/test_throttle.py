@@ -16,24 +16,23 @@ from auth_server.errors import LoginThrottled
 from auth_server.passwords import Argon2Parameters, PasswordHasher
 from auth_server.storage import Database, users
 from auth_server.throttle import LoginThrottle, ThrottlePolicy, client_address
-from conftest import AuthHarness, EventLoopThread, make_config, start_harness
+from helpers import (
+    AuthHarness,
+    Clock,
+    EventLoopThread,
+    make_config,
+    run_concurrently,
+    start_harness,
+)
 from protos import auth_pb2, auth_pb2_grpc
 
 T0 = 1_700_000_000.0
 PASSWORD = "correct horse battery"
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 def throttle(database: Database, clock: Clock, **policy: float) -> LoginThrottle:
@@ -71,9 +70,9 @@ def test_one_user_from_one_address_waits_for_the_window_after_a_few_failures(
     assert refused(t, "alice", "198.51.100.7") == 600
     assert refused(t, "alice", "203.0.113.9") is None  # the user from elsewhere
     assert refused(t, "bob", "198.51.100.7") is None  # another user from that address
-    clock.t += 300
+    clock.now += 300
     assert refused(t, "alice", "198.51.100.7") == 300  # refused attempts did not extend it
-    clock.t += 300
+    clock.now += 300
     assert refused(t, "alice", "198.51.100.7") is None
 
 
@@ -113,7 +112,7 @@ def test_the_per_user_layer_delays_with_a_growing_capped_wait_and_never_locks_ou
         wait = refused(t, "alice", f"203.0.113.{i}")
         assert wait is not None
         waits.append(wait)
-        clock.t += wait
+        clock.now += wait
         assert refused(t, "alice", f"203.0.113.{i}") is None  # admitted once the wait is over
         # The victim's known address is never made to wait, nor makes anyone else wait.
         t.succeeded(t.admit("alice", home))
@@ -134,21 +133,9 @@ def test_counters_are_shared_by_replicas(database: Database, clock: Clock) -> No
 
 def test_parallel_guesses_cannot_slip_past_the_limit(database: Database, clock: Clock) -> None:
     t = throttle(database, clock, per_user_address=5)
-    admitted: list[bool] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(16)
-
-    def guess() -> None:
-        barrier.wait()
-        ok = refused(t, "alice", "198.51.100.7") is None
-        with lock:
-            admitted.append(ok)
-
-    threads = [threading.Thread(target=guess) for _ in range(16)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(30)
+    admitted = run_concurrently(
+        lambda _: refused(t, "alice", "198.51.100.7") is None, range(16), timeout=30
+    )
 
     assert admitted.count(True) == 5
 
@@ -159,7 +146,7 @@ def test_purge_forgets_stale_counters_but_remembers_known_addresses(
     t = throttle(database, clock)
     t.admit("alice", "198.51.100.7")
     t.succeeded(t.admit("bob", "192.0.2.1"))
-    clock.t += 3600
+    clock.now += 3600
 
     assert t.purge() >= 3
     with database.transaction() as conn:

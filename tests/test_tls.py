@@ -19,11 +19,10 @@ from typing import Any
 
 import grpc
 import pytest
-from pki import Identity, Pki, make_pki
 
 from auth_server.__main__ import main as auth_main
 from auth_server.app import RunningAuthServer, start_auth_server
-from conftest import (
+from helpers import (
     AUDIENCE,
     ISSUER,
     AuthHarness,
@@ -41,6 +40,7 @@ from interceptors import (
     TokenVerifier,
     cert_thumbprint,
 )
+from pki import Identity, Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, start_aio_server
 from resource_server.__main__ import main as resource_main
@@ -353,6 +353,7 @@ def _cli(main: Callable[[list[str]], int], *argv: str, stdin: str = "") -> int:
         sys.stdin = sys.__stdin__
 
 
+@pytest.mark.slow
 def test_up_login_and_get_work_over_mutual_tls_from_the_command_line(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

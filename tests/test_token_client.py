@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from helpers import Clock
 from interceptors import (
     AsyncTokenManager,
     AuthError,
@@ -39,16 +40,6 @@ PASSWORD = "correct horse battery staple"
 T0 = 1_700_000_000.0
 
 KINDS = ["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
-
-
-class Clock:
-    """An injectable clock."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Arrivals:
@@ -234,7 +225,7 @@ def auth_channel(servers: Servers) -> Iterator[grpc.Channel]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 def make_manager(channel: grpc.Channel, clock: Clock, **kwargs: Any) -> TokenManager:
@@ -354,9 +345,9 @@ def test_token_is_kept_until_the_renewal_point_then_refreshed(
     manager = make_manager(auth_channel, clock, refresh_margin=margin)
     first = manager.token()
 
-    clock.t = T0 + still_fresh_at
+    clock.now = T0 + still_fresh_at
     assert manager.token() == first
-    clock.t = T0 + still_fresh_at + 1.0
+    clock.now = T0 + still_fresh_at + 1.0
     renewed = manager.token()
 
     assert renewed == "refresh-access-2"
@@ -381,7 +372,7 @@ def test_renewal_logs_in_again_when_refresh_does_not_work(
     manager = make_manager(auth_channel, clock)
     manager.token()
 
-    clock.t = T0 + 900
+    clock.now = T0 + 900
     renewed = manager.token()
 
     assert renewed == "login-access-2"
@@ -395,7 +386,7 @@ def test_renewal_without_a_refresh_token_logs_in(
     manager = make_manager(auth_channel, clock)
     manager.token()
 
-    clock.t = T0 + 900
+    clock.now = T0 + 900
 
     assert manager.token() == "login-access-2"
     assert (servers.auth.logins, servers.auth.refreshes) == (2, 0)
@@ -801,9 +792,9 @@ def test_async_token_is_renewed_ahead_of_expiry(
 
     async def body(manager: AsyncTokenManager, _: Any) -> tuple[str, str, str]:
         first = await manager.token()
-        clock.t = T0 + 79.0
+        clock.now = T0 + 79.0
         kept = await manager.token()
-        clock.t = T0 + 80.0
+        clock.now = T0 + 80.0
         return first, kept, await manager.token()
 
     first, kept, renewed = run_async(servers, clock, body)

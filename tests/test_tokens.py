@@ -22,6 +22,7 @@ from auth_server.sessions import SessionPolicy, SessionStore
 from auth_server.storage import Database, sessions
 from auth_server.tokens import TokenIssuer
 from auth_server.users import User, UserStore
+from helpers import Clock
 
 PASSPHRASE = b"test passphrase"
 ISSUER = "https://auth.example.test"
@@ -32,17 +33,9 @@ SID = "5f0c7a52-8a43-4a57-9c3e-1f0b5e0d9a11"
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -92,7 +85,7 @@ def test_tokens_of_every_algorithm_verify_with_the_published_jwk(
 def test_token_claims_are_exactly_as_specified(
     database: Database, clock: Clock, user: User
 ) -> None:
-    clock.t = T0 + 0.75
+    clock.now = T0 + 0.75
     keys, issuer = _issuer(database, clock, ttl=600)
 
     issued = issuer.issue(user, scopes=["write", "read"], session_id=SID)

@@ -20,6 +20,7 @@ from auth_server.users import (
     validate_scopes,
     validate_username,
 )
+from helpers import Clock
 
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -35,14 +36,6 @@ class SpyHasher(PasswordHasher):
     def verify(self, password_hash: str, password: str) -> bool:
         self.verified.append(password_hash)
         return super().verify(password_hash, password)
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

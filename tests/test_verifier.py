@@ -20,6 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+import helpers
+from helpers import DROP, Clock
 from interceptors import (
     AuthError,
     ExpiredToken,
@@ -65,7 +67,6 @@ PS = make_key("ps-1", "PS256", rsa.generate_private_key(public_exponent=65537, k
 ES = make_key("es-1", "ES256", ec.generate_private_key(ec.SECP256R1()))
 ED = make_key("ed-1", "EdDSA", ed25519.Ed25519PrivateKey.generate())
 ATTACKER = make_key("rs-1", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-DROP = object()
 
 
 class FakeKeys:
@@ -101,29 +102,9 @@ class FakeKeys:
             callback(frozenset({kid}))
 
 
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def claims(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "iss": ISSUER,
-        "sub": "user-1",
-        "aud": AUDIENCE,
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 900,
-        "jti": "token-1",
-        "sid": "session-1",
-        "username": "alice",
-        "scope": "resource.read resource.admin",
-    }
-    base.update(overrides)
-    return {name: value for name, value in base.items() if value is not DROP}
+    changes = {"jti": "token-1", "scope": "resource.read resource.admin", **overrides}
+    return helpers.claims(now=NOW, issuer=ISSUER, audience=AUDIENCE, lifetime=900, **changes)
 
 
 def token(key: Key = RS, *, algorithm: str | None = None, **overrides: Any) -> str:

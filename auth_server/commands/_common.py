@@ -1,47 +1,22 @@
-"""Pieces every ``ssot-auth`` subcommand shares: errors, passwords, opening storage."""
+"""Pieces every ``ssot-auth`` subcommand shares: its error, opening storage, running a server."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
+from auth_server.commands.settings import prepare_data_dir, resolve_passphrase
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import PasswordHasher
-from auth_server.settings import prepare_data_dir, resolve_passphrase
 from auth_server.storage import Database, sqlite_url_for
 from auth_server.users import UserStore
 
 
 class CommandError(Exception):
     """A command failed in a way the user can fix; printed as one line."""
-
-
-def add_password_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input",
-    )
-
-
-def read_password(ns: argparse.Namespace, *, confirm: bool) -> str:
-    if ns.password_stdin:
-        line = sys.stdin.readline()
-        password = line.removesuffix("\n").removesuffix("\r")
-        if not password:
-            raise CommandError("no password on standard input")
-        return password
-    if not sys.stdin.isatty():
-        raise CommandError("standard input is not a terminal: use --password-stdin")
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Password (again): ") != password:
-        raise CommandError("passwords do not match")
-    return password
 
 
 # Databases a command opened; ``close_databases`` disposes them when it returns, so a

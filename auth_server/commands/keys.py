@@ -11,18 +11,17 @@ from typing import Any
 
 from auth_server.commands._common import CommandError, open_database
 from auth_server.commands.serve import duration
+from auth_server.commands.settings import (
+    add_passphrase_argument,
+    add_storage_arguments,
+    prepare_data_dir,
+    resolve_passphrase,
+)
 from auth_server.config import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_JWKS_MAX_AGE
 from auth_server.jwk import ALGORITHMS
 from auth_server.keys import KeyInfo, SigningKeyStore
 from auth_server.lifecycle import KeyLifecycle
-from auth_server.settings import (
-    add_passphrase_argument,
-    add_storage_arguments,
-    env_default,
-    env_int,
-    prepare_data_dir,
-    resolve_passphrase,
-)
+from interceptors._cli import add_env_argument, env_value
 
 _MIN_PASSPHRASE_BYTES = 16
 
@@ -46,21 +45,24 @@ def register(commands: Any) -> None:
         help="how long the new key is published before it signs; at least 2 x --jwks-max-age"
         " (default 2 x --jwks-max-age)",
     )
-    rotate.add_argument(
+    add_env_argument(
+        rotate,
         "--jwks-max-age",
         type=int,
-        default=env_int("JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE),
-        help="the servers' --jwks-max-age (SSOT_JWKS_MAX_AGE, default 300)",
+        default=DEFAULT_JWKS_MAX_AGE,
+        help="the servers' --jwks-max-age",
+        default_help=DEFAULT_JWKS_MAX_AGE,
     )
-    rotate.add_argument(
+    add_env_argument(
+        rotate,
         "--algorithm",
         choices=ALGORITHMS,
-        default=env_default("ALGORITHM", "RS256"),
-        help="algorithm of the new key; use the servers' --algorithm, which their schedule"
-        " follows (SSOT_ALGORITHM, default RS256)",
+        default="RS256",
+        help="algorithm of the new key; use the servers' --algorithm, which their schedule follows",
+        default_help="RS256",
     )
-    rotate.add_argument(
-        "--rsa-bits", type=int, default=env_int("RSA_BITS", 2048), help="RSA key size"
+    add_env_argument(
+        rotate, "--rsa-bits", type=int, default=2048, help="RSA key size", default_help=2048
     )
     rotate.set_defaults(run=_cmd_keys_rotate)
 
@@ -91,7 +93,7 @@ def _open_store(
     passphrase = resolve_passphrase(ns, prepare_data_dir(ns.data_dir), create=False)
     lifecycle = KeyLifecycle.for_server(
         jwks_max_age=jwks_max_age,
-        access_token_ttl=env_int("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL),
+        access_token_ttl=env_value("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL, type=int),
         rotation_interval=0,
     )
     try:

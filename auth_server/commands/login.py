@@ -4,52 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from auth_server.commands._common import CommandError, add_password_argument, read_password
+from auth_server.commands._common import CommandError
+from auth_server.commands.settings import add_password_argument, read_password
 from auth_server.config import DEFAULT_GRPC_ADDRESS
-from auth_server.settings import env_default
 from auth_server.tls import TlsError, channel_credentials
+from interceptors._cli import (
+    CLIENT_TLS_FLAGS,
+    add_client_tls_arguments,
+    add_env_argument,
+    wants_tls,
+)
 from protos import auth_pb2, auth_pb2_grpc
 
 
 def register(commands: Any) -> None:
     login = commands.add_parser("login", help="log in and print the token response as JSON")
     login.add_argument("name")
-    login.add_argument(
-        "--target",
-        default=env_default("TARGET", DEFAULT_GRPC_ADDRESS),
-        help="auth service address (SSOT_TARGET)",
-    )
+    add_env_argument(login, "--target", default=DEFAULT_GRPC_ADDRESS, help="auth service address")
     login.add_argument("--scope", default="", help="space-separated scopes to ask for")
     add_password_argument(login)
-    login.add_argument(
-        "--tls",
-        action="store_true",
-        default=env_default("TLS", "") not in ("", "0", "false"),
-        help="connect with TLS, trusting the system roots (implied by --ca-cert; SSOT_TLS=1)",
-    )
-    login.add_argument(
-        "--ca-cert",
-        type=Path,
-        default=env_default("CA_CERT"),
-        help="connect with TLS, trusting the CAs in this PEM file (SSOT_CA_CERT)",
-    )
-    login.add_argument(
-        "--client-cert",
-        type=Path,
-        default=env_default("CLIENT_CERT"),
-        help="client certificate chain (PEM) for mutual TLS (SSOT_CLIENT_CERT)",
-    )
-    login.add_argument(
-        "--client-key",
-        type=Path,
-        default=env_default("CLIENT_KEY"),
-        help="private key (PEM) of --client-cert (SSOT_CLIENT_KEY)",
-    )
+    add_client_tls_arguments(login)
     login.set_defaults(run=_cmd_login)
 
 
@@ -82,10 +60,10 @@ def _cmd_login(ns: argparse.Namespace) -> int:
 
 
 def _open_channel(ns: argparse.Namespace) -> grpc.Channel:
-    if not (ns.tls or ns.ca_cert or ns.client_cert or ns.client_key):
+    if not wants_tls(ns):
         return grpc.insecure_channel(ns.target)
     try:
         credentials = channel_credentials(ns.ca_cert, ns.client_cert, ns.client_key)
     except TlsError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(exc.naming(CLIENT_TLS_FLAGS)) from None
     return grpc.secure_channel(ns.target, credentials)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError, run_until_signalled
+from auth_server.commands.settings import (
+    add_passphrase_argument,
+    add_storage_arguments,
+    prepare_data_dir,
+    resolve_passphrase,
+)
 from auth_server.config import (
     DEFAULT_ACCESS_TOKEN_TTL,
     DEFAULT_GRPC_ADDRESS,
@@ -25,16 +30,8 @@ from auth_server.jwk import ALGORITHMS
 from auth_server.lifecycle import parse_duration
 from auth_server.passwords import Argon2Parameters
 from auth_server.sessions import SessionPolicy
-from auth_server.settings import (
-    add_passphrase_argument,
-    add_storage_arguments,
-    env_default,
-    env_float,
-    env_int,
-    prepare_data_dir,
-    resolve_passphrase,
-)
 from auth_server.throttle import ThrottlePolicy
+from interceptors._cli import add_env_argument, add_server_tls_arguments
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -48,79 +45,78 @@ def register(commands: Any) -> None:
 def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     add_storage_arguments(parser)
     add_passphrase_argument(parser)
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--grpc",
-        default=env_default("GRPC", DEFAULT_GRPC_ADDRESS),
-        help=f"gRPC listen address (SSOT_GRPC, default {DEFAULT_GRPC_ADDRESS})",
+        default=DEFAULT_GRPC_ADDRESS,
+        help="gRPC listen address",
+        default_help=DEFAULT_GRPC_ADDRESS,
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--http",
-        default=env_default("HTTP", DEFAULT_HTTP_ADDRESS),
-        help=f"JWKS HTTP listen address (SSOT_HTTP, default {DEFAULT_HTTP_ADDRESS})",
+        default=DEFAULT_HTTP_ADDRESS,
+        help="JWKS HTTP listen address",
+        default_help=DEFAULT_HTTP_ADDRESS,
     )
-    issuer = env_default("ISSUER")
-    audience = env_default("AUDIENCE")
-    parser.add_argument(
-        "--issuer",
-        default=issuer,
-        required=required and issuer is None,
-        help="token issuer URL, the iss claim (SSOT_ISSUER)",
-    )
-    parser.add_argument(
-        "--audience",
-        default=audience,
-        required=required and audience is None,
-        help="token audience, the aud claim (SSOT_AUDIENCE)",
-    )
-    parser.add_argument(
+    add_env_argument(parser, "--issuer", required=required, help="token issuer URL, the iss claim")
+    add_env_argument(parser, "--audience", required=required, help="token audience, the aud claim")
+    add_env_argument(
+        parser,
         "--algorithm",
         choices=ALGORITHMS,
-        default=env_default("ALGORITHM", "RS256"),
-        help="signing algorithm for new keys (SSOT_ALGORITHM, default RS256)",
+        default="RS256",
+        help="signing algorithm for new keys",
+        default_help="RS256",
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--rsa-bits",
         type=int,
-        default=env_int("RSA_BITS", 2048),
-        help="RSA key size for RS256/PS256: 2048, 3072 or 4096 (SSOT_RSA_BITS, default 2048)",
+        default=2048,
+        help="RSA key size for RS256/PS256: 2048, 3072 or 4096",
+        default_help=2048,
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--access-token-ttl",
         type=int,
-        default=env_int("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL),
-        help="access token lifetime in seconds (SSOT_ACCESS_TOKEN_TTL, default 900)",
+        default=DEFAULT_ACCESS_TOKEN_TTL,
+        help="access token lifetime in seconds",
+        default_help=DEFAULT_ACCESS_TOKEN_TTL,
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--jwks-max-age",
         type=int,
-        default=env_int("JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE),
-        help="JWKS Cache-Control max-age in seconds (SSOT_JWKS_MAX_AGE, default 300)",
+        default=DEFAULT_JWKS_MAX_AGE,
+        help="JWKS Cache-Control max-age in seconds",
+        default_help=DEFAULT_JWKS_MAX_AGE,
     )
     add_key_schedule_arguments(parser)
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--no-reflection",
         action="store_true",
-        default=env_default("NO_REFLECTION", "") not in ("", "0", "false"),
-        help="do not serve gRPC server reflection (SSOT_NO_REFLECTION=1)",
+        help="do not serve gRPC server reflection",
     )
     _add_session_arguments(parser)
     _add_throttle_arguments(parser)
     _add_argon2_arguments(parser)
-    add_tls_arguments(parser)
+    add_server_tls_arguments(parser, serves="gRPC and HTTP")
     add_limit_arguments(parser)
 
 
 def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integer: bool) -> None:
     """Add a numeric flag whose default comes from its ``SSOT_*`` variable (parser or group)."""
-    env = flag.removeprefix("--").replace("-", "_").upper()
-    value: float = env_int(env, int(default)) if integer else env_float(env, default)
-    shown = int(value) if float(value).is_integer() else value
-    parser.add_argument(
+    add_env_argument(
+        parser,
         flag,
         type=int if integer else float,
-        default=value,
+        default=int(default) if integer else default,
         metavar="N" if integer else "SECONDS",
-        help=f"{help_text} (SSOT_{env}, default {shown})",
+        help=help_text,
+        default_help=int(default) if float(default).is_integer() else default,
     )
 
 
@@ -195,51 +191,31 @@ def duration(text: str) -> float:
 
 
 def add_key_schedule_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--key-rotation-interval",
         type=duration,
-        default=env_default("KEY_ROTATION_INTERVAL", "30d"),
+        default=duration("30d"),
         metavar="DURATION",
         help="how long each signing key signs before the next takes over, e.g. 30d; 0 rotates"
-        " only on `keys rotate` (SSOT_KEY_ROTATION_INTERVAL, default 30d)",
+        " only on `keys rotate`",
+        default_help="30d",
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--key-activate-after",
         type=duration,
-        default=env_default("KEY_ACTIVATE_AFTER"),
         metavar="DURATION",
-        help="how long a new key is published before it signs; at least 2 x --jwks-max-age"
-        " (SSOT_KEY_ACTIVATE_AFTER, default 2 x --jwks-max-age)",
+        help="how long a new key is published before it signs; at least 2 x --jwks-max-age",
+        default_help="2 x --jwks-max-age",
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--key-retire-after",
         type=duration,
-        default=env_default("KEY_RETIRE_AFTER"),
         metavar="DURATION",
-        help="how long a replaced key stays published; at least --access-token-ttl + 30 s"
-        " (SSOT_KEY_RETIRE_AFTER, default --access-token-ttl + 30 s)",
-    )
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=env_default("TLS_CERT"),
-        help="serve gRPC and HTTP over TLS with this certificate chain, PEM (SSOT_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--tls-key",
-        type=Path,
-        default=env_default("TLS_KEY"),
-        help="private key of --tls-cert, PEM (SSOT_TLS_KEY)",
-    )
-    parser.add_argument(
-        "--client-ca",
-        type=Path,
-        default=env_default("CLIENT_CA"),
-        help="require gRPC clients to present a certificate signed by these CAs: mutual TLS "
-        "(SSOT_CLIENT_CA)",
+        help="how long a replaced key stays published; at least --access-token-ttl + 30 s",
+        default_help="--access-token-ttl + 30 s",
     )
 
 
@@ -253,12 +229,8 @@ _LIMITS = (
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, default, what in _LIMITS:
-        env = flag.upper().replace("-", "_")
-        parser.add_argument(
-            f"--{flag}",
-            type=int,
-            default=env_int(env, default),
-            help=f"{what} (SSOT_{env}, default {default})",
+        add_env_argument(
+            parser, f"--{flag}", type=int, default=default, help=what, default_help=default
         )
 
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auth_server.commands._common import CommandError, open_database
+from auth_server.commands.settings import add_storage_arguments
 from auth_server.passwords import PasswordHasher
 from auth_server.sessions import SessionInfo, SessionStore
-from auth_server.settings import add_storage_arguments
 from auth_server.users import UserStore
 
 

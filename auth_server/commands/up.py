@@ -13,8 +13,9 @@ from typing import Any
 from auth_server.app import start_auth_server
 from auth_server.commands._common import run_until_signalled
 from auth_server.commands.serve import add_server_arguments, server_config
-from auth_server.settings import env_default, write_secret_file
+from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
+from interceptors._cli import add_env_argument
 from resource_server import (
     ResourceServerConfig,
     build_verifier,
@@ -34,17 +35,20 @@ DEMO_AUDIENCE = "ssot-demo"
 def register(commands: Any) -> None:
     up = commands.add_parser("up", help="run auth + resource servers on embedded defaults")
     add_server_arguments(up, required=False)
-    up.add_argument(
+    add_env_argument(
+        up,
         "--resource-grpc",
-        default=env_default("RESOURCE_GRPC", "127.0.0.1:50052"),
-        help="resource server listen address (SSOT_RESOURCE_GRPC)",
+        default="127.0.0.1:50052",
+        help="resource server listen address",
+        default_help="127.0.0.1:50052",
     )
-    up.add_argument(
+    add_env_argument(
+        up,
         "--ca-cert",
         type=Path,
-        default=env_default("CA_CERT"),
         help="with TLS: the CA that signed --tls-cert, which the resource server trusts for the "
-        "auth service (SSOT_CA_CERT; default --client-ca, else --tls-cert itself)",
+        "auth service",
+        default_help="--client-ca, else --tls-cert itself",
     )
     up.set_defaults(run=run_demo)
 

@@ -6,13 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from auth_server.commands._common import (
-    CommandError,
+from auth_server.commands._common import CommandError, open_user_store
+from auth_server.commands.settings import (
     add_password_argument,
-    open_user_store,
+    add_storage_arguments,
     read_password,
 )
-from auth_server.settings import add_storage_arguments
 
 
 def register(commands: Any) -> None:

@@ -3,7 +3,7 @@
 Every family module builds a table of named cases; each case is a function from an
 :class:`Issuer` (the real signing key of the server under attack) to a token or to
 raw metadata. :meth:`Target.refuse` sends it through a real resource server and
-checks what the issue asks of every case: the exact status (``UNAUTHENTICATED``,
+checks what every case must get: the exact status (``UNAUTHENTICATED``,
 never OK, UNKNOWN or INTERNAL), a safe status message that does not echo the
 token, no JWKS fetch unless the case allows one, and afterwards the server still
 serving and an honest token still passing.
@@ -12,11 +12,11 @@ serving and an honest token still passing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -26,15 +26,28 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import AUDIENCE, ISSUER, AuthHarness
-from interceptors import KeyCache
-from protos import resource_pb2, resource_pb2_grpc
+from helpers import (
+    AUDIENCE,
+    ISSUER,
+    AuthHarness,
+    EventLoopThread,
+    running_resource,
+    without_dropped,
+)
 
-#: A claim or header member to leave out of a crafted token.
-DROP: Any = object()
+# Re-exported: the family modules import them from here.
+from helpers import DROP as DROP
+from helpers import bearer as bearer
+from helpers import claims as default_claims
+from interceptors import KeyCache, StaticSource, TokenPolicy, TokenVerifier
+from interceptors._keyset import SUPPORTED_ALGORITHMS
+from protos import resource_pb2, resource_pb2_grpc
+from resource_server import ResourceServerConfig, build_server, start_aio_server
+
 PASSWORD = "honest-password-7f3a9c"
 HONEST_USER = "honest"
 REQUEST = resource_pb2.GetProtectedResourceRequest()
+FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 #: A case: the issuer under attack -> the token (str) or the raw metadata to send.
 Attack: TypeAlias = Callable[["Issuer"], "str | Metadata"]
@@ -65,20 +78,6 @@ def compact(
     return f"{b64u(h)}.{b64u(p)}.{b64u(sig)}"
 
 
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def _apply(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    result = dict(base)
-    for name, value in changes.items():
-        if value is DROP:
-            result.pop(name, None)
-        else:
-            result[name] = value
-    return result
-
-
 @dataclass(frozen=True)
 class Issuer:
     """A signing key the server under attack trusts, and how to make tokens with it."""
@@ -94,23 +93,13 @@ class Issuer:
         return self.private_key.public_key()
 
     def claims(self, **changes: Any) -> dict[str, Any]:
-        now = int(time.time())
-        base = {
-            "iss": ISSUER,
-            "sub": "user-1",
-            "aud": AUDIENCE,
-            "exp": now + 300,
-            "iat": now,
-            "nbf": now,
-            "jti": uuid.uuid4().hex,
-            "sid": "session-1",
-            "username": "mallory",
-            "scope": "resource.read",
-        }
-        return _apply(base, changes)
+        """Valid claims for the server under attack (``helpers.claims``), changed as asked."""
+        return default_claims(
+            issuer=ISSUER, audience=AUDIENCE, **{"username": "mallory", **changes}
+        )
 
     def header(self, **changes: Any) -> dict[str, Any]:
-        return _apply({"alg": self.algorithm, "kid": self.kid, "typ": "at+jwt"}, changes)
+        return without_dropped({"alg": self.algorithm, "kid": self.kid, "typ": "at+jwt"}, changes)
 
     def sign_input(
         self, signing_input: bytes, algorithm: str | None = None, key: Any = None
@@ -269,3 +258,85 @@ ATTACKER = Attacker(
     p256=ec.generate_private_key(ec.SECP256R1()),
     ed25519=ed25519.Ed25519PrivateKey.generate(),
 )
+
+
+# -- servers in front of an issuer ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def auth_target(
+    loop_thread: EventLoopThread, auth: AuthHarness, *, aio: bool, **cache: Any
+) -> Iterator[Target]:
+    """A resource server in front of ``auth`` (HTTP JWKS), with a logged-in honest user."""
+    honest = auth.login(HONEST_USER, PASSWORD).access_token
+    SENT_SECRETS.add(honest)
+    with running_resource(loop_thread, auth, aio=aio, **cache) as resource:
+        assert resource.keys.wait_until_loaded(10)
+        target = Target(
+            issuer=issuer_from_auth(auth),
+            keys=resource.keys,
+            channel=resource.channel,
+            aio=aio,
+            honest_token=honest,
+            honest_name=HONEST_USER,
+        )
+        target.assert_serving()
+        yield target
+
+
+@contextlib.contextmanager
+def serve_verifier(
+    loop_thread: EventLoopThread,
+    keys: KeyCache,
+    policy: TokenPolicy,
+    *,
+    aio: bool,
+    config: ResourceServerConfig | None = None,
+) -> Iterator[grpc.Channel]:
+    """A resource server over any key cache and policy; yields a channel to it."""
+    config = config or ResourceServerConfig(
+        grpc_address="127.0.0.1:0",
+        issuer=policy.issuer,
+        audience=policy.audience,
+        jwks_url="http://127.0.0.1:9/unused",  # the key cache is given; no source is built
+    )
+    verifier = TokenVerifier(keys, policy)
+    if aio:
+        aserver, port = loop_thread.run(start_aio_server(config, verifier))
+        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
+    else:
+        server, port = build_server(config, verifier)
+        stop = lambda: server.stop(0.5).wait()  # noqa: E731
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+        stop()
+
+
+@contextlib.contextmanager
+def static_targets(
+    loop_thread: EventLoopThread, issuers: Sequence[Issuer], *, aio: bool
+) -> Iterator[dict[str, Target]]:
+    """One resource server trusting a static set of ``issuers``; a Target per algorithm."""
+    document = {"keys": [dict(i.jwk) for i in issuers]}
+    keys = KeyCache(StaticSource(document), background=False)
+    policy = TokenPolicy(issuer=ISSUER, audience=AUDIENCE, algorithms=SUPPORTED_ALGORITHMS)
+    try:
+        with serve_verifier(loop_thread, keys, policy, aio=aio) as channel:
+            targets = {}
+            for issuer in issuers:
+                honest = issuer.token(sub="user-honest", username=HONEST_USER)
+                targets[issuer.algorithm] = Target(
+                    issuer=issuer,
+                    keys=keys,
+                    channel=channel,
+                    aio=aio,
+                    honest_token=honest,
+                    honest_name=HONEST_USER,
+                )
+                targets[issuer.algorithm].assert_serving()
+            yield targets
+    finally:
+        keys.close()

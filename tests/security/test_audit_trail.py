@@ -19,7 +19,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import PASSPHRASE, EventLoopThread, make_config, start_harness
+from helpers import PASSPHRASE, EventLoopThread, make_config, start_harness
 from security import (
     test_alg,
     test_claims,
@@ -29,8 +29,7 @@ from security import (
     test_signature,
     test_transport,
 )
-from security.conftest import auth_target
-from security.kit import SENT_SECRETS, Target, b64u, bearer
+from security.kit import SENT_SECRETS, Target, auth_target, b64u, bearer
 
 ALICE_PASSWORD = "alice-secret-password-4c1d"
 WRONG_PASSWORD = "wrong-secret-password-9e2b"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AUDIENCE, ISSUER
+from helpers import AUDIENCE, ISSUER
 from security.kit import DROP, Attack, Issuer, Target
 
 NOW = int(time.time())

@@ -24,11 +24,11 @@ import grpc
 import jwt
 import pytest
 
-from conftest import AUDIENCE, ISSUER, AuthHarness, EventLoopThread
+from helpers import AUDIENCE, ISSUER, AuthHarness, Clock, EventLoopThread, wait_until
 from interceptors import HttpJwksSource, KeyCache, TokenPolicy
-from security.conftest import FACES, serve_verifier
 from security.kit import (
     ATTACKER,
+    FACES,
     HONEST_USER,
     PASSWORD,
     REQUEST,
@@ -38,6 +38,7 @@ from security.kit import (
     bearer,
     compact,
     issuer_from_auth,
+    serve_verifier,
 )
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -46,22 +47,6 @@ COOLDOWN = 30.0
 MAX_AGE = 300  # the auth service's default Cache-Control max-age
 REFRESH_AFTER = MAX_AGE * 0.8 + 1  # past the cache's refresh point, before expiry
 FETCH_TIMEOUT = 0.5
-
-
-class Clock:
-    """The key cache's clock: moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self._now = 1_000_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 @dataclass
@@ -131,10 +116,8 @@ class JwksTarget:
         return self.target.issuer.token(sub="user-honest", username=HONEST_USER)
 
     def wait_for_fetches(self, count: int) -> None:
-        deadline = time.monotonic() + 10
-        while self.target.keys.stats.fetches < count:
-            assert time.monotonic() < deadline, "the fetch never finished"
-            time.sleep(0.01)
+        fetched = wait_until(lambda: self.target.keys.stats.fetches >= count, timeout=10)
+        assert fetched, "the fetch never finished"
 
 
 @contextlib.contextmanager
@@ -146,7 +129,7 @@ def jwks_target(
     site = JwksSite(issuer.jwks_body)
     thread = threading.Thread(target=site.serve_forever, daemon=True)
     thread.start()
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     keys = KeyCache(
         HttpJwksSource(site.url),
         cooldown=COOLDOWN,
@@ -220,6 +203,7 @@ def _flood(target: Target, tokens: list[str], in_flight: int = 64) -> set[grpc.S
     return codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("outage", "count", "expected"),
     [
@@ -342,6 +326,7 @@ HOSTILE: list[Any] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_a_hostile_jwks_answer_is_refused_and_the_last_good_set_stays(
     jwks: JwksTarget, hostile: Callable[[Issuer], Answer]

@@ -1,6 +1,6 @@
 """PyJWT's gaps, each closed in our own layer.
 
-Each case pairs a *witness* (what PyJWT 2.15.1, the version measured for the issue, does
+Each case pairs a *witness* (what PyJWT 2.15.1, the version these gaps were measured on, does
 on its own: it only runs on that version) with what our verifier does with the same
 input through a real resource server. When PyJWT closes a gap upstream the witness is
 skipped on the newer version; our check stays.
@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import AUDIENCE, ISSUER
+from helpers import AUDIENCE, ISSUER
 from interceptors import KeySet, KeySetError, TokenPolicy, TokenVerifier
 from security.kit import ATTACKER, Attack, Issuer, Target, b64u, b64u_decode
 

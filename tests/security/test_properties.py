@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import AUDIENCE, ISSUER, AuthHarness
+from helpers import AUDIENCE, ISSUER, AuthHarness
 from interceptors import (
     AuthError,
     KeyCache,

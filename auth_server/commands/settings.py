@@ -1,71 +1,96 @@
-"""Settings shared by the ``ssot-auth`` subcommands: env defaults, data dir, passphrase."""
+"""Settings the ``ssot-auth`` subcommands share: where data lives, the key passphrase, passwords.
+
+Each comes as the flags that set it and the function that reads it: ``--data-dir`` and
+``--database-url`` (:func:`add_storage_arguments`, :func:`prepare_data_dir`),
+``--key-passphrase-file`` (:func:`add_passphrase_argument`, :func:`resolve_passphrase`),
+``--password-stdin`` (:func:`add_password_argument`, :func:`read_password`). Every flag
+also reads its ``SSOT_*`` variable (:func:`interceptors._cli.add_env_argument`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
+
+from interceptors._cli import SettingsError, add_env_argument
 
 _LOGGER = logging.getLogger(__name__)
 
 PASSPHRASE_FILE_NAME = "key-passphrase"  # noqa: S105 - a file name
 DEFAULT_DATA_DIR = "ssot-data"
 
-
-class SettingsError(Exception):
-    """A setting is unusable; the message names the flag to fix."""
-
-
-def env_default(name: str, default: str | None = None) -> str | None:
-    """The ``SSOT_<NAME>`` environment variable, else ``default``."""
-    return os.environ.get(f"SSOT_{name}", default)
-
-
-def env_int(name: str, default: int) -> int:
-    value = env_default(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SettingsError(f"SSOT_{name} must be an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    value = env_default(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SettingsError(f"SSOT_{name} must be a number") from None
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "PASSPHRASE_FILE_NAME",
+    "SettingsError",
+    "add_passphrase_argument",
+    "add_password_argument",
+    "add_storage_arguments",
+    "prepare_data_dir",
+    "read_password",
+    "resolve_passphrase",
+    "write_secret_file",
+]
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--data-dir",
         type=Path,
-        default=Path(env_default("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR),
-        help="directory for the SQLite database and generated secrets (SSOT_DATA_DIR)",
+        default=Path(DEFAULT_DATA_DIR),
+        help="directory for the SQLite database and generated secrets",
     )
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--database-url",
-        default=env_default("DATABASE_URL"),
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default: SQLite in "
-        "--data-dir (SSOT_DATABASE_URL)",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db",
+        default_help="SQLite in --data-dir",
     )
 
 
 def add_passphrase_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_env_argument(
+        parser,
         "--key-passphrase-file",
         type=Path,
-        default=env_default("KEY_PASSPHRASE_FILE"),
-        help="file holding the passphrase that encrypts private keys (SSOT_KEY_PASSPHRASE_FILE; "
-        "or give the passphrase itself in SSOT_KEY_PASSPHRASE)",
+        help="file holding the passphrase that encrypts private keys",
+        note="or give the passphrase itself in SSOT_KEY_PASSPHRASE",
     )
+
+
+def add_password_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+
+
+def read_password(ns: argparse.Namespace, *, confirm: bool) -> str:
+    """A user's password: the first line of standard input, or asked at the terminal.
+
+    Raises:
+        SettingsError: no password on standard input, or not a terminal to ask at, or
+            the two entries differ.
+    """
+    if ns.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise SettingsError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise SettingsError("standard input is not a terminal: use --password-stdin")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != password:
+        raise SettingsError("passwords do not match")
+    return password
 
 
 def prepare_data_dir(path: Path) -> Path:
