@@ -125,8 +125,9 @@ def auth_server(data_dir: Path, code: Path) -> Iterator[tuple[int, str]]:
         while time.monotonic() < deadline:
             if child.poll() is not None:
                 raise RuntimeError(f"auth server exited: {(data_dir / 'server.log').read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", grpc_port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", grpc_port), timeout=0.5),
             ):
                 break
             time.sleep(0.2)
@@ -165,11 +166,11 @@ def idle_cpu(size: int, code: Path, window: float) -> float:
 
 def verifier_probe(target: str, expected: int) -> None:
     """Child: follow the stream until synced; print seconds and bytes per entry."""
-    from interceptors import RevocationList, open_revocation_source
+    from interceptors import GrpcJwksSource, RevocationList
 
     gc.collect()
     rss_before = _rss()
-    source = open_revocation_source(target)
+    source = GrpcJwksSource(target)
     started = time.monotonic()
     revocations = RevocationList(source)
     revocations.start()
@@ -213,7 +214,7 @@ def full_sync(size: int, code: Path) -> tuple[bool, float, float]:
 
 def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
     """Seconds from ``revoke --all`` committing until a push verifier refuses an older token."""
-    from interceptors import RevocationList, open_revocation_source
+    from interceptors import GrpcJwksSource, RevocationList
 
     results = []
     for _ in range(repeats):
@@ -221,15 +222,15 @@ def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
             data_dir = Path(tmp)
             fill(data_dir, 0, live=live)
             with auth_server(data_dir, code) as (_, target):
-                source = open_revocation_source(target)
+                source = GrpcJwksSource(target)
                 with RevocationList(source) as revocations:
                     assert revocations.wait_until_synced(30)
                     db = Database(sqlite_url_for(data_dir))
                     issued = int(time.time()) - 5
-                    assert not revocations.is_refused(subject=USER_ID, issued_at=issued)
+                    assert not revocations.refuses(session_id=None, subject=USER_ID, issued_at=issued)
                     SessionStore(db).revoke_all()  # what `sessions revoke --all` runs
                     done = time.monotonic()
-                    while not revocations.is_refused(subject=USER_ID, issued_at=issued):
+                    while not revocations.refuses(session_id=None, subject=USER_ID, issued_at=issued):
                         if time.monotonic() - done > 10:
                             raise RuntimeError("the watermark never arrived")
                         time.sleep(0.001)

@@ -15,7 +15,7 @@ Implement these (extension points):
 
 Inspect these (what the library hands you):
     ``Principal``; ``CacheStats``, ``RevocationStats``; ``FetchResult``,
-    ``KeySet``, ``VerificationKey``, ``RevocationBatch``; ``CertBinding``,
+    ``KeySet``, ``VerificationKey``, ``RevocationBatch``, ``Watermark``; ``CertBinding``,
     ``CERT_BINDINGS``, ``HEALTH_METHODS``, ``REFLECTION_METHODS``.
 
 Catch these:
@@ -44,6 +44,7 @@ from interceptors._errors import (
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    RevocationsUnavailable,
     RevokedToken,
     TokenClientError,
     TokenRequestError,
@@ -58,6 +59,7 @@ from interceptors._revocation import (
     RevocationStats,
     RevocationStream,
 )
+from interceptors._revocation_entries import Watermark
 from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
 from interceptors._sources import (
     DiscoverySource,
@@ -69,7 +71,13 @@ from interceptors._sources import (
     StaticSource,
 )
 from interceptors._token_manager import AsyncTokenManager, TokenManager
-from interceptors._verify import KeyProvider, RevocationChecker, TokenVerifier, VerificationKeyLike
+from interceptors._verify import (
+    KeyProvider,
+    RevocationChecker,
+    TokenVerifier,
+    VerificationKeyLike,
+    WatermarkChecker,
+)
 from interceptors.tls import cert_thumbprint
 
 __all__ = [
@@ -111,6 +119,7 @@ __all__ = [
     "RevocationSource",
     "RevocationStats",
     "RevocationStream",
+    "RevocationsUnavailable",
     "RevokedToken",
     "StaticSource",
     "TokenClientError",
@@ -121,6 +130,8 @@ __all__ = [
     "UnknownKey",
     "VerificationKey",
     "VerificationKeyLike",
+    "Watermark",
+    "WatermarkChecker",
     "bearer_token",
     "cert_thumbprint",
     "current_principal",

@@ -146,6 +146,18 @@ class RevokedToken(InvalidToken):
     reason = "revoked"
 
 
+class RevocationsUnavailable(AuthError):
+    """The revocation list is out of sync and the verifier was told to fail closed.
+
+    Retryable: raised only with ``RevocationList(fail_closed_after=...)``, until
+    the list has synced (again).
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "revocation list unavailable"
+    reason = "revocations_unavailable"
+
+
 class InsufficientScope(AuthError):
     """The token is valid but lacks a scope the method requires."""
 

@@ -116,7 +116,7 @@ class RevocationEntries:
             return True
 
     def abandon_full_list(self) -> bool:
-        """Drop a full list that will never be completed (its stream broke); True if one was open."""
+        """Drop a full list that will never complete (its stream broke); True if one was open."""
         with self._lock:
             had, self._pending = self._pending is not None, None
         return had

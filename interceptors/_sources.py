@@ -32,6 +32,7 @@ import grpc
 
 from interceptors._errors import KeySetError
 from interceptors._revocation import RevocationBatch
+from interceptors._revocation_entries import Watermark
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -322,7 +323,9 @@ class GrpcJwksSource:
             KeySetError: The stream cannot be opened (the channel is closed).
         """
         try:
-            call: Any = self._stub.WatchRevocations(auth_pb2.WatchRevocationsRequest())
+            call: Any = self._stub.WatchRevocations(
+                auth_pb2.WatchRevocationsRequest(watermarks=True)
+            )
         except ValueError as exc:
             raise KeySetError("WatchRevocations failed: channel closed") from exc
         return _GrpcRevocationWatch(call)
@@ -333,6 +336,19 @@ class GrpcJwksSource:
             self._owned.close()
 
 
+def revocation_batch(message: auth_pb2.RevocationUpdate) -> RevocationBatch:
+    """Convert a ``WatchRevocations`` message to a RevocationBatch."""
+    return RevocationBatch(
+        full=message.full,
+        sessions={s.session_id: float(s.expires_at) for s in message.sessions},
+        watermarks={
+            w.subject: Watermark(issued_before=w.issued_before, expires_at=float(w.expires_at))
+            for w in message.watermarks
+        },
+        continues=message.full_list_continues,
+    )
+
+
 class _GrpcRevocationWatch:
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -341,10 +357,7 @@ class _GrpcRevocationWatch:
     def __iter__(self) -> Iterator[RevocationBatch]:
         try:
             for message in self._call:
-                yield RevocationBatch(
-                    full=message.full,
-                    sessions={s.session_id: float(s.expires_at) for s in message.sessions},
-                )
+                yield revocation_batch(message)
         except (grpc.RpcError, ValueError) as exc:
             if self._cancelled.is_set():
                 return

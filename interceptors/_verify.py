@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
@@ -82,6 +82,22 @@ class RevocationChecker(Protocol):
 
     def is_revoked(self, session_id: str) -> bool:
         """True when tokens carrying this ``sid`` must be refused; must not block."""
+        ...
+
+
+@runtime_checkable
+class WatermarkChecker(Protocol):
+    """A :class:`RevocationChecker` that also knows "issued before" watermarks.
+
+    :class:`interceptors.RevocationList` is one; the verifier then asks it
+    instead of :meth:`RevocationChecker.is_revoked`.
+    """
+
+    def refuses(self, *, session_id: str | None, subject: str, issued_at: int) -> bool:
+        """True when a token of this ``sid``, ``sub`` and ``iat`` must be refused.
+
+        Must not block; may raise :class:`RevocationsUnavailable` (fail closed).
+        """
         ...
 
 
@@ -178,11 +194,17 @@ class TokenVerifier:
     def _unrevoked(self, principal: Principal) -> Principal:
         # Checked after the cache too: a session revoked after its token was cached still fails.
         revocations = self._revocations
-        if (
-            revocations is not None
-            and principal.session_id is not None
-            and revocations.is_revoked(principal.session_id)
-        ):
+        if revocations is None:
+            return principal
+        if isinstance(revocations, WatermarkChecker):
+            # Session, subject watermark and the global one: three O(1) lookups.
+            if revocations.refuses(
+                session_id=principal.session_id,
+                subject=principal.subject,
+                issued_at=principal.issued_at,
+            ):
+                raise RevokedToken("the token was revoked")
+        elif principal.session_id is not None and revocations.is_revoked(principal.session_id):
             raise RevokedToken("the token's session was revoked")
         return principal
 
