@@ -227,10 +227,18 @@ def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
                     assert revocations.wait_until_synced(30)
                     db = Database(sqlite_url_for(data_dir))
                     issued = int(time.time()) - 5
-                    assert not revocations.refuses(session_id=None, subject=USER_ID, issued_at=issued)
+
+                    def refused(
+                        issued: int = issued, revocations: RevocationList = revocations
+                    ) -> bool:
+                        return revocations.refuses(
+                            session_id=None, subject=USER_ID, issued_at=issued
+                        )
+
+                    assert not refused()
                     SessionStore(db).revoke_all()  # what `sessions revoke --all` runs
                     done = time.monotonic()
-                    while not revocations.refuses(session_id=None, subject=USER_ID, issued_at=issued):
+                    while not refused():
                         if time.monotonic() - done > 10:
                             raise RuntimeError("the watermark never arrived")
                         time.sleep(0.001)
