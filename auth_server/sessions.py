@@ -383,17 +383,22 @@ class SessionStore:
         Raises:
             StorageError: The database is unavailable.
         """
+        # One transaction in the common case (nothing unstamped): a poll then
+        # holds one connection, once, as it did before the cursor.
         with self._db.transaction() as conn:
-            unstamped = revocationrows.has_unstamped(conn)
-        if unstamped:
-            with self._db.transaction(write=True) as conn:
-                adopted = revocationrows.stamp_unstamped(conn)
-            _LOGGER.info("stamped %d revoked sessions for the revocation cursor", adopted)
+            if not revocationrows.has_unstamped(conn):
+                return self._read_revocations(conn, cursor)
+        with self._db.transaction(write=True) as conn:
+            adopted = revocationrows.stamp_unstamped(conn)
+        _LOGGER.info("stamped %d revoked sessions for the revocation cursor", adopted)
+        with self._db.transaction() as conn:
+            return self._read_revocations(conn, cursor)
+
+    def _read_revocations(self, conn: sa.Connection, cursor: int | None) -> RevocationRead:
         since = self._now() - REVOCATION_RETENTION
-        with self._db.transaction() as conn:
-            if cursor is None:
-                return revocationrows.read_all(conn, since=since)
-            return revocationrows.read_since(conn, cursor, since=since)
+        if cursor is None:
+            return revocationrows.read_all(conn, since=since)
+        return revocationrows.read_since(conn, cursor, since=since)
 
     def purge_expired(self, *, limit: int = _PURGE_BATCH) -> int:
         """Delete up to ``limit`` ended sessions no verifier needs to hear of any more.
