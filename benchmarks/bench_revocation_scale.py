@@ -166,11 +166,11 @@ def idle_cpu(size: int, code: Path, window: float) -> float:
 
 def verifier_probe(target: str, expected: int) -> None:
     """Child: follow the stream until synced; print seconds and bytes per entry."""
-    from interceptors import GrpcJwksSource, RevocationList
+    from interceptors import AuthServiceSource, RevocationList
 
     gc.collect()
     rss_before = _rss()
-    source = GrpcJwksSource(target)
+    source = AuthServiceSource(target)
     started = time.monotonic()
     revocations = RevocationList(source)
     revocations.start()
@@ -214,7 +214,7 @@ def full_sync(size: int, code: Path) -> tuple[bool, float, float]:
 
 def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
     """Seconds from ``revoke --all`` committing until a push verifier refuses an older token."""
-    from interceptors import GrpcJwksSource, RevocationList
+    from interceptors import AuthServiceSource, RevocationList
 
     results = []
     for _ in range(repeats):
@@ -222,7 +222,7 @@ def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
             data_dir = Path(tmp)
             fill(data_dir, 0, live=live)
             with auth_server(data_dir, code) as (_, target):
-                source = GrpcJwksSource(target)
+                source = AuthServiceSource(target)
                 with RevocationList(source) as revocations:
                     assert revocations.wait_until_synced(30)
                     db = Database(sqlite_url_for(data_dir))

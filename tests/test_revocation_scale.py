@@ -7,6 +7,7 @@ take hours of argon2), as the issue measured them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,19 @@ import pytest
 
 from auth_server.cli import main as auth_cli
 from auth_server.storage import Database, sessions
-from helpers import AuthHarness, EventLoopThread, bearer, running_resource, wait_until
+from helpers import (
+    AUDIENCE,
+    ISSUER,
+    AuthHarness,
+    EventLoopThread,
+    FakeAuthService,
+    bearer,
+    running_resource,
+    serve_fake_auth,
+    wait_until,
+)
 from interceptors import (
-    GrpcJwksSource,
+    AuthServiceSource,
     KeyCache,
     RevocationBatch,
     RevocationList,
@@ -29,7 +40,8 @@ from interceptors import (
     TokenPolicy,
     TokenVerifier,
 )
-from protos import auth_pb2, resource_pb2
+from protos import auth_pb2, resource_pb2, resource_pb2_grpc
+from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
 PASSWORD = "correct horse battery"
 
@@ -58,7 +70,7 @@ def _insert_revoked(db: Database, user_id: str, count: int) -> list[str]:
 
 @contextlib.contextmanager
 def push_verifier(auth: AuthHarness, **options: Any) -> Iterator[TokenVerifier]:
-    source = GrpcJwksSource(auth.target)
+    source = AuthServiceSource(auth.target)
     with KeyCache(source) as keys, RevocationList(source, **options) as revocations:
         yield TokenVerifier(
             keys,
@@ -178,7 +190,7 @@ def test_revoke_all_refuses_every_token_issued_before_and_none_after(
 class BreakingSource:
     """A real source whose first stream breaks after ``messages`` messages."""
 
-    def __init__(self, source: GrpcJwksSource, messages: int) -> None:
+    def __init__(self, source: AuthServiceSource, messages: int) -> None:
         self.source = source
         self.messages = messages
         self.opened = 0
@@ -216,7 +228,7 @@ def test_a_verifier_reconnecting_mid_way_through_a_full_sync_ends_with_the_serve
     publisher = auth.server.revocations
     assert publisher is not None
     assert wait_until(lambda: len(publisher.state.sessions) == 40_000, 30)
-    source = GrpcJwksSource(auth.target)
+    source = AuthServiceSource(auth.target)
     breaking = BreakingSource(source, messages=1)
     with RevocationList(breaking, reconnect_initial=0.05, reconnect_max=0.05) as revocations:
         assert revocations.wait_until_synced(30)
@@ -253,3 +265,50 @@ def test_fail_closed_refuses_until_synced_and_after_the_bound() -> None:
         revocations.refuses(session_id="s", subject="u", issued_at=1)
     # Fail open (the default) never raises.
     assert not RevocationList().refuses(session_id="s", subject="u", issued_at=1)
+
+
+@pytest.mark.parametrize("aio", [False, True])
+@pytest.mark.parametrize("fail_closed", [None, 60.0], ids=["fail-open", "fail-closed"])
+def test_a_resource_server_told_to_fail_closed_refuses_while_revocations_never_synced(
+    auth: AuthHarness, loop_thread: EventLoopThread, aio: bool, fail_closed: float | None
+) -> None:
+    # The real keys, from an auth service that serves no WatchRevocations (UNIMPLEMENTED).
+    keys_only = FakeAuthService(auth.stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=5))
+    fake, fake_port = serve_fake_auth(keys_only)
+    config = ResourceServerConfig(
+        grpc_address="127.0.0.1:0",
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        auth_target=f"127.0.0.1:{fake_port}",
+        revocations_fail_closed=fail_closed,
+    )
+    try:
+        with open_verifier(config) as verifier:
+            assert isinstance(verifier.keys, KeyCache) and verifier.keys.wait_until_loaded(5)
+            if aio:
+                aserver, port = loop_thread.run(start_aio_server(config, verifier))
+            else:
+                server, port = build_server(config, verifier)
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = resource_pb2_grpc.ResourceServiceStub(channel)
+                    call = functools.partial(
+                        stub.GetProtectedResource,
+                        resource_pb2.GetProtectedResourceRequest(),
+                        metadata=bearer(auth.forge({})),
+                        timeout=5,
+                    )
+                    if fail_closed is None:
+                        assert call().user.username == "mallory"
+                    else:
+                        with pytest.raises(grpc.RpcError) as refused:
+                            call()
+                        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                        assert refused.value.details() == "revocation list unavailable"
+            finally:
+                if aio:
+                    loop_thread.run(aserver.stop(0.5))
+                else:
+                    server.stop(0.5).wait()
+    finally:
+        fake.stop(0.5).wait()
