@@ -68,7 +68,7 @@ class RevocationPublisher(PolledBroadcaster[int]):
 
         Args:
             read: Reads storage (blocking; run in a worker thread), e.g.
-                :meth:`auth_server.sessions.SessionStore.read_revocations`.
+                :meth:`auth_server.revocation_store.RevocationStore.read`.
             retention: Seconds an entry stays on the list past its ``expires_at``.
             poll_interval: Seconds between reads.
             chunk_bytes: Target size of one stream message.

@@ -11,6 +11,10 @@ Every change to a session runs in one transaction that locks its row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite write transactions are
 exclusive), so concurrent refreshes cannot fork a session, and a crash leaves
 either the old token or its successor spendable, never neither.
+
+Revoking sessions by decision (an operator, an incident) and reading the
+revocation list that verifiers follow are :mod:`auth_server.revocation_store`'s
+job (:attr:`SessionStore.revocations`).
 """
 
 from __future__ import annotations
@@ -27,30 +31,21 @@ from sqlalchemy import exc
 
 from auth_server import _revocationrows as revocationrows
 from auth_server import _sessionrows as sessionrows
-from auth_server._revocationrows import RevocationRead, Watermark
 from auth_server._session_types import EndedSession, NewSession, Rotation, SessionInfo
 from auth_server._sessionrows import revoke_user_sessions
 from auth_server.audit import audit_event
-from auth_server.errors import (
-    InvalidRefreshToken,
-    InvalidRequest,
-    RefreshTokenReused,
-    UserNotFound,
-)
+from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
 from auth_server.refresh_tokens import (
     checked_hash,
     hash_refresh_token,
     new_refresh_token,
     successor_token,
 )
-from auth_server.session_policy import MAX_ACCESS_TOKEN_TTL, SessionPolicy, classify_refresh
+from auth_server.revocation_store import REVOCATION_RETENTION, RevocationStore, audit_revoked
+from auth_server.session_policy import SessionPolicy, classify_refresh
 from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
-
-#: How long past its last access token's ``exp`` a revoked session stays on the
-#: revocation list: covers a verifier's clock leeway (30 s) and some clock skew.
-REVOCATION_RETENTION = 120.0
 
 _PURGE_BATCH = 1000
 
@@ -58,19 +53,23 @@ __all__ = [
     "REVOCATION_RETENTION",
     "EndedSession",
     "NewSession",
-    "RevocationRead",
+    "RevocationStore",
     "Rotation",
     "SessionInfo",
     "SessionPolicy",
     "SessionStore",
-    "Watermark",
     "audit_revoked",
     "revoke_user_sessions",
 ]
 
 
 class SessionStore:
-    """Creates, refreshes and ends sessions in the database; thread-safe."""
+    """Creates, refreshes and ends sessions in the database; thread-safe.
+
+    Attributes:
+        revocations: Revocation by decision (one session, a user, everyone) and
+            the list verifiers read (:class:`RevocationStore`).
+    """
 
     def __init__(
         self,
@@ -96,6 +95,7 @@ class SessionStore:
         self._db = db
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._now = now
+        self.revocations = RevocationStore(db, now=now)
 
     # -- login, refresh, logout ----------------------------------------------------
 
@@ -290,70 +290,12 @@ class SessionStore:
     # -- administration --------------------------------------------------------------
 
     def revoke(self, session_id: str, *, reason: str = "admin") -> bool:
-        """Revoke one session by id; False if there is no such live-or-expired session to end.
-
-        Raises:
-            StorageError: The database is unavailable.
-        """
-        with self._db.transaction(write=True) as conn:
-            result = conn.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-                .values(revoked_at=self._now(), revoke_reason=reason)
-            )
-            if result.rowcount:
-                revocationrows.stamp_sessions(conn, [session_id])
-        if result.rowcount:
-            audit_event("session.revoked", sid=session_id, reason=reason)
-        return bool(result.rowcount)
+        """Revoke one session by id: :meth:`RevocationStore.revoke`."""
+        return self.revocations.revoke(session_id, reason=reason)
 
     def revoke_user(self, user_id: str, *, reason: str = "admin") -> list[str]:
-        """Revoke every session of a user; return their ids.
-
-        Verifiers hear of it as one entry: every token of the user issued before now.
-
-        Raises:
-            StorageError: The database is unavailable.
-        """
-        with self._db.transaction(write=True) as conn:
-            ids = sessionrows.revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
-        audit_revoked(ids, user_id=user_id, reason=reason)
-        return ids
-
-    def revoke_all(
-        self, *, before: float | None = None, reason: str = "revoke_all"
-    ) -> tuple[int, float]:
-        """End every session started before ``before`` and refuse every token issued before it.
-
-        Incident response: one entry on the revocation list, whatever the number
-        of sessions.
-
-        Args:
-            before: Epoch seconds; now if not given. Must not be in the future.
-            reason: Recorded as each session's revoke reason.
-
-        Returns:
-            How many sessions ended, and the time used as ``before``.
-
-        Raises:
-            InvalidRequest: ``before`` is in the future.
-            StorageError: The database is unavailable.
-        """
-        with self._db.transaction(write=True) as conn:
-            now = self._now()
-            cutoff = now if before is None else before
-            if cutoff > now + 1:
-                raise InvalidRequest("--before must not be in the future")
-            count = sessionrows.revoke_all_sessions(
-                conn,
-                before=cutoff,
-                now=now,
-                reason=reason,
-                token_lifetime=MAX_ACCESS_TOKEN_TTL,
-            )
-        audit_event("session.revoked_all", reason=reason, count=count, before=cutoff)
-        _LOGGER.warning("ended %d sessions; refusing every token issued before %s", count, cutoff)
-        return count, cutoff
+        """Revoke every session of a user; return their ids: :meth:`RevocationStore.revoke_user`."""
+        return self.revocations.revoke_user(user_id, reason=reason)
 
     def list_for_user(self, user_id: str, *, include_ended: bool = False) -> list[SessionInfo]:
         """The user's sessions, oldest first; only live ones unless ``include_ended``."""
@@ -366,39 +308,8 @@ class SessionStore:
         return [sessionrows.session_info(row, now, self.policy.idle_timeout) for row in rows]
 
     def revoked_sessions(self) -> dict[str, float]:
-        """Revoked sessions whose access tokens may still be live: ``{sid: last exp}``.
-
-        This is the list pushed to verifiers; a session leaves it
-        :data:`REVOCATION_RETENTION` seconds after its last access token expired.
-        """
-        return dict(self.read_revocations().sessions)
-
-    def read_revocations(self, cursor: int | None = None) -> RevocationRead:
-        """The revocation list (``cursor`` None) or what was revoked after ``cursor``.
-
-        Entries whose tokens all expired :data:`REVOCATION_RETENTION` seconds ago
-        are left out. Revoked rows nobody stamped yet (an older replica's) are
-        stamped first, so the cursor finds them.
-
-        Raises:
-            StorageError: The database is unavailable.
-        """
-        # One transaction in the common case (nothing unstamped): a poll then
-        # holds one connection, once, as it did before the cursor.
-        with self._db.transaction() as conn:
-            if not revocationrows.has_unstamped(conn):
-                return self._read_revocations(conn, cursor)
-        with self._db.transaction(write=True) as conn:
-            adopted = revocationrows.stamp_unstamped(conn)
-        _LOGGER.info("stamped %d revoked sessions for the revocation cursor", adopted)
-        with self._db.transaction() as conn:
-            return self._read_revocations(conn, cursor)
-
-    def _read_revocations(self, conn: sa.Connection, cursor: int | None) -> RevocationRead:
-        since = self._now() - REVOCATION_RETENTION
-        if cursor is None:
-            return revocationrows.read_all(conn, since=since)
-        return revocationrows.read_since(conn, cursor, since=since)
+        """``{sid: last exp}`` of revoked sessions: :meth:`RevocationStore.revoked_sessions`."""
+        return self.revocations.revoked_sessions()
 
     def purge_expired(self, *, limit: int = _PURGE_BATCH) -> int:
         """Delete up to ``limit`` ended sessions no verifier needs to hear of any more.
@@ -439,9 +350,3 @@ class SessionStore:
 
     def _end_reason(self, row: Any, now: float) -> str | None:
         return sessionrows.end_reason(row, now, self.policy.idle_timeout)
-
-
-def audit_revoked(session_ids: Iterable[str], *, user_id: str | None, reason: str) -> None:
-    """Record ``session.revoked`` for each id (call after the revoking transaction committed)."""
-    for sid in session_ids:
-        audit_event("session.revoked", sid=sid, user_id=user_id, reason=reason)

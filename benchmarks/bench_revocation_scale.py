@@ -236,7 +236,7 @@ def watermark_reach(live: int, code: Path, repeats: int) -> list[float]:
                         )
 
                     assert not refused()
-                    SessionStore(db).revoke_all()  # what `sessions revoke --all` runs
+                    SessionStore(db).revocations.revoke_all()  # what `sessions revoke --all` runs
                     done = time.monotonic()
                     while not refused():
                         if time.monotonic() - done > 10:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -196,5 +197,41 @@ def test_revocations_are_pushed_as_the_full_list_then_only_what_is_new() -> None
         # One full read at start, then only reads from the cursor.
         assert source.asked == [None, 1, 2, 3]
         await publisher.stop()
+
+    run(test)
+
+
+def test_stop_returns_only_once_a_read_still_running_in_its_thread_is_done() -> None:
+    # A poll cancelled at shutdown leaves its worker thread reading; stop() must
+    # wait for it, or the engine is disposed under it (issue 14: psycopg's
+    # "connection deleted while still open").
+    async def test() -> None:
+        entered, release = threading.Event(), threading.Event()
+        reading = [False]
+        reads = 0
+
+        def load() -> int:
+            nonlocal reads
+            reads += 1
+            if reads > 1:  # the first read is start()'s
+                entered.set()
+                reading[0] = True
+                release.wait(5)
+                reading[0] = False
+            return reads
+
+        feed: PolledBroadcaster[int] = PolledBroadcaster(load, poll_interval=0.01)
+        await feed.start()
+        assert await asyncio.to_thread(entered.wait, 5)
+        stopping = asyncio.ensure_future(feed.stop())
+        await asyncio.sleep(0.1)
+        assert reading[0] and not stopping.done()
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert not reading[0]
+        # Nothing is read after stop: storage may be closing.
+        done = reads
+        assert await feed.refresh() == feed.value
+        assert reads == done
 
     run(test)

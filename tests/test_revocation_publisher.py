@@ -67,22 +67,22 @@ def test_an_idle_cursor_reads_nothing_and_each_revocation_is_read_once(
 ) -> None:
     one = store.create(alice.id, access_ttl=900)
     two = store.create(alice.id, access_ttl=900)
-    start = store.read_revocations()
+    start = store.revocations.read()
     assert start.sessions == {} and start.watermarks == {}
-    assert store.read_revocations(start.cursor) == RevocationRead(
+    assert store.revocations.read(start.cursor) == RevocationRead(
         cursor=start.cursor, sessions={}, watermarks={}
     )
 
     store.logout(one.refresh_token)
-    first = store.read_revocations(start.cursor)
+    first = store.revocations.read(start.cursor)
     assert first.sessions == {one.session_id: T0 + 900}
-    assert store.read_revocations(first.cursor).sessions == {}
+    assert store.revocations.read(first.cursor).sessions == {}
 
     clock.t += 10
     assert store.revoke(two.session_id)
-    second = store.read_revocations(first.cursor)
+    second = store.revocations.read(first.cursor)
     assert second.sessions == {two.session_id: T0 + 900}
-    assert store.read_revocations().sessions.keys() == {one.session_id, two.session_id}
+    assert store.revocations.read().sessions.keys() == {one.session_id, two.session_id}
 
 
 def test_revoking_a_user_is_one_watermark_not_one_entry_per_session(
@@ -91,18 +91,18 @@ def test_revoking_a_user_is_one_watermark_not_one_entry_per_session(
     for _ in range(5):
         store.create(alice.id, access_ttl=900)
     kept = store.create(bob.id, access_ttl=900)
-    cursor = store.read_revocations().cursor
+    cursor = store.revocations.read().cursor
     clock.t += 0.5
 
     ended = store.revoke_user(alice.id)
 
     assert len(ended) == 5
-    read = store.read_revocations(cursor)
+    read = store.revocations.read(cursor)
     assert read.sessions == {}
     # iat is whole seconds: T is past the second of the last issue and past now.
     assert read.watermarks == {alice.id: Watermark(issued_before=int(T0) + 1, expires_at=T0 + 900)}
-    assert store.read_revocations().watermarks.keys() == {alice.id}
-    assert kept.session_id not in store.read_revocations().sessions
+    assert store.revocations.read().watermarks.keys() == {alice.id}
+    assert kept.session_id not in store.revocations.read().sessions
     assert {info.state for info in store.list_for_user(alice.id, include_ended=True)} == {"revoked"}
 
 
@@ -110,15 +110,15 @@ def test_disabling_a_user_or_a_new_password_is_a_watermark_too(
     store: SessionStore, users: UserStore, alice: User, clock: Clock
 ) -> None:
     store.create(alice.id, access_ttl=900)
-    cursor = store.read_revocations().cursor
+    cursor = store.revocations.read().cursor
     clock.t += 100
     users.set_password("alice", "a brand new password")
-    read = store.read_revocations(cursor)
+    read = store.revocations.read(cursor)
     assert read.sessions == {}
     assert read.watermarks[alice.id].issued_before == int(T0) + 100
     clock.t += 100
     users.disable("alice")  # no live session left: nothing new to refuse
-    assert store.read_revocations(read.cursor).watermarks == {}
+    assert store.revocations.read(read.cursor).watermarks == {}
 
 
 def test_revoke_all_ends_every_session_as_one_entry_for_everyone(
@@ -126,20 +126,20 @@ def test_revoke_all_ends_every_session_as_one_entry_for_everyone(
 ) -> None:
     for user in (alice, bob, alice):
         store.create(user.id, access_ttl=900)
-    cursor = store.read_revocations().cursor
+    cursor = store.revocations.read().cursor
     clock.t += 30
 
-    count, before = store.revoke_all()
+    count, before = store.revocations.revoke_all()
 
     assert (count, before) == (3, T0 + 30)
-    read = store.read_revocations(cursor)
+    read = store.revocations.read(cursor)
     assert read.sessions == {}
     assert read.watermarks == {
         "": Watermark(issued_before=int(T0) + 30, expires_at=T0 + 30 + 86400)
     }
     assert store.list_for_user(alice.id) == []
     with pytest.raises(InvalidRequest):
-        store.revoke_all(before=clock.t + 60)
+        store.revocations.revoke_all(before=clock.t + 60)
 
 
 def test_revoke_all_before_a_time_keeps_later_sessions(
@@ -148,7 +148,7 @@ def test_revoke_all_before_a_time_keeps_later_sessions(
     early = store.create(alice.id, access_ttl=900)
     clock.t += 60
     late = store.create(alice.id, access_ttl=900)
-    count, _ = store.revoke_all(before=T0 + 30)
+    count, _ = store.revocations.revoke_all(before=T0 + 30)
     assert count == 1
     assert [s.session_id for s in store.list_for_user(alice.id)] == [late.session_id]
     assert early.session_id not in {s.session_id for s in store.list_for_user(alice.id)}
@@ -158,7 +158,7 @@ def test_rows_revoked_without_a_stamp_are_adopted_by_the_cursor(
     database: Database, store: SessionStore, alice: User
 ) -> None:
     # An older replica (or a hand-made row) revokes without a sequence number.
-    cursor = store.read_revocations().cursor
+    cursor = store.revocations.read().cursor
     with database.transaction(write=True) as conn:
         conn.execute(
             sessions.insert().values(
@@ -170,9 +170,9 @@ def test_rows_revoked_without_a_stamp_are_adopted_by_the_cursor(
                 access_expires_at=T0 + 900,
             )
         )
-    read = store.read_revocations(cursor)
+    read = store.revocations.read(cursor)
     assert read.sessions == {"legacy": T0 + 900}
-    assert store.read_revocations(read.cursor).sessions == {}
+    assert store.revocations.read(read.cursor).sessions == {}
 
 
 def test_a_revocation_that_commits_late_is_not_skipped(
@@ -180,7 +180,7 @@ def test_a_revocation_that_commits_late_is_not_skipped(
 ) -> None:
     slow = store.create(alice.id, access_ttl=900)
     fast = store.create(alice.id, access_ttl=900)
-    cursor = store.read_revocations().cursor
+    cursor = store.revocations.read().cursor
     holding = threading.Event()
     release = threading.Event()
 
@@ -201,12 +201,12 @@ def test_a_revocation_that_commits_late_is_not_skipped(
     second.start()
     time.sleep(0.3)
     if database.dialect_name != "sqlite":  # SQLite's single writer also blocks readers here
-        read = store.read_revocations(cursor)
+        read = store.revocations.read(cursor)
         assert read.sessions == {} and read.cursor == cursor
     release.set()
     first.join(10)
     second.join(10)
-    read = store.read_revocations(cursor)
+    read = store.revocations.read(cursor)
     assert read.sessions.keys() == {slow.session_id, fast.session_id}
 
 
@@ -299,9 +299,9 @@ def test_the_list_keeps_entries_for_the_retention_after_expiry(
     ended = store.create(alice.id, access_ttl=900)
     store.logout(ended.refresh_token)
     clock.t = T0 + 900 + REVOCATION_RETENTION - 1
-    assert ended.session_id in store.read_revocations().sessions
+    assert ended.session_id in store.revocations.read().sessions
     clock.t = T0 + 900 + REVOCATION_RETENTION + 1
-    assert store.read_revocations().sessions == {}
+    assert store.revocations.read().sessions == {}
 
 
 def test_purge_deletes_expired_watermarks(

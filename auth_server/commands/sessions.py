@@ -115,7 +115,7 @@ def _cmd_sessions_revoke(ns: argparse.Namespace) -> int:
         raise CommandError("--before goes with --all")
     users, sessions = _stores(ns)
     if ns.all:
-        count, before = sessions.revoke_all(before=ns.before)
+        count, before = sessions.revocations.revoke_all(before=ns.before)
         print(f"revoked {count} sessions; refusing every access token issued before {_iso(before)}")
         return 0
     if ns.user is not None:
