@@ -85,7 +85,7 @@ def drive(target: str, tokens: list[str], seconds: float) -> int:
     channel = grpc.insecure_channel(target)
     stub = auth_pb2_grpc.AuthServiceStub(channel)
     counts = [0] * len(tokens)
-    failures: list[BaseException] = []
+    failures: list[Exception] = []
     start = threading.Barrier(len(tokens) + 1)
 
     def chain(index: int) -> None:
@@ -97,7 +97,7 @@ def drive(target: str, tokens: list[str], seconds: float) -> int:
                 request = auth_pb2.RefreshRequest(refresh_token=token)
                 token = stub.Refresh(request, timeout=30).refresh_token
                 counts[index] += 1
-        except BaseException as exc:  # noqa: BLE001 -- reported to the parent
+        except Exception as exc:  # reported to the parent
             failures.append(exc)
         tokens[index] = token
 
@@ -156,8 +156,9 @@ def run_backend(
             for round_ in range(repeats + 1):
                 signs.append(signing_rate(key))
                 cpu0 = time.process_time()
+                command = [sys.executable, __file__, "--drive", auth.grpc_target]
                 done = subprocess.run(
-                    [sys.executable, __file__, "--drive", auth.grpc_target, "--seconds", str(seconds)],
+                    [*command, "--seconds", str(seconds)],
                     input=json.dumps(tokens),
                     capture_output=True,
                     text=True,
