@@ -180,3 +180,30 @@ def test_an_unusable_session_setting_is_a_one_line_error(
     assert code == 1
     err = capsys.readouterr().err
     assert "refresh grace" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["sessions", "revoke", "-s1d"], id="alone"),
+        pytest.param(["sessions", "revoke", "-s1d", "--data-dir", "d"], id="before-an-option"),
+        pytest.param(["sessions", "revoke", "--", "-s1d"], id="after-double-dash"),
+        pytest.param(["keys", "revoke", "-hk1d"], id="kid-like-help"),
+        pytest.param(["keys", "revoke", "--k1d", "--data-dir", "d"], id="kid-with-two-dashes"),
+    ],
+)
+def test_an_id_that_starts_with_a_dash_is_the_id_not_an_option(argv: list[str]) -> None:
+    ns = build_parser().parse_args(argv)
+    assert (ns.sid if argv[0] == "sessions" else ns.kid) == next(
+        a for a in argv[2:] if a.lstrip("-") in ("s1d", "hk1d", "k1d")
+    )
+
+
+def test_options_around_a_dashed_id_still_count_and_still_refuse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns = build_parser().parse_args(["sessions", "revoke", "--use", "alice"])
+    assert (ns.user, ns.sid) == ("alice", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sessions", "revoke", "-s1d", "--user", "alice"])
+    assert "not allowed with argument --user" in capsys.readouterr().err
