@@ -1,12 +1,10 @@
-"""Pieces every ``ssot-auth`` subcommand shares: its error, opening storage, running a server."""
+"""Pieces every ``ssot-auth`` subcommand shares: its error, opening storage, id positionals."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
-import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from auth_server.commands.settings import prepare_data_dir, resolve_passphrase
@@ -101,17 +99,3 @@ def open_key_store(ns: argparse.Namespace, algorithm: str = "RS256") -> SigningK
     data_dir = prepare_data_dir(ns.data_dir)
     passphrase = resolve_passphrase(ns, data_dir, create=False)
     return SigningKeyStore(open_database(ns), passphrase, algorithm=algorithm)
-
-
-def run_until_signalled(serve: Callable[[asyncio.Event], Any]) -> int:
-    """Run ``serve(stop_event)`` until it returns; SIGINT/SIGTERM set the event."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(stop)
-
-    asyncio.run(runner())
-    return 0
