@@ -14,6 +14,7 @@ import pytest
 
 from auth_server.storage import Database
 from helpers import (
+    PASSPHRASE,
     PG_ENV,
     AuthHarness,
     EventLoopThread,
@@ -105,3 +106,18 @@ def resource(
     auth: AuthHarness = request.getfixturevalue(name)
     with running_resource(loop_thread, auth, aio=request.param) as harness:
         yield harness
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A clean ``SSOT_*`` environment for an in-process CLI run; returns its data directory.
+
+    Every ``SSOT_*`` variable but the test database's is removed, ``SSOT_DATA_DIR``
+    points into ``tmp_path`` and ``SSOT_KEY_PASSPHRASE`` holds the test passphrase.
+    """
+    for name in list(os.environ):
+        if name.startswith("SSOT_") and name != PG_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
+    return tmp_path / "data"

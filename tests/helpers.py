@@ -6,14 +6,18 @@
 - tokens: :func:`claims` and :func:`mint` (the default access-token claims, signed with
   PyJWT), :func:`bearer` (the metadata that carries a token);
 - fakes: :class:`FakeAuthService` (GetJwks + WatchJwks only) and :func:`serve_fake_auth`;
-- real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`) and
-  :func:`running_resource` (:class:`ResourceHarness`); :func:`postgres_schema`.
+- real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`),
+  :func:`running_resource` (:class:`ResourceHarness`) and :func:`serving_resource` (any
+  config and verifier); :func:`postgres_schema`;
+- the command line: :func:`run_cli` (a command's ``main`` with a given standard input).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +34,7 @@ import sqlalchemy as sa
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
-from interceptors import CacheSettings, KeyCache, RevocationList
+from interceptors import CacheSettings, KeyCache, RevocationList, TokenVerifier
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
@@ -45,6 +49,18 @@ FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 PG_ENV = "SSOT_TEST_DATABASE_URL"
 #: A claim or header member to leave out of a token: ``claims(scope=DROP)``.
 DROP: Any = object()
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def run_cli(main: Callable[[list[str]], int], argv: Iterable[str], stdin: str = "") -> int:
+    """Run a command's ``main(argv)`` in this process, reading ``stdin`` as standard input."""
+    sys.stdin = io.StringIO(stdin)
+    try:
+        return main(list(argv))
+    finally:
+        sys.stdin = sys.__stdin__
+
 
 # -- time ---------------------------------------------------------------------------------
 
@@ -423,21 +439,41 @@ def running_resource(
         assert revocations is None or isinstance(revocations, RevocationList)
         if push:
             assert revocations is not None and revocations.wait_until_synced(10)
-        if aio:
-            aserver, port = loop_thread.run(start_aio_server(config, verifier))
-            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-        else:
-            server, port = build_server(config, verifier)
-            stop = lambda: server.stop(0.5).wait()  # noqa: E731
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        try:
-            yield ResourceHarness(
-                target=f"127.0.0.1:{port}",
-                keys=keys,
-                aio=aio,
-                channel=channel,
-                revocations=revocations,
-            )
-        finally:
-            channel.close()
-            stop()
+        with serving_resource(loop_thread, config, verifier, aio=aio) as port:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                yield ResourceHarness(
+                    target=f"127.0.0.1:{port}",
+                    keys=keys,
+                    aio=aio,
+                    channel=channel,
+                    revocations=revocations,
+                )
+            finally:
+                channel.close()
+
+
+@contextlib.contextmanager
+def serving_resource(
+    loop_thread: EventLoopThread,
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    aio: bool,
+    grace: float = 0.5,
+) -> Iterator[int]:
+    """Serve ``verifier`` as ``config``'s resource server, sync or aio; yield its port.
+
+    The server stops (``grace`` seconds for calls in flight) when the block ends;
+    the verifier stays with the caller.
+    """
+    if aio:
+        aserver, port = loop_thread.run(start_aio_server(config, verifier))
+        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(grace))  # noqa: E731
+    else:
+        server, port = build_server(config, verifier)
+        stop = lambda: server.stop(grace).wait()  # noqa: E731
+    try:
+        yield port
+    finally:
+        stop()

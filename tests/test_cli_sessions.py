@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,25 +15,11 @@ from auth_server.commands.serve import server_config
 from auth_server.errors import InvalidRefreshToken
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database, sqlite_url_for
-from helpers import PASSPHRASE
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("SSOT_") and name != "SSOT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    return tmp_path / "data"
+from helpers import run_cli
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(argv)
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, argv, stdin)
 
 
 def _json_lines(out: str) -> list[dict[str, object]]:

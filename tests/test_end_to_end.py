@@ -23,6 +23,7 @@ from helpers import (
     ResourceHarness,
     bearer,
     running_resource,
+    serving_resource,
 )
 from protos import auth_pb2, resource_pb2, resource_pb2_grpc
 
@@ -453,12 +454,7 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
 ) -> None:
     import socket
 
-    from resource_server import (
-        ResourceServerConfig,
-        build_server,
-        open_verifier,
-        start_aio_server,
-    )
+    from resource_server import ResourceServerConfig, open_verifier
 
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -469,29 +465,21 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
         audience=AUDIENCE,
         jwks_url=f"http://127.0.0.1:{dead}/.well-known/jwks.json",
     )
-    verifier = open_verifier(config)
-    if aio:
-        server, port = loop_thread.run(start_aio_server(config, verifier))
-    else:
-        server, port = build_server(config, verifier)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = resource_pb2_grpc.ResourceServiceStub(channel)
-            started = time.monotonic()
-            code, details = _code(
-                lambda: stub.GetProtectedResource(
-                    resource_pb2.GetProtectedResourceRequest(),
-                    metadata=bearer(auth.forge({})),
-                    timeout=10,
-                )
+    with (
+        open_verifier(config) as verifier,
+        serving_resource(loop_thread, config, verifier, aio=aio, grace=0) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = resource_pb2_grpc.ResourceServiceStub(channel)
+        started = time.monotonic()
+        code, details = _code(
+            lambda: stub.GetProtectedResource(
+                resource_pb2.GetProtectedResourceRequest(),
+                metadata=bearer(auth.forge({})),
+                timeout=10,
             )
-            assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "signing keys unavailable")
-            assert time.monotonic() - started < 5
-            # The public method still answers: only token checks depend on the keys.
-            assert stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10).issuer
-    finally:
-        if aio:
-            loop_thread.run(server.stop(0))  # type: ignore[union-attr]
-        else:
-            server.stop(0)
-        verifier.close()
+        )
+        assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "signing keys unavailable")
+        assert time.monotonic() - started < 5
+        # The public method still answers: only token checks depend on the keys.
+        assert stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10).issuer

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,25 +14,11 @@ from auth_server import _keyrows, jwk
 from auth_server.__main__ import main as auth_main
 from auth_server.app import build_components
 from auth_server.storage import signing_keys, sqlite_url_for
-from helpers import PASSPHRASE, make_config
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("SSOT_") and name != "SSOT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    return tmp_path / "data"
+from helpers import make_config, run_cli
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(["--log-level", "ERROR", *argv])
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, ["--log-level", "ERROR", *argv], stdin)
 
 
 def rows(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
