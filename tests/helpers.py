@@ -4,7 +4,8 @@
 - concurrency: :func:`run_concurrently` (threads released at once by a barrier),
   :class:`EventLoopThread` (an asyncio loop for sync tests that host grpc.aio servers);
 - tokens: :func:`claims` and :func:`mint` (the default access-token claims, signed with
-  PyJWT), :func:`bearer` (the metadata that carries a token);
+  PyJWT), :func:`bearer` (the metadata that carries a token); :func:`b64url`,
+  :func:`segments` and :func:`replace_segment` (compact JWS by hand);
 - fakes: :class:`FakeAuthService` (GetJwks + WatchJwks only) and :func:`serve_fake_auth`;
 - real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`),
   :func:`running_resource` (:class:`ResourceHarness`) and :func:`serving_resource` (any
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import sys
@@ -228,6 +230,23 @@ def mint(
     headers = without_dropped({"kid": kid, "typ": "at+jwt"}, header or {})
     headers.setdefault("typ", None)  # PyJWT adds "typ": "JWT" unless told not to
     return jwt.encode(claims(**claim_changes), key, algorithm=algorithm, headers=headers)
+
+
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url (RFC 7515 §2), as a compact JWS spells its segments."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def segments(token: str) -> list[str]:
+    """The dot-separated segments of a compact JWS."""
+    return token.split(".")
+
+
+def replace_segment(token: str, index: int, segment: str) -> str:
+    """``token`` with segment ``index`` (0 header, 1 payload, 2 signature) replaced."""
+    parts = segments(token)
+    parts[index] = segment
+    return ".".join(parts)
 
 
 def bearer(token: str, scheme: str = "Bearer") -> tuple[tuple[str, str]]:
