@@ -4,8 +4,9 @@
 - concurrency: :func:`run_concurrently` (threads released at once by a barrier),
   :class:`EventLoopThread` (an asyncio loop for sync tests that host grpc.aio servers);
 - tokens: :func:`claims` and :func:`mint` (the default access-token claims, signed with
-  PyJWT), :func:`bearer` (the metadata that carries a token); :func:`b64url`,
-  :func:`segments` and :func:`replace_segment` (compact JWS by hand);
+  PyJWT), :func:`bearer` (the metadata that carries a token), :func:`kid_of`;
+  :func:`b64url`, :func:`segments` and :func:`replace_segment` (compact JWS by hand);
+  :func:`protected_call` (a token against a resource server: its status code);
 - fakes: :class:`FakeAuthService` (GetJwks + WatchJwks only) and :func:`serve_fake_auth`;
 - real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`),
   :func:`running_resource` (:class:`ResourceHarness`) and :func:`serving_resource` (any
@@ -37,7 +38,7 @@ from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
 from interceptors import CacheSettings, KeyCache, RevocationList, TokenVerifier
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
+from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
 T = TypeVar("T")
@@ -230,6 +231,23 @@ def mint(
     headers = without_dropped({"kid": kid, "typ": "at+jwt"}, header or {})
     headers.setdefault("typ", None)  # PyJWT adds "typ": "JWT" unless told not to
     return jwt.encode(claims(**claim_changes), key, algorithm=algorithm, headers=headers)
+
+
+def protected_call(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+    """Call ``GetProtectedResource`` with ``token``; its status (``OK`` when it passes)."""
+    try:
+        resource_pb2_grpc.ResourceServiceStub(channel).GetProtectedResource(
+            resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
+        )
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def kid_of(token: str) -> str:
+    """The ``kid`` in a token's header, unverified."""
+    return str(jwt.get_unverified_header(token)["kid"])
 
 
 def b64url(raw: bytes) -> str:
