@@ -14,42 +14,31 @@ machine stay comparable:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from _common import (  # before ours: it puts the repository on sys.path
+    ISSUER,
+    Loop,
+    auth_config,
+    median_rate,
+)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from auth_server.app import start_auth_server
+from auth_server.tokens import TokenIssuer
+from interceptors import HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier
+from protos import resource_pb2, resource_pb2_grpc
+from resource_server import ResourceServerConfig, build_server, start_aio_server
 
-from auth_server.app import start_auth_server  # noqa: E402
-from auth_server.config import AuthServerConfig  # noqa: E402
-from auth_server.passwords import Argon2Parameters  # noqa: E402
-from auth_server.tokens import TokenIssuer  # noqa: E402
-from interceptors import HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier  # noqa: E402
-from protos import resource_pb2, resource_pb2_grpc  # noqa: E402
-from resource_server import ResourceServerConfig, build_server, start_aio_server  # noqa: E402
-
-ISSUER = "http://127.0.0.1:8080"
 AUDIENCE = "bench"
-
-
-def median_rate(run: Callable[[], int], repeats: int) -> float:
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - started))
-    return statistics.median(rates)
 
 
 def interleaved_rates(runs: tuple[Callable[[], int], ...], repeats: int) -> list[float]:
@@ -110,22 +99,11 @@ def main() -> int:
     ns = parser.parse_args()
     calls, repeats = ns.calls, ns.repeats
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def on_loop(coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+    loop = Loop()
+    on_loop = loop.run
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = AuthServerConfig(
-            grpc_address="127.0.0.1:0",
-            http_address="127.0.0.1:0",
-            data_dir=Path(tmp),
-            issuer=ISSUER,
-            audience=AUDIENCE,
-            key_passphrase=b"benchmark-passphrase-000",
-            argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
-        )
+        config = auth_config(Path(tmp), audience=AUDIENCE, passphrase=b"benchmark-passphrase-000")
         auth = on_loop(start_auth_server(config))
         user = auth.components.users.add("bench", "bench-password", ("resource.read",))
         issuer = TokenIssuer(auth.components.keys, issuer=ISSUER, audience=AUDIENCE)
@@ -202,7 +180,7 @@ def main() -> int:
         print(f"  TokenVerifier.verify (cached)  {r_hit:9.0f} /s   {r_hit / r_raw:.2f}")
         keys.close()
         on_loop(auth.stop(0))
-    loop.call_soon_threadsafe(loop.stop)
+    loop.loop.call_soon_threadsafe(loop.loop.stop)
     return 0
 
 
