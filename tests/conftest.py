@@ -14,6 +14,7 @@ import pytest
 
 from auth_server.storage import Database
 from helpers import (
+    FACES,
     PASSPHRASE,
     PG_ENV,
     AuthHarness,
@@ -93,7 +94,7 @@ def auth_any_db(
     yield from _running_auth(loop_thread, tmp_path, database_url)
 
 
-@pytest.fixture(params=[pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.fixture(params=FACES)
 def resource(
     request: pytest.FixtureRequest, loop_thread: EventLoopThread
 ) -> Iterator[ResourceHarness]:

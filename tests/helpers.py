@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 import jwt
+import pytest
 import sqlalchemy as sa
 
 from auth_server.app import RunningAuthServer, start_auth_server
@@ -50,6 +51,8 @@ PASSPHRASE = b"test-passphrase-0123456789"
 # Cheap argon2 so a test suite full of logins stays fast; production uses the defaults.
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 PG_ENV = "SSOT_TEST_DATABASE_URL"
+#: Both server faces, for ``@pytest.mark.parametrize("aio", FACES)``.
+FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 #: A claim or header member to leave out of a token: ``claims(scope=DROP)``.
 DROP: Any = object()
 

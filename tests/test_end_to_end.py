@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
@@ -271,7 +272,7 @@ def test_every_rpc_kind_sees_the_principal_and_rejects_no_token(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
     loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
@@ -301,7 +302,7 @@ def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
         assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_burst_of_unknown_kids_costs_at_most_one_fetch(
     loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
@@ -448,7 +449,7 @@ def test_health_and_reflection_answer_without_a_token(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
     loop_thread: EventLoopThread, auth: AuthHarness, aio: bool
 ) -> None:

@@ -19,6 +19,7 @@ from auth_server.cli import build_parser as auth_parser
 from auth_server.commands.serve import server_config
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
@@ -33,7 +34,6 @@ from resource_server.cli import _config as resource_config
 from resource_server.cli import build_parser as resource_parser
 
 PASSWORD = "correct horse battery"
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 REQUEST = resource_pb2.GetProtectedResourceRequest()
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 

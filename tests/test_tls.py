@@ -23,6 +23,7 @@ from auth_server.__main__ import main as auth_main
 from auth_server.app import RunningAuthServer, start_auth_server
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
@@ -44,7 +45,6 @@ from resource_server import ResourceServerConfig, build_server, open_verifier
 from resource_server.__main__ import main as resource_main
 
 PASSWORD = "correct horse battery"
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 REQUEST = resource_pb2.GetProtectedResourceRequest()
 
 

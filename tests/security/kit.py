@@ -38,6 +38,7 @@ from helpers import (
 
 # Re-exported: the family modules import them from here.
 from helpers import DROP as DROP
+from helpers import FACES as FACES
 from helpers import bearer as bearer
 from helpers import claims as default_claims
 from interceptors import KeyCache, StaticSource, TokenPolicy, TokenVerifier
@@ -48,7 +49,6 @@ from resource_server import ResourceServerConfig
 PASSWORD = "honest-password-7f3a9c"
 HONEST_USER = "honest"
 REQUEST = resource_pb2.GetProtectedResourceRequest()
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 #: A case: the issuer under attack -> the token (str) or the raw metadata to send.
 Attack: TypeAlias = Callable[["Issuer"], "str | Metadata"]
