@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from auth_server import _keyrows as keyrows
+from auth_server._envelope import KeyEncryption
 from auth_server._keyrows import SigningKey
 from auth_server.jwk import PrivateKey
 from auth_server.lifecycle import KeyLifecycle, KeyRecord, activation_order, pick_current
@@ -95,14 +96,14 @@ class KeyWriter:
         *,
         now: float,
         lifecycle: KeyLifecycle,
-        passphrase: bytes,
+        sealer: KeyEncryption,
         usable: Callable[[str], bool],
     ) -> None:
         self.conn = conn
         self.now = now
         self.changes = Changes()
         self._lifecycle = lifecycle
-        self._passphrase = passphrase
+        self._sealer = sealer
         self._usable = usable
 
     def live(self) -> list[KeyRecord]:
@@ -125,7 +126,7 @@ class KeyWriter:
         ):
             self.deactivate(replaced.kid, activates_at)
         key, values = keyrows.new_row(
-            private_key, algorithm, self._passphrase, created_at=now, activates_at=activates_at
+            private_key, algorithm, self._sealer, created_at=now, activates_at=activates_at
         )
         self.conn.execute(signing_keys.insert().values(**values))
         self.changes.inserted.append(key)

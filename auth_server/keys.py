@@ -22,12 +22,15 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
+from auth_server import deployment_secrets
+from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
 from auth_server._keyrows import KeyInfo, SigningKey
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, PrivateKey, check_rsa_bits, generate_private_key
+from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import (
     KeyLifecycle,
     KeyRecord,
@@ -80,6 +83,7 @@ class SigningKeyStore:
         rsa_bits: int = 2048,
         now: Callable[[], float] = time.time,
         lifecycle: KeyLifecycle | None = None,
+        kdf: KdfParameters | None = None,
     ) -> None:
         """Create the store (no database access yet).
 
@@ -92,6 +96,8 @@ class SigningKeyStore:
             now: Clock, epoch seconds.
             lifecycle: When keys are pre-published, rotated and retired; the
                 defaults of :class:`KeyLifecycle` if not given.
+            kdf: The cost of deriving the key-encryption key for keys sealed from
+                now on (the :class:`KdfParameters` defaults if not given).
 
         Raises:
             ValueError: Empty passphrase, unknown algorithm or bad RSA size.
@@ -100,7 +106,7 @@ class SigningKeyStore:
             raise ValueError(f"unsupported algorithm {algorithm!r}")
         check_rsa_bits(rsa_bits)
         self._db = db
-        self._material = DecryptedKeys(db, passphrase)
+        self._material = DecryptedKeys(db, passphrase, kdf=kdf)
         self._algorithm = algorithm
         self._rsa_bits = rsa_bits
         self._now = now
@@ -154,7 +160,7 @@ class SigningKeyStore:
             with self._db.transaction(lock=_LOCK_NAME) as conn:
                 writer = self._writer(conn)
                 if pick_current(writer.live(), writer.now) is None:
-                    keyrows.check_passphrase(conn, self._material.passphrase)
+                    keyrows.check_passphrase(conn, self._material.sealer)
                     writer.rotate(private_key, self._algorithm, writer.now, "first")
                     changes = writer.changes
         except exc.IntegrityError:
@@ -252,7 +258,7 @@ class SigningKeyStore:
             raise InvalidRequest("activate_after must be a finite number of seconds >= 0")
         private_key = self._generate()
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            keyrows.check_passphrase(conn, self._material.passphrase)
+            keyrows.check_passphrase(conn, self._material.sealer)
             writer = self._writer(conn)
             kid = writer.rotate(private_key, self._algorithm, writer.now + activate_after, "manual")
         self._committed(writer.changes)
@@ -281,7 +287,7 @@ class SigningKeyStore:
             live = keyrows.select_live(conn, now)
             current = pick_current(live, now)
             pending = [r for r in live if r.activates_at > now]
-            passphrase_ok = keyrows.probe_passphrase(conn, self._material.passphrase) is not False
+            passphrase_ok = keyrows.probe_passphrase(conn, self._material.sealer) is not False
         replacement: PrivateKey | None = None
         # Decrypting the next keys now also caches them for the promotion below.
         usable_next = [r for r in pending if self._material.is_usable(r.kid)]
@@ -362,9 +368,7 @@ class SigningKeyStore:
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
             now = writer.now
-            if unusable and keyrows.probe_passphrase(
-                conn, self._material.passphrase, exclude=unusable
-            ):
+            if unusable and keyrows.probe_passphrase(conn, self._material.sealer, exclude=unusable):
                 for record in writer.live():
                     if record.kid in unusable:
                         writer.withdraw(record, "unusable")
@@ -375,7 +379,7 @@ class SigningKeyStore:
             records = keyrows.select_all(conn)
             due = rotation_due(records, now, self._lifecycle, self._algorithm)
             if due is not None:
-                keyrows.check_passphrase(conn, self._material.passphrase)
+                keyrows.check_passphrase(conn, self._material.sealer)
                 reason = rotation_reason(records, now, self._algorithm)
                 writer.rotate(private_key or self._generate(), self._algorithm, due, reason)
                 records = keyrows.select_all(conn)
@@ -406,6 +410,12 @@ class SigningKeyStore:
     def rewrap(self, new_passphrase: bytes) -> int:
         """Re-encrypt every stored private key under ``new_passphrase``, all or nothing.
 
+        Each key moves to the envelope format with this store's KDF parameters
+        and a fresh salt: a legacy PKCS#8 row is decrypted and sealed anew, an
+        envelope row only has its data key re-wrapped. The deployment secrets
+        (:mod:`auth_server.deployment_secrets`) move with them. Giving the
+        current passphrase again migrates the rows without changing it.
+
         Running servers keep signing with the keys they hold in memory; restart
         them with the new passphrase before they next need to decrypt or add a key.
 
@@ -418,19 +428,25 @@ class SigningKeyStore:
                 (nothing is changed then).
             StorageError: The database is unavailable.
         """
-        new_passphrase = keyrows.check_passphrase_value(new_passphrase)
-        passphrase = self._material.passphrase
+        old = self._material.sealer
+        new = KeyEncryption(new_passphrase, old.kdf)
+        new.prepare()  # the slow derivation, before the lock
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             found = conn.execute(
                 sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
                     keyrows.HAS_PRIVATE_KEY
                 )
             ).all()
-            for kid, pem in found:
-                private_key = keyrows.decrypt(kid, pem, passphrase)
-                keyrows.update(conn, kid, private_key=keyrows.encrypt(private_key, new_passphrase))
-        self._material.rewrapped(new_passphrase)
-        _LOGGER.info("re-encrypted %d signing keys under a new passphrase", len(found))
+            legacy = sum(keyrows.is_legacy(stored) for _, stored in found)
+            for kid, stored in found:
+                keyrows.update(conn, kid, private_key=keyrows.reencrypt(kid, stored, old, new))
+            deployment_secrets.rewrap_all(conn, old, new)
+        self._material.rewrapped(new)
+        _LOGGER.info(
+            "re-encrypted %d signing keys (%d from the legacy format) under a new passphrase",
+            len(found),
+            legacy,
+        )
         audit_event("key.rewrapped", count=len(found))
         return len(found)
 
@@ -441,7 +457,7 @@ class SigningKeyStore:
             conn,
             now=self._now(),
             lifecycle=self._lifecycle,
-            passphrase=self._material.passphrase,
+            sealer=self._material.sealer,
             usable=self._material.is_usable,
         )
 
@@ -497,4 +513,6 @@ class SigningKeyStore:
         return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
 
     def _generate(self) -> PrivateKey:
+        # Slow work before the locked transaction: the KEK that will seal the key too.
+        self._material.sealer.prepare()
         return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
