@@ -69,6 +69,12 @@ sessions = sa.Table(
     # x5t#S256 of the client certificate of a login over mutual TLS (RFC 8705): the
     # session's refresh tokens then work only with that certificate.
     sa.Column("cert_thumbprint", sa.String(64), nullable=True),
+    # The revocation sequence number of the transaction that revoked it
+    # (revocation_counter): the publisher's cursor reads only rows past it.
+    sa.Column("revoked_seq", sa.BigInteger, nullable=True),
+    # Ended together with a watermark entry ("every token of this subject issued
+    # before T", revocation_watermarks): not listed one by one.
+    sa.Column("watermarked", sa.Boolean, nullable=True),
 )
 # The revocation list that verifiers follow: revoked sessions whose access
 # tokens may still be unexpired. Polled several times a second, so indexed.
@@ -77,6 +83,47 @@ sa.Index(
     sessions.c.access_expires_at,
     sqlite_where=sessions.c.revoked_at.isnot(None),
     postgresql_where=sessions.c.revoked_at.isnot(None),
+)
+
+# What the publisher's poll reads: revocations past its cursor.
+sa.Index("ix_sessions_revoked_seq", sessions.c.revoked_seq)
+# Revoked rows nobody has stamped with a sequence number yet (written by an older
+# version, or inserted by hand); empty in steady state, so probing it is free.
+sa.Index(
+    "ix_sessions_unstamped",
+    sessions.c.revoked_at,
+    sqlite_where=sa.and_(
+        sessions.c.revoked_at.isnot(None),
+        sessions.c.revoked_seq.is_(None),
+        sessions.c.watermarked.is_(None),
+    ),
+    postgresql_where=sa.and_(
+        sessions.c.revoked_at.isnot(None),
+        sessions.c.revoked_seq.is_(None),
+        sessions.c.watermarked.is_(None),
+    ),
+)
+
+# One row, one number: bumped by every transaction that revokes something, and
+# stamped on what it revoked. The UPDATE holds the row's lock until commit, so
+# revoking transactions commit in sequence order (see auth_server._revocationrows).
+revocation_counter = sa.Table(
+    "revocation_counter",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+)
+
+# "Refuse every access token of this subject issued before issued_before"; the
+# empty subject means every subject (``sessions revoke --all``).
+revocation_watermarks = sa.Table(
+    "revocation_watermarks",
+    metadata,
+    sa.Column("subject", sa.String(256), primary_key=True),
+    sa.Column("issued_before", sa.BigInteger, nullable=False),  # epoch seconds
+    sa.Column("expires_at", sa.Float, nullable=False),  # no token it refuses outlives this
+    sa.Column("seq", sa.BigInteger, nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Every refresh token a session has spent (RFC 9700 §4.14: presenting one
@@ -193,6 +240,8 @@ class Database:
         try:
             metadata.create_all(self.engine)
             self._add_missing_columns()
+            with self.engine.begin() as conn:
+                self.insert_ignoring_duplicates(conn, revocation_counter, [{"id": 1, "seq": 0}])
         except exc.SQLAlchemyError as err:
             _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
             raise StorageError() from err

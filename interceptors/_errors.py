@@ -17,6 +17,7 @@ a stable audit identifier (``reason``, the ``token.rejected`` event's field)::
     │   └── RevokedToken
     ├── InsufficientScope            PERMISSION_DENIED
     ├── KeysUnavailable              UNAVAILABLE        retryable
+    ├── RevocationsUnavailable       UNAVAILABLE        retryable; fail closed, list out of sync
     ├── KeySourceError               UNAVAILABLE        a key source failed (key cache only)
     │   └── KeySetError                                 it answered an unusable JWKS
     └── RevocationStreamError        UNAVAILABLE        inside the revocation list only
@@ -146,6 +147,18 @@ class RevokedToken(InvalidToken):
 
     message = "token revoked"
     reason = "revoked"
+
+
+class RevocationsUnavailable(AuthError):
+    """The revocation list is out of sync and the verifier was told to fail closed.
+
+    Retryable: raised only with ``RevocationList(fail_closed_after=...)``, until
+    the list has synced (again).
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "revocation list unavailable"
+    reason = "revocations_unavailable"
 
 
 class InsufficientScope(AuthError):

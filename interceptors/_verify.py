@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
@@ -91,6 +91,22 @@ class RevocationChecker(Protocol):
 
     def is_revoked(self, session_id: str) -> bool:
         """True when tokens carrying this ``sid`` must be refused; must not block."""
+        ...
+
+
+@runtime_checkable
+class WatermarkChecker(Protocol):
+    """A :class:`RevocationChecker` that also knows "issued before" watermarks.
+
+    :class:`interceptors.RevocationList` is one; the verifier then asks it
+    instead of :meth:`RevocationChecker.is_revoked`.
+    """
+
+    def refuses(self, *, session_id: str | None, subject: str, issued_at: int) -> bool:
+        """True when a token of this ``sid``, ``sub`` and ``iat`` must be refused.
+
+        Must not block; may raise :class:`RevocationsUnavailable` (fail closed).
+        """
         ...
 
 
@@ -168,6 +184,7 @@ class TokenVerifier:
         *,
         cache_settings: CacheSettings | None = None,
         follow_revocations: bool = True,
+        revocations_fail_closed: float | None = None,
         close_source: bool = True,
         cache_size: int = 4096,
     ) -> TokenVerifier:
@@ -189,6 +206,12 @@ class TokenVerifier:
                 defaults when ``None``.
             follow_revocations: Follow revoked sessions when the source serves
                 them. Without that, a token of an ended session passes until its ``exp``.
+            revocations_fail_closed: ``None`` (the default) fails open: while the
+                revocation stream is down, tokens revoked meanwhile pass until their
+                ``exp``. Seconds: refuse every token with
+                :class:`~interceptors.RevocationsUnavailable` (``UNAVAILABLE``) until
+                the revocation list has synced, and once it has been out of sync
+                for longer than this (``RevocationList(fail_closed_after=...)``).
             close_source: Close ``source`` (its ``close()``, if it has one) when
                 the verifier closes: the source is handed over, as a transport is to
                 an ``httpx.Client``. ``False`` keeps it yours, e.g. to share one
@@ -196,8 +219,12 @@ class TokenVerifier:
             cache_size: How many verified tokens to remember; 0 disables the cache.
 
         Raises:
-            ValueError: A setting is out of range (nothing is left running).
+            ValueError: A setting is out of range, or ``revocations_fail_closed``
+                is given without revocations to follow (nothing is left running).
         """
+        follows = follow_revocations and isinstance(source, RevocationSource)
+        if revocations_fail_closed is not None and not follows:
+            raise ValueError("revocations_fail_closed needs a source that serves revocations")
         with contextlib.ExitStack() as opened:
             # Closed in reverse: the followers stop before the source's channel goes.
             if close_source:
@@ -207,10 +234,13 @@ class TokenVerifier:
             keys = KeyCache(source, cache_settings)
             opened.callback(keys.close)
             revocations = None
-            if follow_revocations and isinstance(source, RevocationSource):
+            if follows:
+                assert isinstance(source, RevocationSource)
                 # Entries must outlive the leeway that lets an expired token pass.
                 keep = max(KEEP_AFTER_EXPIRY, policy.leeway)
-                revocations = RevocationList(source, keep_after_expiry=keep)
+                revocations = RevocationList(
+                    source, keep_after_expiry=keep, fail_closed_after=revocations_fail_closed
+                )
                 opened.callback(revocations.close)
             verifier = cls(keys, policy, cache_size=cache_size, revocations=revocations)
             keys.start()
@@ -293,11 +323,17 @@ class TokenVerifier:
     def _unrevoked(self, principal: Principal) -> Principal:
         # Checked after the cache too: a session revoked after its token was cached still fails.
         revocations = self._revocations
-        if (
-            revocations is not None
-            and principal.session_id is not None
-            and revocations.is_revoked(principal.session_id)
-        ):
+        if revocations is None:
+            return principal
+        if isinstance(revocations, WatermarkChecker):
+            # Session, subject watermark and the global one: three O(1) lookups.
+            if revocations.refuses(
+                session_id=principal.session_id,
+                subject=principal.subject,
+                issued_at=principal.issued_at,
+            ):
+                raise RevokedToken("the token was revoked")
+        elif principal.session_id is not None and revocations.is_revoked(principal.session_id):
             raise RevokedToken("the token's session was revoked")
         return principal
 

@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_env_argument(
         serve, "--no-reflection", action="store_true", help="do not serve gRPC server reflection"
     )
+    add_env_argument(
+        serve,
+        "--revocations-fail-closed",
+        type=float,
+        metavar="SECONDS",
+        help="with --auth-target: refuse every token (UNAVAILABLE) until the revocation "
+        "list has synced, and once it has been out of sync for longer than SECONDS "
+        "(default: fail open, revoked tokens pass until exp while the stream is down)",
+    )
     _add_tls_arguments(serve)
     _add_limit_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
@@ -216,6 +225,7 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             max_token_length=ns.max_token_length,
             max_json_depth=ns.max_json_depth,
             max_token_lifetime=ns.max_token_lifetime,
+            revocations_fail_closed=ns.revocations_fail_closed,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
