@@ -9,7 +9,8 @@ Use these:
     ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``), ``current_principal``,
     ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
     ``RevocationList`` to assemble a verifier yourself.
-    Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
+    Client side: ``TokenManager``, ``AsyncTokenManager`` (``for_service`` with
+    ``PrivateKeyJwt`` or ``ClientSecret`` for a service identity), ``BearerClientInterceptor``.
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
@@ -68,6 +69,7 @@ from interceptors._revocation import (
 )
 from interceptors._revocation_entries import Watermark
 from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
+from interceptors._service_identity import ClientSecret, PrivateKeyJwt
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
@@ -100,6 +102,7 @@ __all__ = [
     "CacheStats",
     "CertBinding",
     "CertificateMismatch",
+    "ClientSecret",
     "DiscoverySource",
     "ExpiredToken",
     "FetchResult",
@@ -122,6 +125,7 @@ __all__ = [
     "MethodPolicy",
     "MissingToken",
     "Principal",
+    "PrivateKeyJwt",
     "RevocationBatch",
     "RevocationChecker",
     "RevocationList",
