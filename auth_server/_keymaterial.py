@@ -4,8 +4,9 @@ Private to :mod:`auth_server.keys`. The store decides *which* key signs (from
 :class:`auth_server.lifecycle.KeyRecord` rows); this module turns a ``kid`` into
 a usable :class:`SigningKey`: it reads the encrypted row, decrypts it with the
 passphrase and checks it against its published JWK, once per ``kid``. It is the
-one place that touches private key material at rest, which is what a hardware
-key store (``--key-store pkcs11``) would replace.
+one place that touches private key material at rest. A row whose key is held by
+a PKCS#11 token (``--key-store pkcs11``) is loaded by that custodian instead
+(:mod:`auth_server.custody`): a handle to the token object, never key material.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from auth_server import _keyrows as keyrows
 from auth_server._keyrows import SigningKey
+from auth_server.custody import KeyCustody
 from auth_server.errors import KeyStoreError
 from auth_server.storage import Database, signing_keys
 
@@ -29,13 +31,19 @@ class DecryptedKeys:
     and the scheduler does not retry it every tick.
     """
 
-    def __init__(self, db: Database, passphrase: bytes) -> None:
+    def __init__(self, db: Database, passphrase: bytes, *, token: KeyCustody | None = None) -> None:
         """Create the cache (no database access yet).
+
+        Args:
+            db: The database.
+            passphrase: Decrypts the keys stored in their rows.
+            token: Loads the rows whose key a token holds (``--key-store pkcs11``).
 
         Raises:
             ValueError: Empty passphrase.
         """
         self._db = db
+        self._token = token
         self._passphrase = keyrows.check_passphrase_value(passphrase)
         self._keys: dict[str, SigningKey] = {}
         self._unusable: set[str] = set()
@@ -51,6 +59,7 @@ class DecryptedKeys:
 
         Raises:
             KeyStoreError: No such key, or its row cannot be used to sign.
+            KeyStoreUnavailable: The token holding it does not answer.
             StorageError: The database is unavailable.
         """
         with self._lock:
@@ -68,7 +77,12 @@ class DecryptedKeys:
         if row is None:
             raise KeyStoreError("no signing key is active")
         try:
-            key = keyrows.signing_key_from_row(kid, *row, self._passphrase)
+            if self._token is not None and self._token.holds(row.private_key):
+                # KeyStoreUnavailable passes through: a token that does not answer
+                # says nothing about the key, which must not be marked unusable.
+                key = self._token.load(kid, *row)
+            else:
+                key = keyrows.signing_key_from_row(kid, *row, self._passphrase)
         except KeyStoreError:
             with self._lock:
                 self._unusable.add(kid)

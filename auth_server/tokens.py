@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import jwt
-
 from auth_server.errors import InvalidCredentials, InvalidRequest
+from auth_server.jws import encode_compact
 from auth_server.keys import SigningKeyStore
 from auth_server.users import User, validate_scopes
 
@@ -108,6 +107,7 @@ class TokenIssuer:
             InvalidRequest: A scope is malformed or not held by the user.
             InvalidCredentials: The user is disabled.
             KeyStoreError: No usable signing key.
+            KeyStoreUnavailable: The PKCS#11 token holding the key does not answer.
             StorageError: The database is unavailable.
         """
         granted = validate_scopes(scopes)
@@ -136,11 +136,10 @@ class TokenIssuer:
         }
         if cert_thumbprint is not None:
             claims["cnf"] = {"x5t#S256": cert_thumbprint}
-        token = jwt.encode(
-            claims,
-            key.private_key,
-            algorithm=key.algorithm,
-            headers={"kid": key.kid, "typ": TOKEN_TYPE},
+        # Assembled here rather than by jwt.encode: a token's key cannot be handed
+        # to PyJWT, it can only be asked to sign (auth_server.jws).
+        token = encode_compact(
+            {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}, claims, key.sign
         )
         _LOGGER.debug("issued token %s for user id %s with key %s", token_id, user.id, key.kid)
         return IssuedToken(
