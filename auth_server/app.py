@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, is_loopback_host, split_address
 from auth_server.errors import AuthServerError
+from auth_server.hsm import Pkcs11Custody, TokenSetupError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.passwords import PasswordHasher
@@ -66,6 +67,7 @@ def build_components(
     """
     database = Database(config.resolved_database_url)
     database.create_schema()
+    custody = _open_custody(config)
     keys = SigningKeyStore(
         database,
         config.key_passphrase,
@@ -73,8 +75,13 @@ def build_components(
         rsa_bits=config.rsa_bits,
         now=now,
         lifecycle=config.key_lifecycle,
+        custody=custody,
     )
-    keys.ensure_signing_key()
+    try:
+        keys.ensure_signing_key()
+    except BaseException:
+        keys.close()
+        raise
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
     sessions = SessionStore(
         database,
@@ -107,6 +114,18 @@ def build_components(
         sessions=sessions,
         throttle=throttle,
     )
+
+
+def _open_custody(config: AuthServerConfig) -> Pkcs11Custody | None:
+    """The token of ``--key-store pkcs11`` (``None``: keys in the database)."""
+    if config.key_store != "pkcs11" or config.pkcs11 is None:
+        return None
+    try:
+        custody = Pkcs11Custody(config.pkcs11)
+        custody.check_algorithm(config.algorithm)
+    except TokenSetupError as exc:
+        raise StartupError(exc.message) from None
+    return custody
 
 
 @dataclass(kw_only=True)
@@ -153,6 +172,7 @@ class RunningAuthServer:
         await self.grpc_server.stop(grace)
         await self.http_runner.cleanup()
         await asyncio.to_thread(self.components.database.dispose)
+        self.components.keys.close()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auth_server.hsm import Pkcs11Settings
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
@@ -21,6 +22,7 @@ DEFAULT_MAX_METADATA_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_LOGIN_REQUEST_SIZE = 4096
+KEY_STORES = ("db", "pkcs11")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -56,7 +58,11 @@ class AuthServerConfig:
         rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
         access_token_ttl: Access token lifetime in seconds.
         jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
-        key_passphrase: Encrypts private keys at rest.
+        key_passphrase: Encrypts private keys at rest (``key_store="db"``) and
+            derives the refresh-token successor secret (both stores).
+        key_store: Where new signing keys are made and kept: ``"db"`` (encrypted
+            in the database) or ``"pkcs11"`` (inside a token; needs ``pkcs11``).
+        pkcs11: The token of ``key_store="pkcs11"``.
         reflection: Serve gRPC server reflection.
         key_poll_interval: How often to look for key changes made by the CLI or
             other replicas, seconds.
@@ -96,6 +102,8 @@ class AuthServerConfig:
     access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
     jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
     key_passphrase: bytes = field(repr=False)
+    key_store: str = "db"
+    pkcs11: Pkcs11Settings | None = None
     reflection: bool = True
     key_poll_interval: float = 0.25
     key_rotation_interval: float = DEFAULT_ROTATION_INTERVAL
@@ -137,6 +145,13 @@ class AuthServerConfig:
             raise ValueError("--access-token-ttl must be between 30 and 86400 seconds")
         if not 1 <= self.jwks_max_age <= 86400:
             raise ValueError("--jwks-max-age must be between 1 and 86400 seconds")
+        if self.key_store not in KEY_STORES:
+            raise ValueError(f"--key-store must be one of {', '.join(KEY_STORES)}")
+        if self.key_store == "pkcs11" and self.pkcs11 is None:
+            raise ValueError(
+                "--key-store pkcs11 needs --pkcs11-module, --pkcs11-token-label"
+                " and --pkcs11-pin-file"
+            )
         if len(self.key_passphrase) < 16:
             raise ValueError("the key passphrase must be at least 16 bytes")
         if self.key_poll_interval <= 0:

@@ -9,6 +9,7 @@ from typing import Any
 
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError, run_until_signalled
+from auth_server.commands._keystore import add_key_store_arguments, pkcs11_settings
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
@@ -45,6 +46,7 @@ def register(commands: Any) -> None:
 def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     add_storage_arguments(parser)
     add_passphrase_argument(parser)
+    add_key_store_arguments(parser)
     add_env_argument(
         parser,
         "--grpc",
@@ -236,6 +238,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> AuthServerConfig:
     data_dir = prepare_data_dir(ns.data_dir)
+    pkcs11 = pkcs11_settings(ns)
     try:
         return AuthServerConfig(
             grpc_address=ns.grpc,
@@ -249,6 +252,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             access_token_ttl=ns.access_token_ttl,
             jwks_max_age=ns.jwks_max_age,
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
+            key_store=ns.key_store,
+            pkcs11=pkcs11,
             reflection=not ns.no_reflection,
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
