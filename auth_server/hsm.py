@@ -236,9 +236,9 @@ class Pkcs11Custody:
         try:
             try:
                 token = self._lib.get_token(token_label=label)
-            except p11.NoSuchToken:
-                raise
-            except p11.PKCS11Error:
+            except p11.PKCS11Error as exc:
+                if starting and isinstance(exc, p11.NoSuchToken):
+                    raise
                 # A token that left the slot list (SoftHSM2: its directory went away)
                 # is found again only by a fresh C_Initialize.
                 self._lib.reinitialize()
@@ -333,7 +333,9 @@ class Pkcs11Custody:
                     private = self._private(session, object_id)
                 except self._p11.NoSuchKey:
                     # Destroyed by another replica (revoked) after this one read the
-                    # current key: the next attempt signs with its successor.
+                    # current key, and the next attempt signs with its successor; or
+                    # this session lost sight of the token's objects: a new one finds them.
+                    self._drop_session()
                     raise KeyStoreUnavailable() from None
                 sign_once: Signer = self._keys.sign_with(private, algorithm, self._mechanisms)
                 try:
@@ -345,6 +347,7 @@ class Pkcs11Custody:
                     try:
                         private = self._private(session, object_id)
                     except self._p11.NoSuchKey:
+                        self._drop_session()
                         raise KeyStoreUnavailable() from None
                     sign_once = self._keys.sign_with(private, algorithm, self._mechanisms)
                     return sign_once(data)
