@@ -94,8 +94,17 @@ def make_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Token:
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     label = "ssot-" + uuid.uuid4().hex[:8]
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", label]
-        + ["--pin", PIN, "--so-pin", SO_PIN],
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            SO_PIN,
+        ],
         check=True,
         capture_output=True,
     )

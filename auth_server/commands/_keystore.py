@@ -1,4 +1,4 @@
-"""``--key-store db|pkcs11`` and the PKCS#11 token flags, shared by ``serve``, ``up`` and ``keys``."""
+"""``--key-store db|pkcs11`` and the PKCS#11 token flags of ``serve``, ``up`` and ``keys``."""
 
 from __future__ import annotations
 
