@@ -3,7 +3,9 @@
 Module map (``_name``: private to its group):
 
 * identity -- ``users`` (UserStore: add, disable, check a password), ``passwords``
-  (argon2id hashing), ``throttle`` (layered login throttling, in the database).
+  (argon2id hashing), ``throttle`` (layered login throttling, in the database),
+  ``hashing`` (HashingPool: logins on threads of their own, shed when they cannot
+  be answered in time).
 * sessions -- ``sessions`` (SessionStore: login, refresh, logout, in one locked
   transaction each), ``session_policy`` (SessionPolicy and the pure refresh
   verdict ``classify_refresh``: spend, repeat within grace, or reuse),
@@ -52,10 +54,13 @@ from auth_server.errors import (
     InvalidRequest,
     KeyStoreError,
     LoginThrottled,
+    Overloaded,
+    RetryLater,
     StorageError,
     UserExists,
     UserNotFound,
 )
+from auth_server.hashing import HashingPolicy, HashingPool
 from auth_server.keys import (
     KeyInfo,
     MaintenanceReport,
@@ -77,6 +82,8 @@ __all__ = [
     "AuthServerConfig",
     "AuthServerError",
     "Database",
+    "HashingPolicy",
+    "HashingPool",
     "InvalidCredentials",
     "InvalidRefreshToken",
     "InvalidRequest",
@@ -90,8 +97,10 @@ __all__ = [
     "LoginThrottle",
     "LoginThrottled",
     "MaintenanceReport",
+    "Overloaded",
     "PasswordHasher",
     "PublishedKeys",
+    "RetryLater",
     "RunningAuthServer",
     "SessionPolicy",
     "SessionStore",

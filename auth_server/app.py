@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, is_loopback_host, split_address
 from auth_server.errors import AuthServerError
+from auth_server.hashing import HashingPool
 from auth_server.hsm import Pkcs11Custody, TokenSetupError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
@@ -143,6 +144,7 @@ class RunningAuthServer:
     http_port: int
     revocations: RevocationPublisher | None = None
     cleanup_task: asyncio.Task[None] | None = None
+    hashing: HashingPool | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -170,6 +172,8 @@ class RunningAuthServer:
         if self.revocations is not None:
             await self.revocations.stop()
         await self.grpc_server.stop(grace)
+        if self.hashing is not None:
+            await asyncio.to_thread(self.hashing.close)
         await self.http_runner.cleanup()
         await asyncio.to_thread(self.components.database.dispose)
         self.components.keys.close()
@@ -212,12 +216,17 @@ async def start_auth_server(
         await publisher.stop()
         raise
 
+    # Logins (argon2) run on their own bounded threads; everything else keeps
+    # the default executor (issue 15).
+    hasher = components.users.hasher
+    hashing = HashingPool(config.hashing, cost=lambda: hasher.cost)
     server = grpc.aio.server(options=grpc_server_options(config))
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(
             components.authority,
             publisher,
             revocations,
+            hashing=hashing,
             max_login_request_size=config.max_login_request_size,
         ),
         server,
@@ -278,6 +287,7 @@ async def start_auth_server(
         grpc_port=grpc_port,
         http_port=http_port,
         revocations=revocations,
+        hashing=hashing,
         cleanup_task=asyncio.create_task(
             _clean_up_periodically(components, config.cleanup_interval), name="cleanup"
         ),

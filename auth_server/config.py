@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auth_server.hashing import HashingPolicy
 from auth_server.hsm import Pkcs11Settings
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
@@ -74,6 +75,8 @@ class AuthServerConfig:
             means ``access_token_ttl`` + 30 s leeway.
         key_check_interval: How often the key scheduler runs, seconds.
         argon2: Password hashing cost.
+        hashing: Threads for password checks and how long one may expect to
+            wait before it is shed (``RESOURCE_EXHAUSTED`` + ``retry-after``).
         sessions: Session lifetimes, refresh grace window, sessions per user.
         throttle: Login throttling thresholds.
         revocation_poll_interval: How often to look for sessions revoked by
@@ -111,6 +114,7 @@ class AuthServerConfig:
     key_retire_after: float | None = None
     key_check_interval: float = 1.0
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
+    hashing: HashingPolicy = field(default_factory=HashingPolicy)
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
     revocation_poll_interval: float = 0.25

@@ -131,8 +131,8 @@ class RefreshTokenReused(InvalidRefreshToken):
         self.session_id = session_id
 
 
-class LoginThrottled(AuthServerError):
-    """Too many failed logins for this user, address or both; try again later.
+class RetryLater(AuthServerError):
+    """Refused before any work was done; the client may try again after ``retry_after``.
 
     Attributes:
         retry_after: Whole seconds after which a new attempt may be admitted;
@@ -140,8 +140,30 @@ class LoginThrottled(AuthServerError):
     """
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    message = "too many login attempts, retry later"
+    message = "retry later"
 
     def __init__(self, retry_after: float) -> None:
         super().__init__()
         self.retry_after = max(1, math.ceil(retry_after))
+
+
+class LoginThrottled(RetryLater):
+    """Too many failed logins for this user, address or both; try again later."""
+
+    message = "too many login attempts, retry later"
+
+
+class Overloaded(RetryLater):
+    """More password checks are waiting than the pool can finish in time: shed at once.
+
+    Raised before anything is hashed or stored, for known and unknown users alike.
+    """
+
+    message = "server busy, retry later"
+
+
+class CallerGone(AuthServerError):
+    """The caller's deadline passed (or it cancelled) before the work began: never started."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    message = "deadline exceeded"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
+
+# Weight of the newest hash in PasswordHasher.cost.
+_COST_SMOOTHING = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +42,14 @@ class Argon2Parameters:
 
 
 class PasswordHasher:
-    """Hashes and verifies passwords with argon2id; thread-safe."""
+    """Hashes and verifies passwords with argon2id; thread-safe.
+
+    Attributes:
+        params: The cost parameters of new hashes.
+        cost: Seconds one hash or verification takes, a running average of the
+            recent ones (seeded when the hasher is created); it follows the
+            machine's load. It sizes the login pool's queue (auth_server.hashing).
+    """
 
     def __init__(self, params: Argon2Parameters | None = None) -> None:
         """Create a hasher.
@@ -57,11 +68,22 @@ class PasswordHasher:
         )
         # Verified against when the user does not exist, so that path costs
         # one full argon2 computation with the current parameters too.
+        started = time.perf_counter()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self.cost = max(time.perf_counter() - started, 1e-6)
+
+    def _observe(self, started: float) -> None:
+        # A plain float update: a lost one between threads only slows the average a little.
+        took = time.perf_counter() - started
+        self.cost = (1 - _COST_SMOOTHING) * self.cost + _COST_SMOOTHING * took
 
     def hash(self, password: str) -> str:
         """Return an encoded argon2id hash (PHC string) of ``password`` with a fresh salt."""
-        result: str = self._hasher.hash(password)
+        started = time.perf_counter()
+        try:
+            result: str = self._hasher.hash(password)
+        finally:
+            self._observe(started)
         return result
 
     def verify(self, password_hash: str, password: str) -> bool:
@@ -70,10 +92,13 @@ class PasswordHasher:
         Returns:
             True if it matches; False on a mismatch or an unparsable hash.
         """
+        started = time.perf_counter()
         try:
             return bool(self._hasher.verify(password_hash, password))
         except (VerificationError, InvalidHashError):
             return False
+        finally:
+            self._observe(started)
 
     def needs_rehash(self, password_hash: str) -> bool:
         """Tell whether ``password_hash`` was made with parameters other than this hasher's.

@@ -23,9 +23,10 @@ from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
     InvalidRequest,
-    LoginThrottled,
     RefreshTokenReused,
+    RetryLater,
 )
+from auth_server.hashing import HashingPool
 from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
@@ -63,8 +64,9 @@ def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the call with the status ``exc`` maps to: the one place errors meet the wire."""
-    if isinstance(exc, LoginThrottled):
-        # RFC 9110 §10.2.3 semantics, as gRPC trailing metadata: seconds to wait.
+    if isinstance(exc, RetryLater):
+        # Throttled or shed. RFC 9110 §10.2.3 semantics, as gRPC trailing metadata:
+        # seconds to wait.
         await context.abort(
             exc.code, exc.message, trailing_metadata=(("retry-after", str(exc.retry_after)),)
         )
@@ -104,6 +106,13 @@ def _status_on_error(
     return call
 
 
+def _time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """Seconds until the caller's deadline, or ``None`` if it set none."""
+    left = context.time_remaining()
+    # Without a deadline grpc reports a practically infinite time.
+    return left if left is not None and left < 1e6 else None
+
+
 def _login_failure_reason(exc: Exception) -> str:
     if isinstance(exc, InvalidCredentials):
         return "bad_credentials"
@@ -121,9 +130,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         publisher: JwksPublisher,
         revocations: RevocationPublisher | None = None,
         *,
+        hashing: HashingPool,
         max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
     ) -> None:
         self._authority = authority
+        self._hashing = hashing
         self._publisher = publisher
         self._revocations = revocations
         self._max_login_request_size = max_login_request_size
@@ -138,8 +149,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         try:
             grant = await self._login(request, context, peer)
         except Exception as exc:
-            # A throttled attempt already has its own, more specific line (login.throttled).
-            if not isinstance(exc, LoginThrottled):
+            # A throttled attempt already has its own, more specific line (login.throttled);
+            # shed ones are counted and logged by the pool, not one line each.
+            if not isinstance(exc, RetryLater):
                 audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
             raise
         audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
@@ -156,7 +168,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidRequest("login request too large")
         # Over mutual TLS the token is bound to the client's certificate (RFC 8705).
         thumbprint = client_cert_thumbprint(context.auth_context())
-        return await asyncio.to_thread(
+        # On the password-check pool, never the default executor, so Refresh, Logout
+        # and key work do not queue behind argon2; shed at once when it cannot
+        # answer in time (issue 15).
+        return await self._hashing.run(
             functools.partial(
                 self._authority.login,
                 request.username,
@@ -164,7 +179,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 request.scope,
                 address=client_address(peer),
                 cert_thumbprint=thumbprint,
-            )
+            ),
+            time_left=_time_left(context),
         )
 
     @_status_on_error

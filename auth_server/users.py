@@ -124,6 +124,11 @@ class UserStore:
         self._hasher = hasher
         self._now = now
 
+    @property
+    def hasher(self) -> PasswordHasher:
+        """The hasher that verifies logins (its ``cost`` sizes the login pool)."""
+        return self._hasher
+
     def add(self, username: str, password: str, scopes: Iterable[str] = ()) -> User:
         """Create a user.
 

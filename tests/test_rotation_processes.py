@@ -227,8 +227,10 @@ def _client(sysm: System, log: Log, fresh: bool, stop: threading.Event) -> None:
                 issued = time.time()
                 token, expires = reply.access_token, issued + reply.expires_in
             for name in ("push", "http"):
-                after = log.revoking
                 code = _call(channels[name], token)
+                # Read after the call: a revocation that lands while the call is in
+                # flight (a descheduled thread on a loaded machine) is then counted.
+                after = log.revoking
                 with log.lock:
                     log.calls.append((name, _kid(token), code, after))
                 if code is grpc.StatusCode.UNAUTHENTICATED:

@@ -12,9 +12,11 @@ import pytest
 from auth_server.errors import (
     InvalidCredentials,
     LoginThrottled,
+    Overloaded,
     RefreshTokenReused,
     StorageError,
 )
+from auth_server.hashing import HashingPool
 from auth_server.service import AuthServicer
 from protos import auth_pb2
 
@@ -34,6 +36,9 @@ class FakeContext:
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
+
+    def time_remaining(self) -> float:
+        return 1e9  # what grpc reports for a call without a deadline
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
@@ -66,15 +71,24 @@ class CountingRevocations:
 
 def call(rpc: str, error: Exception) -> tuple[FakeContext, CountingRevocations]:
     revocations = CountingRevocations()
-    servicer = AuthServicer(FailingAuthority(error), None, revocations)  # type: ignore[arg-type]
+    hashing = HashingPool(cost=lambda: 0.01)
+    servicer = AuthServicer(
+        FailingAuthority(error),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        revocations,  # type: ignore[arg-type]
+        hashing=hashing,
+    )
     request = {
         "Login": auth_pb2.LoginRequest(username="alice", password="pw"),
         "Refresh": auth_pb2.RefreshRequest(refresh_token="t"),
         "Logout": auth_pb2.LogoutRequest(refresh_token="t"),
     }[rpc]
     context = FakeContext()
-    with pytest.raises(Aborted):
-        asyncio.run(getattr(servicer, rpc)(request, context))
+    try:
+        with pytest.raises(Aborted):
+            asyncio.run(getattr(servicer, rpc)(request, context))
+    finally:
+        hashing.close()
     return context, revocations
 
 
@@ -120,6 +134,16 @@ def test_a_throttled_login_says_when_to_retry() -> None:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "too many login attempts, retry later",
         (("retry-after", "3"),),
+    )
+
+
+def test_a_shed_login_says_when_to_retry_like_a_throttled_one() -> None:
+    context, _ = call("Login", Overloaded(0.4))
+
+    assert context.status == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "server busy, retry later",
+        (("retry-after", "1"),),
     )
 
 

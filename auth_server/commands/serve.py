@@ -27,6 +27,7 @@ from auth_server.config import (
     DEFAULT_MAX_METADATA_SIZE,
     AuthServerConfig,
 )
+from auth_server.hashing import DEFAULT_MAX_WAIT, HashingPolicy
 from auth_server.jwk import ALGORITHMS
 from auth_server.lifecycle import parse_duration
 from auth_server.passwords import Argon2Parameters
@@ -183,6 +184,21 @@ def _add_argon2_arguments(parser: argparse.ArgumentParser) -> None:
         ("--argon2-parallelism", d.parallelism, "lanes"),
     ):
         _add_number(group, flag, default, text, integer=True)
+    _add_number(
+        group,
+        "--hash-workers",
+        0,
+        "logins checked at once, on threads of their own; 0 means one per CPU",
+        integer=True,
+    )
+    _add_number(
+        group,
+        "--hash-max-wait",
+        DEFAULT_MAX_WAIT,
+        "a login that could not be answered within this many seconds is refused at once"
+        " (RESOURCE_EXHAUSTED + retry-after)",
+        integer=False,
+    )
 
 
 def duration(text: str) -> float:
@@ -276,6 +292,7 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
                 memory_cost=ns.argon2_memory_cost,
                 parallelism=ns.argon2_parallelism,
             ),
+            hashing=HashingPolicy(workers=ns.hash_workers or None, max_wait=ns.hash_max_wait),
             tls_cert=ns.tls_cert,
             tls_key=ns.tls_key,
             client_ca=ns.client_ca,
