@@ -80,8 +80,16 @@ def main() -> int:
         conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
         os.environ["SOFTHSM2_CONF"] = str(conf)
         subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", "bench", *("--pin", PIN)]
-            + ["--so-pin", "bench-so-pin"],
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                "bench",
+                *("--pin", PIN),
+                "--so-pin",
+                "bench-so-pin",
+            ],
             check=True,
             capture_output=True,
         )
