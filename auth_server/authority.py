@@ -140,6 +140,7 @@ class TokenAuthority:
             InvalidRequest: a field is empty, too long or not well formed.
             LoginThrottled: too many recent failures; nothing was checked.
             InvalidCredentials: unknown user, wrong password or disabled user.
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
         """
         _check_size(username, "username", MAX_USERNAME_BYTES)
         _check_size(password, "password", MAX_PASSWORD_BYTES)
@@ -155,6 +156,9 @@ class TokenAuthority:
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
+        # Before the session exists: a token outage must not leave sessions behind
+        # (each counts against --max-sessions-per-user) for logins that got no token.
+        self._keys.check_ready()
         session = self._sessions.create(
             user.id, scope=granted, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
         )
@@ -187,9 +191,13 @@ class TokenAuthority:
             InvalidRefreshToken: malformed, unknown, expired, spent or revoked
                 (:class:`~auth_server.errors.RefreshTokenReused` when a spent
                 token revoked its session just now).
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
             StorageError: the database is unavailable.
         """
         _check_refresh_token(refresh_token)
+        # Before the refresh token is spent: a client retrying through a token
+        # outage longer than the grace window would otherwise look like a reuse.
+        self._keys.check_ready()
         rotation = self._sessions.refresh(
             refresh_token, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
         )

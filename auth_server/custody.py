@@ -68,6 +68,14 @@ class KeyCustody(Protocol):
         """Destroy a key from :meth:`generate` that was never stored (best effort)."""
         ...
 
+    def check_ready(self) -> None:
+        """Raise unless keys can sign now, as far as is known without signing.
+
+        Raises:
+            KeyStoreUnavailable: The token is known not to answer.
+        """
+        ...
+
     def close(self) -> None:
         """Release what the custodian holds open (sessions); it may not be used after."""
         ...
@@ -107,6 +115,9 @@ class DatabaseCustody:
         return None
 
     def discard(self, new: NewKey) -> None:
+        return None
+
+    def check_ready(self) -> None:
         return None
 
     def close(self) -> None:

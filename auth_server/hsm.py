@@ -222,6 +222,12 @@ class Pkcs11Custody:
         except KeyStoreUnavailable:
             _LOGGER.warning("could not destroy unused token key %s", new.key.kid)
 
+    def check_ready(self) -> None:
+        # Reconnects if the last call failed (at most once a reconnect interval);
+        # no token I/O while the session is up.
+        with self._call():
+            pass
+
     def close(self) -> None:
         with self._lock:
             self._drop_session()

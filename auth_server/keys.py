@@ -129,6 +129,18 @@ class SigningKeyStore:
         """Where new keys are kept: ``"db"`` or ``"pkcs11"``."""
         return self._custody.name
 
+    def check_ready(self) -> None:
+        """Raise if the key store is known unable to sign now (a PKCS#11 token is down).
+
+        Callers check before changing state that only a signed token completes (a
+        refresh token spent, a session opened), so a token outage does not spend a
+        client's refresh token without an answer.
+
+        Raises:
+            KeyStoreUnavailable: The token does not answer.
+        """
+        self._custody.check_ready()
+
     def close(self) -> None:
         """Release the custodian's resources (PKCS#11 sessions); the store is unusable after."""
         self._custody.close()

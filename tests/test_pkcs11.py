@@ -289,6 +289,8 @@ def test_a_token_outage_is_unavailable_and_signing_resumes_when_it_returns(
 
     assert wait_until(logs_in, timeout=10), "signing did not resume"
     assert _verify(hsm_auth, hsm_auth.login("alice", PASSWORD).access_token)
+    # The refresh token tried during the outage was not spent: it still works.
+    assert _verify(hsm_auth, hsm_auth.refresh(session.refresh_token).access_token)
 
 
 @pytest.mark.slow
