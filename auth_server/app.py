@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_server.authority import TokenAuthority
-from auth_server.config import AuthServerConfig, is_loopback_host, split_address
+from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError
 from auth_server.hashing import HashingPool
 from auth_server.hsm import Pkcs11Custody, TokenSetupError
@@ -35,6 +35,7 @@ from auth_server.tls import TlsError, grpc_server_credentials, http_server_conte
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore
 from interceptors._cli import SERVER_TLS_FLAGS
+from interceptors.tls import is_loopback_host
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)

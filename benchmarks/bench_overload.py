@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from interceptors import (  # noqa: E402
-    GrpcJwksSource,
-    KeyCache,
+    AuthServiceSource,
     RevocationList,
     TokenPolicy,
     TokenVerifier,
@@ -254,15 +253,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         ns.database_url = stack.enter_context(postgres_schema(ns.postgres)) if ns.postgres else None
         server = stack.enter_context(auth_server(ns, Path(tmp)))
-        source = GrpcJwksSource(server.target)
-        keys = KeyCache(source)
-        keys.start()
-        revocations = RevocationList(source)
-        revocations.start()
-        revocations.wait_until_synced(10)
-        verifier = TokenVerifier(
-            keys, TokenPolicy(issuer=server.issuer, audience=AUDIENCE), revocations=revocations
+        verifier = stack.enter_context(
+            TokenVerifier.from_source(
+                AuthServiceSource(server.target),
+                TokenPolicy(issuer=server.issuer, audience=AUDIENCE),
+            )
         )
+        assert isinstance(verifier.revocations, RevocationList)
+        verifier.revocations.wait_until_synced(10)
         rconfig = ResourceServerConfig(
             grpc_address="127.0.0.1:0", issuer=server.issuer, audience=AUDIENCE, auth_target="x:1"
         )
@@ -287,9 +285,6 @@ def main() -> int:
         for concurrency in [0, *ns.floods]:
             print(run_phase(server, auth, resource, concurrency, ns), flush=True)
         rserver.stop(0)
-        revocations.close()
-        keys.close()
-        source.close()
     return 0
 
 

@@ -6,7 +6,7 @@ Prints medians (and the worst trial) over ``--trials``, with ratios against a
 same-run baseline:
   1. emergency revocation -> a token of the revoked key is refused, timed from
      the revoking commit:
-       a. push verifier (GrpcJwksSource), revoked by another process's store
+       a. push verifier (AuthServiceSource), revoked by another process's store
           (what `ssot-auth keys revoke` does: the server learns it by polling);
        b. push verifier, revoked by the server's own store (published at once);
        c. HTTP verifier (HttpJwksSource) with ``--max-age``;
@@ -41,7 +41,7 @@ from auth_server.keys import SigningKeyStore  # noqa: E402
 from auth_server.passwords import Argon2Parameters  # noqa: E402
 from interceptors import (  # noqa: E402
     AuthError,
-    GrpcJwksSource,
+    AuthServiceSource,
     HttpJwksSource,
     KeyCache,
     TokenPolicy,
@@ -170,7 +170,7 @@ def main() -> None:
         server.components.users.add("bench", PASSWORD, ())
         other = SigningKeyStore(server.components.database, PASSPHRASE, algorithm="ES256")
         policy = TokenPolicy(issuer=ISSUER, audience=AUDIENCE)
-        push_keys = KeyCache(GrpcJwksSource(server.grpc_target))
+        push_keys = KeyCache(AuthServiceSource(server.grpc_target))
         http_keys = KeyCache(HttpJwksSource(f"{server.http_base_url}/.well-known/jwks.json"))
         push_keys.start()
         http_keys.start()

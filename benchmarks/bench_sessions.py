@@ -47,8 +47,7 @@ from auth_server.storage import Database  # noqa: E402
 from auth_server.throttle import ThrottlePolicy  # noqa: E402
 from auth_server.tokens import TokenIssuer  # noqa: E402
 from interceptors import (  # noqa: E402
-    GrpcJwksSource,
-    KeyCache,
+    AuthServiceSource,
     RevocationList,
     TokenPolicy,
     TokenVerifier,
@@ -121,15 +120,11 @@ def measure_propagation(
     auth_stub = auth_pb2_grpc.AuthServiceStub(auth_channel)
     other_process = SessionStore(Database(auth.config.resolved_database_url))
     for aio in (False, True):
-        source = GrpcJwksSource(auth.grpc_target)
-        keys = KeyCache(source)
-        keys.start()
-        revocations = RevocationList(source)
-        revocations.start()
-        revocations.wait_until_synced(10)
-        verifier = TokenVerifier(
-            keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), revocations=revocations
+        verifier = TokenVerifier.from_source(
+            AuthServiceSource(auth.grpc_target), TokenPolicy(issuer=ISSUER, audience=AUDIENCE)
         )
+        assert isinstance(verifier.revocations, RevocationList)
+        verifier.revocations.wait_until_synced(10)
         rconfig = ResourceServerConfig(
             grpc_address="127.0.0.1:0", issuer=ISSUER, audience=AUDIENCE, auth_target="x:1"
         )
@@ -182,9 +177,7 @@ def measure_propagation(
             loop.run(aserver.stop(0))
         else:
             server.stop(0)
-        revocations.close()
-        keys.close()
-        source.close()
+        verifier.close()
     auth_channel.close()
     return rows
 

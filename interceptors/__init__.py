@@ -4,9 +4,11 @@ The names below, grouped by what you do with them (``__all__`` is one flat list)
 
 Use these:
     Server side: ``AuthInterceptor``, ``AsyncAuthInterceptor``, ``MethodPolicy``,
-    ``TokenPolicy``, ``TokenVerifier``, ``KeyCache``, ``RevocationList``, a key
-    source (``HttpJwksSource``, ``DiscoverySource``, ``GrpcJwksSource``,
-    ``StaticSource``), ``current_principal``, ``bearer_token``, ``cert_thumbprint``.
+    ``TokenPolicy``, ``TokenVerifier`` (``TokenVerifier.from_source`` owns its
+    parts), a key source (``AuthServiceSource``, formerly ``GrpcJwksSource``;
+    ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``), ``current_principal``,
+    ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
+    ``RevocationList`` to assemble a verifier yourself.
     Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
 
 Implement these (extension points):
@@ -19,15 +21,18 @@ Inspect these (what the library hands you):
     ``CERT_BINDINGS``, ``HEALTH_METHODS``, ``REFLECTION_METHODS``.
 
 Catch these:
-    ``AuthError`` and its subclasses (a refused call or key set; each carries its
-    gRPC status), ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    ``AuthError`` and its subclasses (a refused call, a failed key source, each
+    carrying its gRPC status; ``KeySourceError``/``KeySetError`` and
+    ``RevocationStreamError`` stay inside the cache and the list),
+    ``TokenClientError``/``TokenRequestError`` (the client helpers).
     The trees are drawn in ``interceptors._errors``.
 
 The audit trail writer is the public leaf module :mod:`interceptors.audit`.
 """
 
+from interceptors._auth_service import AuthServiceSource, GrpcJwksSource
 from interceptors._binding import CERT_BINDINGS, CertBinding
-from interceptors._cache import CacheStats, KeyCache
+from interceptors._cache import CacheSettings, CacheStats, KeyCache
 from interceptors._claims import Principal, TokenPolicy
 from interceptors._client_interceptors import BearerClientInterceptor
 from interceptors._context import current_principal
@@ -41,9 +46,11 @@ from interceptors._errors import (
     InvalidSignature,
     InvalidToken,
     KeySetError,
+    KeySourceError,
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    RevocationStreamError,
     RevokedToken,
     TokenClientError,
     TokenRequestError,
@@ -62,7 +69,6 @@ from interceptors._server_interceptors import AsyncAuthInterceptor, AuthIntercep
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
-    GrpcJwksSource,
     HttpJwksSource,
     KeySource,
     KeyWatch,
@@ -80,7 +86,9 @@ __all__ = [
     "AsyncTokenManager",
     "AuthError",
     "AuthInterceptor",
+    "AuthServiceSource",
     "BearerClientInterceptor",
+    "CacheSettings",
     "CacheStats",
     "CertBinding",
     "CertificateMismatch",
@@ -99,6 +107,7 @@ __all__ = [
     "KeySet",
     "KeySetError",
     "KeySource",
+    "KeySourceError",
     "KeyWatch",
     "KeysUnavailable",
     "MalformedToken",
@@ -111,6 +120,7 @@ __all__ = [
     "RevocationSource",
     "RevocationStats",
     "RevocationStream",
+    "RevocationStreamError",
     "RevokedToken",
     "StaticSource",
     "TokenClientError",

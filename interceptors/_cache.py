@@ -30,12 +30,11 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeAlias
 
-from interceptors._errors import AuthError, KeySetError, KeysUnavailable, UnknownKey
+from interceptors._errors import AuthError, KeySetError, KeySourceError, KeysUnavailable, UnknownKey
 from interceptors._keyset import (
     SUPPORTED_ALGORITHMS,
     KeySet,
@@ -43,7 +42,14 @@ from interceptors._keyset import (
     check_algorithms,
     departed_kids,
 )
-from interceptors._reconnect import follow_with_backoff
+from interceptors._reconnect import (
+    RECONNECT_INITIAL,
+    RECONNECT_MAX,
+    Background,
+    StreamEnd,
+    check_reconnect,
+    follow_with_backoff,
+)
 from interceptors._sources import FetchResult, KeySource, KeyWatch
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,14 +57,63 @@ _LOGGER = logging.getLogger(__name__)
 # Failure backoff for fetches, on the injected clock.
 _BACKOFF_INITIAL = 1.0
 _BACKOFF_MAX = 30.0
-# Reconnect backoff for the push stream, in real seconds.
-_RECONNECT_INITIAL = 1.0
-_RECONNECT_MAX = 30.0
 # The refresh thread re-reads the clock at least this often (real seconds).
 _MAX_IDLE_WAIT = 60.0
-_JOIN_TIMEOUT = 5.0
 
 _Flight: TypeAlias = concurrent.futures.Future[bool]  # True when the fetch succeeded
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """How a :class:`KeyCache` fetches, trusts and ages the issuer's key set.
+
+    Attributes:
+        algorithms: The algorithms keys may verify (never HS* or ``none``).
+        min_rsa_bits: The smallest RSA key accepted; a set with a smaller
+            signature key is refused whole.
+        cooldown: Seconds after any fetch attempt during which an unknown
+            ``kid`` does not cause another fetch.
+        default_max_age: The set's lifetime when the source gives no hint.
+        min_max_age: The shortest lifetime honoured.
+        max_max_age: The longest finite lifetime honoured.
+        stale_for: How long past its expiry the last good set is still
+            served while the source cannot be reached.
+        fetch_timeout: The deadline of one fetch, and the longest a lookup waits.
+        refresh_ratio: The fraction of the lifetime after which the set is
+            refreshed in the background.
+        missing_kid_memory: How many ``kid``s found missing are remembered.
+        reconnect_initial: First delay before reopening a broken push stream,
+            real seconds (doubling from there).
+        reconnect_max: Longest such delay, real seconds.
+
+    Raises:
+        ValueError: A setting is out of range.
+    """
+
+    algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
+    min_rsa_bits: int = 2048
+    cooldown: float = 30.0
+    default_max_age: float = 300.0
+    min_max_age: float = 1.0
+    max_max_age: float = 86400.0
+    stale_for: float = 3600.0
+    fetch_timeout: float = 3.0
+    refresh_ratio: float = 0.8
+    missing_kid_memory: int = 4096
+    reconnect_initial: float = RECONNECT_INITIAL
+    reconnect_max: float = RECONNECT_MAX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "algorithms", check_algorithms(self.algorithms))
+        _require(self.min_rsa_bits > 0, "min_rsa_bits must be positive")
+        _require(self.cooldown >= 0, "cooldown must not be negative")
+        _require(0 < self.min_max_age <= self.max_max_age, "need 0 < min_max_age <= max_max_age")
+        _require(self.default_max_age > 0, "default_max_age must be positive")
+        _require(self.stale_for >= 0, "stale_for must not be negative")
+        _require(0 < self.fetch_timeout < math.inf, "fetch_timeout must be positive and finite")
+        _require(0 < self.refresh_ratio <= 1, "refresh_ratio must be in (0, 1]")
+        _require(self.missing_kid_memory >= 0, "missing_kid_memory must not be negative")
+        check_reconnect(self.reconnect_initial, self.reconnect_max)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +143,7 @@ class _Entry:
     drop_at: float
 
 
-class KeyCache:
+class KeyCache(Background):
     """Holds the issuer's public keys and keeps them current.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`.
@@ -97,68 +152,26 @@ class KeyCache:
     def __init__(
         self,
         source: KeySource,
+        settings: CacheSettings | None = None,
         *,
-        algorithms: Collection[str] = SUPPORTED_ALGORITHMS,
-        min_rsa_bits: int = 2048,
-        cooldown: float = 30.0,
-        default_max_age: float = 300.0,
-        min_max_age: float = 1.0,
-        max_max_age: float = 86400.0,
-        stale_for: float = 3600.0,
-        fetch_timeout: float = 3.0,
-        refresh_ratio: float = 0.8,
-        missing_kid_memory: int = 4096,
         now: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
         """Configure the cache; nothing is fetched until needed or :meth:`start`.
 
         Args:
-            source: Where the keys come from.
-            algorithms: The algorithms keys may verify (never HS* or ``none``).
-            min_rsa_bits: The smallest RSA key accepted; a set with a smaller
-                signature key is refused whole.
-            cooldown: Seconds after any fetch attempt during which an unknown
-                ``kid`` does not cause another fetch.
-            default_max_age: The set's lifetime when the source gives no hint.
-            min_max_age: The shortest lifetime honoured.
-            max_max_age: The longest finite lifetime honoured.
-            stale_for: How long past its expiry the last good set is still
-                served while the source cannot be reached.
-            fetch_timeout: The deadline of one fetch, and the longest a lookup waits.
-            refresh_ratio: The fraction of the lifetime after which the set is
-                refreshed in the background.
-            missing_kid_memory: How many ``kid``s found missing are remembered.
+            source: Where the keys come from (not closed by :meth:`close`).
+            settings: Fetching, trust and ageing rules; the defaults when ``None``.
             now: The clock that drives expiry, cooldown and backoff.
             background: Whether :meth:`start` runs background threads; without
                 them a fetch happens only when a lookup needs one.
-
-        Raises:
-            ValueError: A setting is out of range.
         """
-        self._algorithms = check_algorithms(algorithms)
-        _require(min_rsa_bits > 0, "min_rsa_bits must be positive")
-        _require(cooldown >= 0, "cooldown must not be negative")
-        _require(0 < min_max_age <= max_max_age, "need 0 < min_max_age <= max_max_age")
-        _require(default_max_age > 0, "default_max_age must be positive")
-        _require(stale_for >= 0, "stale_for must not be negative")
-        _require(0 < fetch_timeout < math.inf, "fetch_timeout must be positive and finite")
-        _require(0 < refresh_ratio <= 1, "refresh_ratio must be in (0, 1]")
-        _require(missing_kid_memory >= 0, "missing_kid_memory must not be negative")
+        super().__init__()
         self._source = source
-        self._min_rsa_bits = min_rsa_bits
-        self._cooldown = cooldown
-        self._default_max_age = default_max_age
-        self._min_max_age = min_max_age
-        self._max_max_age = max_max_age
-        self._stale_for = stale_for
-        self._fetch_timeout = fetch_timeout
-        self._refresh_ratio = refresh_ratio
-        self._missing_kid_memory = missing_kid_memory
+        self._settings = settings if settings is not None else CacheSettings()
         self._now = now
         self._background = background
 
-        self._lock = threading.Lock()
         # Read without the lock on the hot path: an immutable entry, replaced whole.
         self._entry: _Entry | None = None
         self._inflight: _Flight | None = None
@@ -178,11 +191,7 @@ class KeyCache:
         self._last_success: float | None = None
 
         self._started = False
-        self._closed = False
         self._refreshing = False  # a background thread owns routine refreshes
-        self._threads: list[threading.Thread] = []
-        self._watch: KeyWatch | None = None
-        self._closing = threading.Event()
         self._wake = threading.Event()
         self._loaded = threading.Event()
 
@@ -205,7 +214,7 @@ class KeyCache:
         try:
             watch = self._source.watch()
             push = watch is not None
-        except KeySetError as exc:
+        except KeySourceError as exc:
             _LOGGER.warning("cannot open the key push stream yet: %s", exc.log_detail)
             push = True
         threads = [threading.Thread(target=self._refresh_loop, name="ssot-keys-refresh")]
@@ -213,43 +222,20 @@ class KeyCache:
             threads.append(
                 threading.Thread(target=self._push_loop, args=(watch,), name="ssot-keys-push")
             )
-        with self._lock:
-            self._threads = threads
-        for thread in threads:
-            thread.daemon = True
-            thread.start()
+        if not self._launch(*threads) and watch is not None:
+            watch.cancel()
 
     def close(self) -> None:
         """Stop the background threads (cancelling the push stream). Idempotent.
 
         Lookups keep working afterwards from memory and with on-demand fetches.
+        The source stays open: whoever opened it closes it.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._refreshing = False
-            watch, threads = self._watch, self._threads
-        self._closing.set()
+        super().close()
+
+    def _stopping(self) -> None:
+        self._refreshing = False
         self._wake.set()
-        if watch is not None:
-            watch.cancel()
-        current = threading.current_thread()
-        for thread in threads:
-            if thread is not current:
-                thread.join(_JOIN_TIMEOUT)
-
-    def __enter__(self) -> KeyCache:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -269,7 +255,7 @@ class KeyCache:
         if isinstance(step, AuthError):
             raise step
         with contextlib.suppress(TimeoutError):
-            step.result(timeout=self._fetch_timeout)
+            step.result(timeout=self._settings.fetch_timeout)
         return self._resolve(kid, step)
 
     async def aget_key(self, kid: str) -> VerificationKey:
@@ -282,7 +268,7 @@ class KeyCache:
         # The flight future is already running, so cancelling the asyncio
         # wrapper on timeout cannot cancel the fetch other callers share.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.wrap_future(step), self._fetch_timeout)
+            await asyncio.wait_for(asyncio.wrap_future(step), self._settings.fetch_timeout)
         return self._resolve(kid, step)
 
     def add_removal_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
@@ -312,6 +298,11 @@ class KeyCache:
         return self.key_set is not None
 
     @property
+    def settings(self) -> CacheSettings:
+        """The settings this cache runs with."""
+        return self._settings
+
+    @property
     def key_set(self) -> KeySet | None:
         """The set in use (possibly stale), or ``None`` if there is none."""
         entry = self._current(self._now())
@@ -333,6 +324,10 @@ class KeyCache:
 
     def _decide(self, kid: str) -> VerificationKey | AuthError | _Flight:
         """Answer from memory, or say which error to raise or which fetch to wait for."""
+        # The error is returned, not raised, so that the sync and the async
+        # lookup share this one decision, taken under one lock acquisition;
+        # only the wait for a flight differs between them, and they do it
+        # after the lock is released.
         now = self._now()
         entry = self._current(now)
         if entry is not None:
@@ -356,7 +351,7 @@ class KeyCache:
             if (
                 entry is not None
                 and self._last_attempt_at is not None
-                and now - self._last_attempt_at < self._cooldown
+                and now - self._last_attempt_at < self._settings.cooldown
             ):
                 return self._no_fetch_error()
             return self._begin_flight_locked()
@@ -390,12 +385,13 @@ class KeyCache:
             return self._begin_flight_locked()
 
     def _remember_missing(self, kid: str) -> None:
-        if self._missing_kid_memory == 0:
+        memory = self._settings.missing_kid_memory
+        if memory == 0:
             return
         with self._lock:
             self._missing[kid] = None
             self._missing.move_to_end(kid)
-            while len(self._missing) > self._missing_kid_memory:
+            while len(self._missing) > memory:
                 self._missing.popitem(last=False)
 
     def _current(self, now: float) -> _Entry | None:
@@ -414,7 +410,7 @@ class KeyCache:
             _LOGGER.warning(
                 "signing keys are past their max-age and the key source is unreachable;"
                 " serving the last good set for up to %.0f s",
-                self._stale_for,
+                self._settings.stale_for,
             )
 
     # -- fetching ----------------------------------------------------------------------
@@ -444,10 +440,10 @@ class KeyCache:
         max_age: float | None = None
         problem = ""
         try:
-            result = self._source.fetch(self._fetch_timeout)
+            result = self._source.fetch(self._settings.fetch_timeout)
             key_set = self._build(result)
             max_age = result.max_age
-        except KeySetError as exc:
+        except KeySourceError as exc:  # KeySetError too: a refused document
             problem = exc.log_detail
         except Exception:  # a broken source must not break the cache
             _LOGGER.exception("key source raised an unexpected error")
@@ -488,16 +484,18 @@ class KeyCache:
         self._wake.set()
 
     def _build(self, result: FetchResult) -> KeySet:
+        settings = self._settings
         return KeySet.from_jwks(
-            result.document, algorithms=self._algorithms, min_rsa_bits=self._min_rsa_bits
+            result.document, algorithms=settings.algorithms, min_rsa_bits=settings.min_rsa_bits
         )
 
     def _lifetime(self, max_age: float | None) -> float:
+        settings = self._settings
         if max_age is None or math.isnan(max_age):
-            max_age = self._default_max_age
+            max_age = settings.default_max_age
         if max_age == math.inf:
             return math.inf
-        return min(max(max_age, self._min_max_age), self._max_max_age)
+        return min(max(max_age, settings.min_max_age), settings.max_max_age)
 
     def _install_locked(self, key_set: KeySet, max_age: float | None, now: float) -> KeySet | None:
         """Make ``key_set`` current; return the set it replaced. Caller holds the lock."""
@@ -505,9 +503,9 @@ class KeyCache:
         old = self._entry
         self._entry = _Entry(
             key_set=key_set,
-            refresh_at=now + lifetime * self._refresh_ratio,
+            refresh_at=now + lifetime * self._settings.refresh_ratio,
             expires_at=now + lifetime,
-            drop_at=now + lifetime + self._stale_for,
+            drop_at=now + lifetime + self._settings.stale_for,
         )
         self._last_success = now
         self._stale_warned = False
@@ -527,7 +525,7 @@ class KeyCache:
         _LOGGER.error(
             "dropping signing keys: the key source has been unreachable for %.0f s past"
             " their expiry; tokens are UNAVAILABLE until it answers",
-            self._stale_for,
+            self._settings.stale_for,
         )
         self._notify(entry.key_set.kids)
         self._wake.set()
@@ -557,7 +555,7 @@ class KeyCache:
                     self._begin_flight_locked()
                     busy = True
             if busy:
-                delay = self._fetch_timeout  # the flight's end wakes us earlier
+                delay = self._settings.fetch_timeout  # the flight's end wakes us earlier
             else:
                 delay = due - now
                 if entry is not None:
@@ -567,53 +565,48 @@ class KeyCache:
     def _push_loop(self, watch: KeyWatch | None) -> None:
         first = watch  # opened by start(); later streams are opened here
 
-        def follow_once(reconnecting: bool) -> tuple[bool, str] | None:
+        def follow_once(reconnecting: bool) -> StreamEnd | None:
             nonlocal first
             opened, first = first, None
             if opened is None:
                 try:
                     opened = self._source.watch()
-                except KeySetError as exc:
-                    return False, f"could not be opened: {exc.log_detail}"
+                except KeySourceError as exc:
+                    return StreamEnd(delivered=False, why=f"could not be opened: {exc.log_detail}")
                 if opened is None:
                     _LOGGER.warning("key source no longer offers a push stream")
                     return None
-            with self._lock:
-                if self._closed:
-                    opened.cancel()
-                    return None
-                self._watch = opened
+            if not self._hold_stream(opened):
+                return None
             try:
                 if reconnecting:
                     self._fetch_after_reconnect()
-                problem, delivered = self._follow(opened)
+                return self._follow(opened)
             finally:
-                with self._lock:
-                    self._watch = None
-            return delivered, problem
+                self._release_stream()
 
         follow_with_backoff(
             follow_once,
             self._closing,
             what="key push stream",
-            initial=_RECONNECT_INITIAL,
-            maximum=_RECONNECT_MAX,
+            initial=self._settings.reconnect_initial,
+            maximum=self._settings.reconnect_max,
             logger=_LOGGER,
         )
 
-    def _follow(self, watch: KeyWatch) -> tuple[str, bool]:
-        """Apply pushed sets until the stream ends; return why it ended and if it delivered."""
+    def _follow(self, watch: KeyWatch) -> StreamEnd:
+        """Apply pushed sets until the stream ends."""
         got_any = False
         try:
             for result in watch:
                 got_any = True
                 self._apply_push(result)
-        except KeySetError as exc:
-            return f"broke: {exc.log_detail}", got_any
+        except KeySourceError as exc:
+            return StreamEnd(delivered=got_any, why=f"broke: {exc.log_detail}")
         except Exception:  # keep following the issuer whatever the stream did
             _LOGGER.exception("key push stream failed unexpectedly")
-            return "failed", got_any
-        return "ended", got_any
+            return StreamEnd(delivered=got_any, why="failed")
+        return StreamEnd(delivered=got_any, why="ended")
 
     def _fetch_after_reconnect(self) -> None:
         # Changes made while the stream was down may not be pushed again.

@@ -17,7 +17,9 @@ a stable audit identifier (``reason``, the ``token.rejected`` event's field)::
     │   └── RevokedToken
     ├── InsufficientScope            PERMISSION_DENIED
     ├── KeysUnavailable              UNAVAILABLE        retryable
-    └── KeySetError                  UNAVAILABLE        inside the key cache only
+    ├── KeySourceError               UNAVAILABLE        a key source failed (key cache only)
+    │   └── KeySetError                                 it answered an unusable JWKS
+    └── RevocationStreamError        UNAVAILABLE        inside the revocation list only
 
 The client-side tree, raised by the token helpers of a *calling* service. It
 has no status: nothing here goes on a wire, and a server handler that catches
@@ -165,15 +167,33 @@ class KeysUnavailable(AuthError):
     reason = "keys_unavailable"
 
 
-class KeySetError(AuthError):
-    """A key source answered with a document that is not a usable JWKS.
+class KeySourceError(AuthError):
+    """A key source failed: unreachable, timed out, an HTTP error status, a broken stream.
 
-    Raised inside the key cache; the last good set stays in force.
+    Raised by sources inside the key cache, which keeps the last good set in
+    force; a caller never sees it on the wire (it gets :class:`KeysUnavailable`).
     """
 
     code = grpc.StatusCode.UNAVAILABLE
     message = "signing keys unavailable"
+    reason = "key_source_failed"
+
+
+class KeySetError(KeySourceError):
+    """A key source answered, but with a document that is not a usable JWKS.
+
+    Raised inside the key cache; the last good set stays in force.
+    """
+
     reason = "bad_key_set"
+
+
+class RevocationStreamError(AuthError):
+    """The revocation stream could not be opened or broke (the list follower reconnects)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "revocation list unavailable"
+    reason = "revocation_stream_failed"
 
 
 class TokenClientError(Exception):

@@ -17,16 +17,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from interceptors._reconnect import follow_with_backoff
+from interceptors._reconnect import (
+    RECONNECT_INITIAL,
+    RECONNECT_MAX,
+    Background,
+    StreamEnd,
+    check_reconnect,
+    follow_with_backoff,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
-_RECONNECT_INITIAL = 1.0
-_RECONNECT_MAX = 30.0
-_JOIN_TIMEOUT = 5.0
+#: Seconds a revoked session is kept past its ``exp`` by default (above the usual 30 s leeway).
+KEEP_AFTER_EXPIRY = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +59,9 @@ class RevocationStream(Protocol):
         ...
 
 
+@runtime_checkable
 class RevocationSource(Protocol):
-    """Something that can open a revocation stream (:class:`GrpcJwksSource` can)."""
+    """Something that can open a revocation stream (:class:`AuthServiceSource` can)."""
 
     def watch_revocations(self) -> RevocationStream:
         """Open the stream; raise if that is impossible right now."""
@@ -79,7 +85,7 @@ class RevocationStats:
     synced: bool
 
 
-class RevocationList:
+class RevocationList(Background):
     """The revoked sessions a verifier must refuse; thread-safe, lookups lock-free.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. Give it to
@@ -90,9 +96,9 @@ class RevocationList:
         self,
         source: RevocationSource | None = None,
         *,
-        keep_after_expiry: float = 120.0,
-        reconnect_initial: float = _RECONNECT_INITIAL,
-        reconnect_max: float = _RECONNECT_MAX,
+        keep_after_expiry: float = KEEP_AFTER_EXPIRY,
+        reconnect_initial: float = RECONNECT_INITIAL,
+        reconnect_max: float = RECONNECT_MAX,
         now: Callable[[], float] = time.time,
     ) -> None:
         """Configure the list; nothing is opened until :meth:`start`.
@@ -111,60 +117,36 @@ class RevocationList:
         """
         if keep_after_expiry < 0:
             raise ValueError("keep_after_expiry must not be negative")
-        if not 0 < reconnect_initial <= reconnect_max:
-            raise ValueError("need 0 < reconnect_initial <= reconnect_max")
+        check_reconnect(reconnect_initial, reconnect_max)
+        super().__init__()
         self._source = source
         self._keep = keep_after_expiry
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
         self._now = now
-        self._lock = threading.Lock()
         # sid -> when to forget it. Replaced whole (copy on write): readers never lock.
         self._entries: dict[str, float] = {}
         self._updates = 0
         self._reconnects = 0
         self._synced = threading.Event()
-        self._closing = threading.Event()
-        self._stream: RevocationStream | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start following the source on a background thread. Idempotent."""
         with self._lock:
-            if self._source is None or self._thread is not None or self._closed:
+            if self._source is None or self._started:
                 return
-            self._thread = threading.Thread(
-                target=self._follow_forever, name="ssot-revocations", daemon=True
-            )
-        self._thread.start()
+            self._started = True
+        self._launch(threading.Thread(target=self._follow_forever, name="ssot-revocations"))
 
     def close(self) -> None:
-        """Stop following the stream. Idempotent; the entries held stay in force."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            stream, thread = self._stream, self._thread
-        self._closing.set()
-        if stream is not None:
-            stream.cancel()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(_JOIN_TIMEOUT)
+        """Stop following the stream. Idempotent; the entries held stay in force.
 
-    def __enter__(self) -> RevocationList:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        The source stays open: whoever opened it closes it.
+        """
+        super().close()
 
     # -- lookups and updates -------------------------------------------------------------
 
@@ -220,7 +202,7 @@ class RevocationList:
         source = self._source
         assert source is not None
 
-        def follow_once(reconnecting: bool) -> tuple[bool, str]:
+        def follow_once(reconnecting: bool) -> StreamEnd:
             if reconnecting:
                 with self._lock:
                     self._reconnects += 1
@@ -238,25 +220,21 @@ class RevocationList:
             logger=_LOGGER,
         )
 
-    def _follow_once(self, source: RevocationSource) -> tuple[bool, str]:
-        """Open the stream and apply it until it ends; return (delivered anything, why it ended)."""
+    def _follow_once(self, source: RevocationSource) -> StreamEnd:
+        """Open the stream and apply it until it ends."""
         try:
             stream = source.watch_revocations()
         except Exception as exc:  # noqa: BLE001 - any failure means: retry later
-            return False, f"could not be opened ({type(exc).__name__})"
-        with self._lock:
-            if self._closed:
-                stream.cancel()
-                return False, "closed"
-            self._stream = stream
+            return StreamEnd(delivered=False, why=f"could not be opened ({type(exc).__name__})")
+        if not self._hold_stream(stream):
+            return StreamEnd(delivered=False, why="closed")
         delivered = False
         try:
             for batch in stream:
                 self.apply(batch)
                 delivered = True
         except Exception as exc:  # noqa: BLE001 - keep following whatever the stream did
-            return delivered, f"broke ({type(exc).__name__})"
+            return StreamEnd(delivered=delivered, why=f"broke ({type(exc).__name__})")
         finally:
-            with self._lock:
-                self._stream = None
-        return delivered, "ended"
+            self._release_stream()
+        return StreamEnd(delivered=delivered, why="ended")

@@ -7,6 +7,9 @@
 core serves :meth:`TokenVerifier.verify` and :meth:`TokenVerifier.averify`; the
 two differ only in how they ask the key provider for the key. Verified tokens
 are remembered in a bounded LRU keyed by the exact token string.
+:meth:`TokenVerifier.from_source` is the one owner of a verifier's moving parts:
+it builds and starts the key cache and revocation list, and closes them (and
+the source) when the verifier is closed.
 
 Why the cache may key on the raw string although ECDSA signatures are malleable:
 ``(r, n - s)`` verifies whenever ``(r, s)`` does. RFC 7518 does not ask for low-S
@@ -18,6 +21,8 @@ entry), and revocation keys on ``jti``/``sid``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -25,15 +30,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
 from jwt import exceptions as jwt_errors
 
+from interceptors._cache import CacheSettings, KeyCache
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
 from interceptors._jws import ParsedJws, parse_compact
+from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
+from interceptors._sources import KeySource
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -101,6 +110,10 @@ class TokenVerifier:
     Verified tokens are remembered (bounded LRU keyed by the exact token) until their
     ``exp``; entries signed by a key are dropped the moment that key leaves the set.
     A token whose session was revoked is refused whether or not it is remembered.
+
+    Build one with :meth:`from_source`, which owns what it builds and closes it
+    on :meth:`close` (``with`` / ``async with`` do that), or from parts you
+    own and close yourself, with the constructor.
     """
 
     def __init__(
@@ -144,7 +157,104 @@ class TokenVerifier:
             max_length=policy.max_token_length,
             max_depth=policy.max_json_depth,
         )
+        self._owned: contextlib.ExitStack | None = None  # set by from_source
         keys.add_removal_listener(self._forget_kids)
+
+    @classmethod
+    def from_source(
+        cls,
+        source: KeySource,
+        policy: TokenPolicy,
+        *,
+        cache_settings: CacheSettings | None = None,
+        follow_revocations: bool = True,
+        close_source: bool = True,
+        cache_size: int = 4096,
+    ) -> TokenVerifier:
+        """A started verifier over a key cache (and revocation list) it builds and owns.
+
+        Use it as a context manager (``with`` or ``async with``), or call
+        :meth:`close` / :meth:`aclose` when done::
+
+            source = AuthServiceSource("auth.internal:50051")
+            with TokenVerifier.from_source(source, policy) as verifier:
+                server = grpc.server(executor, interceptors=[AuthInterceptor(verifier)])
+
+        Args:
+            source: Where the keys come from. When it also serves revoked
+                sessions (a :class:`~interceptors.RevocationSource`, such as
+                :class:`~interceptors.AuthServiceSource`), the verifier follows them.
+            policy: What a token must satisfy.
+            cache_settings: How the key cache fetches and ages keys; the
+                defaults when ``None``.
+            follow_revocations: Follow revoked sessions when the source serves
+                them. Without that, a token of an ended session passes until its ``exp``.
+            close_source: Close ``source`` (its ``close()``, if it has one) when
+                the verifier closes: the source is handed over, as a transport is to
+                an ``httpx.Client``. ``False`` keeps it yours, e.g. to share one
+                source between verifiers.
+            cache_size: How many verified tokens to remember; 0 disables the cache.
+
+        Raises:
+            ValueError: A setting is out of range (nothing is left running).
+        """
+        with contextlib.ExitStack() as opened:
+            # Closed in reverse: the followers stop before the source's channel goes.
+            if close_source:
+                close = getattr(source, "close", None)
+                if callable(close):
+                    opened.callback(close)
+            keys = KeyCache(source, cache_settings)
+            opened.callback(keys.close)
+            revocations = None
+            if follow_revocations and isinstance(source, RevocationSource):
+                # Entries must outlive the leeway that lets an expired token pass.
+                keep = max(KEEP_AFTER_EXPIRY, policy.leeway)
+                revocations = RevocationList(source, keep_after_expiry=keep)
+                opened.callback(revocations.close)
+            verifier = cls(keys, policy, cache_size=cache_size, revocations=revocations)
+            keys.start()
+            if revocations is not None:
+                revocations.start()
+            verifier._owned = opened.pop_all()
+        return verifier
+
+    def close(self) -> None:
+        """Stop and close what :meth:`from_source` built and was handed. Idempotent.
+
+        A verifier made with the constructor owns nothing, so this closes
+        nothing. Tokens can still be checked afterwards against the keys held.
+        """
+        with self._lock:
+            owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
+
+    async def aclose(self) -> None:
+        """Like :meth:`close`, without blocking the event loop while background threads stop."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def verify(self, token: str) -> Principal:
         """Verify ``token`` and return who it speaks for.
@@ -169,6 +279,11 @@ class TokenVerifier:
             key = await self._keys.aget_key(parsed.kid)
             principal = self._finish(token, parsed, key, removals)
         return self._unrevoked(principal)
+
+    @property
+    def keys(self) -> KeyProvider:
+        """Where this verifier gets its keys (from :meth:`from_source`: its KeyCache)."""
+        return self._keys
 
     @property
     def revocations(self) -> RevocationChecker | None:

@@ -21,6 +21,7 @@ __all__ = [
     "channel_credentials",
     "client_cert_thumbprint",
     "is_loopback_address",
+    "is_loopback_host",
     "read_pem",
     "server_credentials",
 ]
@@ -140,12 +141,29 @@ def client_cert_thumbprint(auth_context: Mapping[str, Iterable[bytes]]) -> str |
     return cert_thumbprint(pems[0]) if pems else None
 
 
-def is_loopback_address(address: str) -> bool:
-    """Tell whether a ``HOST:PORT`` listen address binds only this machine."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
+def is_loopback_host(host: str) -> bool:
+    """Tell whether ``host`` names only this machine: the one loopback check of the project.
+
+    ``localhost`` (any case), an address in 127.0.0.0/8, ``::1`` in any
+    spelling, with or without brackets, and an IPv4-mapped loopback address
+    (``::ffff:127.0.0.1``, which reaches 127.0.0.1; Python 3.13's
+    ``is_loopback`` says so too, 3.11's not). Anything else is not loopback,
+    including ``0.0.0.0`` and ``::`` (every interface) and names that merely
+    start with ``127.``.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def is_loopback_address(address: str) -> bool:
+    """Tell whether a ``HOST:PORT`` listen address binds only this machine."""
+    return is_loopback_host(address.rsplit(":", 1)[0])

@@ -4,8 +4,7 @@ from resource_server.app import (
     ResourceServerConfig,
     StartupError,
     build_server,
-    build_verifier,
-    close_verifier,
+    open_verifier,
     resource_policy,
     start_aio_server,
 )
@@ -22,8 +21,7 @@ __all__ = [
     "ResourceServicer",
     "StartupError",
     "build_server",
-    "build_verifier",
-    "close_verifier",
+    "open_verifier",
     "resource_policy",
     "start_aio_server",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,13 @@ from interceptors import (
     CERT_BINDINGS,
     AsyncAuthInterceptor,
     AuthInterceptor,
+    AuthServiceSource,
+    CacheSettings,
     CertBinding,
     DiscoverySource,
-    GrpcJwksSource,
     HttpJwksSource,
-    KeyCache,
     KeySource,
     MethodPolicy,
-    RevocationList,
     TokenPolicy,
     TokenVerifier,
 )
@@ -68,6 +67,7 @@ class ResourceServerConfig:
             ``WatchJwks`` and ``WatchRevocations`` (push: key rotation and
             revoked sessions arrive at once).
         discover: Find the JWKS through OIDC discovery on the issuer URL.
+        key_cache: How the verifier's key cache fetches and ages keys.
         tls_cert, tls_key: Serve TLS with this certificate chain and key (PEM files).
         client_ca: Require client certificates signed by this CA (mutual TLS).
         cert_binding: Also require the client certificate to match the token:
@@ -94,7 +94,7 @@ class ResourceServerConfig:
     discover: bool = False
     allow_insecure_http: bool = False
     reflection: bool = True
-    cooldown: float = 30.0
+    key_cache: CacheSettings = field(default_factory=CacheSettings)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
@@ -157,7 +157,7 @@ def build_key_source(config: ResourceServerConfig) -> KeySource:
             credentials = channel_credentials(
                 ca_cert, config.auth_client_cert, config.auth_client_key
             )
-        return GrpcJwksSource(config.auth_target, credentials=credentials)
+        return AuthServiceSource(config.auth_target, credentials=credentials)
     return DiscoverySource(
         config.issuer, allow_insecure_http=config.allow_insecure_http, ca_cert=ca_cert
     )
@@ -167,22 +167,20 @@ def resource_policy() -> MethodPolicy:
     return MethodPolicy(public_methods=PUBLIC_METHODS, required_scopes=REQUIRED_SCOPES)
 
 
-def build_verifier(config: ResourceServerConfig) -> tuple[KeyCache, TokenVerifier]:
-    """A started key cache and the verifier over it; release both with :func:`close_verifier`.
+def open_verifier(config: ResourceServerConfig) -> TokenVerifier:
+    """The started verifier the config describes; close it (or use it in ``with``).
 
     With ``auth_target`` the verifier also follows the auth service's revoked
-    sessions (a :class:`RevocationList` on the same channel), so a logged-out
-    session's tokens are refused at once; other sources reject them at ``exp``.
+    sessions on the same channel, so a logged-out session's tokens are refused
+    at once; other sources reject them at ``exp``. Closing it closes the
+    source too (the channel to the auth service).
+
+    Raises:
+        ValueError: The key source's settings are not acceptable (TlsError included).
     """
-    source = build_key_source(config)
-    keys = KeyCache(source, cooldown=config.cooldown)
-    keys.start()
-    revocations = None
-    if isinstance(source, GrpcJwksSource):
-        revocations = RevocationList(source)
-        revocations.start()
-    verifier = TokenVerifier(keys, token_policy(config), revocations=revocations)
-    return keys, verifier
+    return TokenVerifier.from_source(
+        build_key_source(config), token_policy(config), cache_settings=config.key_cache
+    )
 
 
 def token_policy(config: ResourceServerConfig) -> TokenPolicy:
@@ -206,13 +204,6 @@ def server_options(config: ResourceServerConfig) -> list[tuple[str, Any]]:
         ("grpc.absolute_max_metadata_size", config.max_metadata_size),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
     ]
-
-
-def close_verifier(keys: KeyCache, verifier: TokenVerifier) -> None:
-    """Stop the background work of :func:`build_verifier`'s key cache and revocation list."""
-    keys.close()
-    if isinstance(verifier.revocations, RevocationList):
-        verifier.revocations.close()
 
 
 def _add_common_services(server: grpc.Server | grpc.aio.Server, with_reflection: bool) -> None:

@@ -40,8 +40,7 @@ from resource_server.app import (
     ResourceServerConfig,
     StartupError,
     build_server,
-    build_verifier,
-    close_verifier,
+    open_verifier,
     start_aio_server,
 )
 
@@ -224,12 +223,12 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
 def _cmd_serve(ns: argparse.Namespace) -> int:
     config = _config(ns)
     try:
-        keys, verifier = build_verifier(config)
+        verifier = open_verifier(config)
     except TlsError as exc:
         raise CommandError(exc.naming(AUTH_SOURCE_TLS_FLAGS)) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    try:
+    with verifier:
         if ns.aio:
 
             async def serve() -> None:
@@ -251,8 +250,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
                 signal.signal(sig, lambda *_: stopped.set())
             stopped.wait()
             server.stop(2).wait()
-    finally:
-        close_verifier(keys, verifier)
     return 0
 
 

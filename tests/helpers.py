@@ -30,16 +30,9 @@ import sqlalchemy as sa
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
-from interceptors import (
-    GrpcJwksSource,
-    HttpJwksSource,
-    KeyCache,
-    RevocationList,
-    TokenPolicy,
-    TokenVerifier,
-)
+from interceptors import CacheSettings, KeyCache, RevocationList
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, start_aio_server
+from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -422,36 +415,29 @@ def running_resource(
         audience=AUDIENCE,
         jwks_url=None if push else auth.jwks_url,
         auth_target=auth.target if push else None,
+        key_cache=CacheSettings(**cache),
     )
-    source = GrpcJwksSource(auth.target) if push else HttpJwksSource(auth.jwks_url)
-    keys = KeyCache(source, **cache)
-    keys.start()
-    revocations = None
-    if isinstance(source, GrpcJwksSource):
-        revocations = RevocationList(source)
-        revocations.start()
-        assert revocations.wait_until_synced(10)
-    verifier = TokenVerifier(
-        keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), revocations=revocations
-    )
-    if aio:
-        aserver, port = loop_thread.run(start_aio_server(config, verifier))
-        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-    else:
-        server, port = build_server(config, verifier)
-        stop = lambda: server.stop(0.5).wait()  # noqa: E731
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield ResourceHarness(
-            target=f"127.0.0.1:{port}",
-            keys=keys,
-            aio=aio,
-            channel=channel,
-            revocations=revocations,
-        )
-    finally:
-        channel.close()
-        stop()
-        keys.close()
-        if revocations is not None:
-            revocations.close()
+    with open_verifier(config) as verifier:
+        keys, revocations = verifier.keys, verifier.revocations
+        assert isinstance(keys, KeyCache)
+        assert revocations is None or isinstance(revocations, RevocationList)
+        if push:
+            assert revocations is not None and revocations.wait_until_synced(10)
+        if aio:
+            aserver, port = loop_thread.run(start_aio_server(config, verifier))
+            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
+        else:
+            server, port = build_server(config, verifier)
+            stop = lambda: server.stop(0.5).wait()  # noqa: E731
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            yield ResourceHarness(
+                target=f"127.0.0.1:{port}",
+                keys=keys,
+                aio=aio,
+                channel=channel,
+                revocations=revocations,
+            )
+        finally:
+            channel.close()
+            stop()

@@ -456,7 +456,7 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
     from resource_server import (
         ResourceServerConfig,
         build_server,
-        build_verifier,
+        open_verifier,
         start_aio_server,
     )
 
@@ -469,7 +469,7 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
         audience=AUDIENCE,
         jwks_url=f"http://127.0.0.1:{dead}/.well-known/jwks.json",
     )
-    keys, verifier = build_verifier(config)
+    verifier = open_verifier(config)
     if aio:
         server, port = loop_thread.run(start_aio_server(config, verifier))
     else:
@@ -494,4 +494,4 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
             loop_thread.run(server.stop(0))  # type: ignore[union-attr]
         else:
             server.stop(0)
-        keys.close()
+        verifier.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -19,10 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from helpers import Clock, FakeAuthService, jwk_set_message, serve_fake_auth, wait_until
-from interceptors import _cache
-from interceptors._cache import CacheStats, KeyCache
-from interceptors._errors import AuthError, KeySetError, KeysUnavailable, UnknownKey
-from interceptors._sources import FetchResult, GrpcJwksSource, HttpJwksSource, StaticSource
+from interceptors import (
+    AuthError,
+    AuthServiceSource,
+    CacheSettings,
+    CacheStats,
+    FetchResult,
+    HttpJwksSource,
+    KeyCache,
+    KeySetError,
+    KeySourceError,
+    KeysUnavailable,
+    StaticSource,
+    UnknownKey,
+)
 from protos import auth_pb2
 
 _JWKS_BY_KID: dict[str, dict[str, Any]] = {}
@@ -230,7 +241,7 @@ def test_first_load_recovers_once_the_backoff_has_passed(clock: Clock) -> None:
 def test_a_lookup_waits_at_most_the_fetch_timeout(clock: Clock) -> None:
     source = FakeSource(ok("A"))
     source.gate.clear()
-    cache = KeyCache(source, now=clock, background=False, fetch_timeout=0.2)
+    cache = KeyCache(source, CacheSettings(fetch_timeout=0.2), now=clock, background=False)
     started = time.monotonic()
 
     with pytest.raises(KeysUnavailable):
@@ -248,7 +259,7 @@ def test_an_async_lookup_that_times_out_leaves_the_shared_fetch_running(
 ) -> None:
     source = FakeSource(ok("A"))
     source.gate.clear()
-    cache = KeyCache(source, now=clock, background=False, fetch_timeout=0.2)
+    cache = KeyCache(source, CacheSettings(fetch_timeout=0.2), now=clock, background=False)
 
     async def look() -> type[AuthError] | str:
         try:
@@ -332,7 +343,7 @@ def test_a_remembered_kid_is_served_once_a_later_load_has_it(
 
 def test_missing_kid_memory_is_bounded(clock: Clock) -> None:
     source = FakeSource(ok("A", max_age=None))
-    cache = KeyCache(source, now=clock, background=False, missing_kid_memory=2)
+    cache = KeyCache(source, CacheSettings(missing_kid_memory=2), now=clock, background=False)
     cache.get_key("A")
     for kid in ("X1", "X2", "X3"):
         clock.advance(30)
@@ -503,7 +514,9 @@ def test_set_is_refreshed_at_the_refresh_ratio_of_its_clamped_max_age(
 
 
 def test_a_static_set_never_expires(clock: Clock) -> None:
-    cache = KeyCache(StaticSource(jwks("A")), now=clock, background=False, stale_for=0)
+    cache = KeyCache(
+        StaticSource(jwks("A")), CacheSettings(stale_for=0), now=clock, background=False
+    )
     cache.get_key("A")
 
     clock.advance(1e12)
@@ -644,7 +657,7 @@ def test_pushed_sets_replace_the_current_one_at_once(clock: Clock) -> None:
 def test_a_push_renews_expiry(clock: Clock) -> None:
     watch = QueueWatch()
     source = FakeSource(ok("A", max_age=100), watch=watch)
-    with KeyCache(source, now=clock, stale_for=0) as cache:
+    with KeyCache(source, CacheSettings(stale_for=0), now=clock) as cache:
         assert cache.wait_until_loaded(5)
         clock.advance(90)
         source.outcome = DOWN
@@ -681,10 +694,7 @@ def test_a_fetch_answer_older_than_a_push_does_not_overwrite_it(clock: Clock) ->
         assert cache.key_set is not None and cache.key_set.kids == {"NEW"}
 
 
-def test_a_broken_stream_is_reopened_with_a_full_fetch(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_cache, "_RECONNECT_INITIAL", 0.01)
+def test_a_broken_stream_is_reopened_with_a_full_fetch(clock: Clock) -> None:
     watches = [QueueWatch(), QueueWatch()]
     opened: list[QueueWatch] = []
 
@@ -694,12 +704,12 @@ def test_a_broken_stream_is_reopened_with_a_full_fetch(
             return opened[-1]
 
     source = Source(ok("A"))
-    with KeyCache(source, now=clock) as cache:
+    with KeyCache(source, CacheSettings(reconnect_initial=0.01), now=clock) as cache:
         assert cache.wait_until_loaded(5)
         assert wait_until(lambda: len(opened) == 1)
         source.outcome = ok("A", "B")
 
-        watches[0].queue.put(KeySetError("stream broke"))
+        watches[0].queue.put(KeySourceError("stream broke"))
 
         assert wait_until(lambda: len(opened) == 2)
         assert wait_until(lambda: cache.stats.fetches == 2)
@@ -710,11 +720,7 @@ def jwk_set(*kids: str) -> auth_pb2.JwkSet:
     return jwk_set_message([jwk(kid) for kid in kids])
 
 
-def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_cache, "_RECONNECT_INITIAL", 0.05)
-    monkeypatch.setattr(_cache, "_RECONNECT_MAX", 0.2)
+def test_grpc_push_rotation_and_reconnect_after_a_server_restart() -> None:
     servicer = FakeAuthService(jwk_set("A"))
     server, port = serve_fake_auth(servicer)
     channel = grpc.insecure_channel(
@@ -726,7 +732,10 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
         ],
     )
     removed: list[frozenset[str]] = []
-    cache = KeyCache(GrpcJwksSource(channel=channel))
+    cache = KeyCache(
+        AuthServiceSource(channel=channel),
+        CacheSettings(reconnect_initial=0.05, reconnect_max=0.2),
+    )
     cache.add_removal_listener(removed.append)
     try:
         cache.start()
@@ -759,7 +768,7 @@ def test_grpc_push_rotation_and_reconnect_after_a_server_restart(
 def test_close_stops_the_threads_promptly_and_is_idempotent() -> None:
     servicer = FakeAuthService(jwk_set("A"))
     server, port = serve_fake_auth(servicer)
-    source = GrpcJwksSource(f"127.0.0.1:{port}")
+    source = AuthServiceSource(f"127.0.0.1:{port}")
     try:
         cache = KeyCache(source)
         cache.start()
@@ -804,16 +813,27 @@ def test_background_false_starts_no_threads(clock: Clock) -> None:
         pytest.param({"refresh_ratio": 1.5}, id="refresh-ratio-above-one"),
         pytest.param({"missing_kid_memory": -1}, id="negative-memory"),
         pytest.param({"min_rsa_bits": 0}, id="zero-rsa-bits"),
+        pytest.param({"reconnect_initial": 0}, id="zero-reconnect-delay"),
+        pytest.param({"reconnect_initial": 5, "reconnect_max": 1}, id="reconnect-above-max"),
     ],
 )
 def test_out_of_range_settings_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        KeyCache(FakeSource(ok("A")), **settings)
+        CacheSettings(**settings)
+
+
+def test_settings_are_frozen_and_keyword_only() -> None:
+    settings = CacheSettings(cooldown=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.cooldown = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        CacheSettings(["RS256"])  # type: ignore[misc]
+    assert CacheSettings(algorithms=["RS256"]).algorithms == frozenset({"RS256"})  # type: ignore[arg-type]
 
 
 def test_accepted_algorithms_and_rsa_size_reach_the_key_set_filter(clock: Clock) -> None:
     source = FakeSource(ok("A"))
-    cache = KeyCache(source, algorithms={"RS256"}, now=clock, background=False)
+    cache = KeyCache(source, CacheSettings(algorithms={"RS256"}), now=clock, background=False)
 
     with pytest.raises(KeysUnavailable):
         cache.get_key("A")  # the only key is ES256: the set is refused

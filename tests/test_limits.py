@@ -27,7 +27,7 @@ from helpers import (
     start_harness,
 )
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, build_verifier, start_aio_server
+from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 from resource_server.cli import _config as resource_config
 from resource_server.cli import build_parser as resource_parser
 
@@ -77,20 +77,19 @@ def resource(
         jwks_url=auth.jwks_url,
         **limits,
     )
-    keys, verifier = build_verifier(config)
-    if aio:
-        aserver, port = loop_thread.run(start_aio_server(config, verifier))
-        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0))  # noqa: E731
-    else:
-        server, port = build_server(config, verifier)
-        stop = lambda: server.stop(0).wait()  # noqa: E731
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
-    try:
-        yield Served(channel=channel, address=f"127.0.0.1:{port}")
-    finally:
-        channel.close()
-        stop()
-        keys.close()
+    with open_verifier(config) as verifier:
+        if aio:
+            aserver, port = loop_thread.run(start_aio_server(config, verifier))
+            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0))  # noqa: E731
+        else:
+            server, port = build_server(config, verifier)
+            stop = lambda: server.stop(0).wait()  # noqa: E731
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
+        try:
+            yield Served(channel=channel, address=f"127.0.0.1:{port}")
+        finally:
+            channel.close()
+            stop()
 
 
 def _stub(channel: grpc.Channel) -> resource_pb2_grpc.ResourceServiceStub:

@@ -26,7 +26,14 @@ import pytest
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.keys import SigningKeyStore
 from helpers import AUDIENCE, ISSUER, PASSPHRASE, Clock, EventLoopThread, bearer, make_config
-from interceptors import GrpcJwksSource, HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier
+from interceptors import (
+    AuthServiceSource,
+    CacheSettings,
+    HttpJwksSource,
+    KeyCache,
+    TokenPolicy,
+    TokenVerifier,
+)
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server
 
@@ -170,13 +177,15 @@ def rig(loop_thread: EventLoopThread, tmp_path: Path) -> Iterator[Rig]:
     # clock. The HTTP verifier refreshes when a lookup finds its set due, so it keeps
     # no verified-token cache: every call looks its key up, as a refresh thread would.
     push_keys = KeyCache(
-        GrpcJwksSource(server.grpc_target), now=clock, min_max_age=86400, cooldown=math.inf
+        AuthServiceSource(server.grpc_target),
+        CacheSettings(min_max_age=86400, cooldown=math.inf),
+        now=clock,
     )
     http_keys = KeyCache(
         HttpJwksSource(f"{server.http_base_url}/.well-known/jwks.json"),
+        CacheSettings(cooldown=math.inf),
         now=clock,
         background=False,
-        cooldown=math.inf,
     )
     push_keys.start()
     http_keys.start()
@@ -361,7 +370,9 @@ def test_changing_the_algorithm_migrates_with_both_accepted_meanwhile(
     first.components.users.add("alice", PASSWORD, ("resource.read",))
     loop_thread.run(first.stop(0.5))
     server = start("EdDSA")  # restarted with a new --algorithm
-    keys = KeyCache(GrpcJwksSource(server.grpc_target), now=clock, cooldown=math.inf)
+    keys = KeyCache(
+        AuthServiceSource(server.grpc_target), CacheSettings(cooldown=math.inf), now=clock
+    )
     keys.start()
     verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE), now=clock)
     channel = grpc.insecure_channel(server.grpc_target)

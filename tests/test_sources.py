@@ -20,25 +20,32 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from helpers import FakeAuthService, serve_fake_auth
-from interceptors._errors import KeySetError
-from interceptors._sources import (
+from interceptors import (
+    AuthError,
+    AuthServiceSource,
     DiscoverySource,
     FetchResult,
     GrpcJwksSource,
     HttpJwksSource,
+    KeySetError,
+    KeySourceError,
+    RevocationBatch,
+    RevocationStreamError,
     StaticSource,
 )
 from protos import auth_pb2, auth_pb2_grpc
 
 
 @contextlib.contextmanager
-def raises_logged(error: type[KeySetError], *, match: str) -> Iterator[None]:
+def raises_logged(
+    error: type[AuthError], *, match: str
+) -> Iterator[pytest.ExceptionInfo[AuthError]]:
     """Like ``pytest.raises(error, match=...)``, matching the internal ``log_detail``.
 
     ``str()`` of these errors is only the safe wire message, so ``match=`` cannot see why.
     """
     with pytest.raises(error) as caught:
-        yield
+        yield caught
     assert re.search(match, caught.value.log_detail), caught.value.log_detail
 
 
@@ -213,30 +220,34 @@ def test_http_source_does_not_follow_redirects(http_server: HttpServer, status: 
     http_server.routes["/jwks"] = Reply(status=status, headers={"Location": "/elsewhere"})
     http_server.routes["/elsewhere"] = json_reply(JWKS)
 
-    with raises_logged(KeySetError, match=str(status)):
+    with raises_logged(KeySourceError, match=str(status)) as caught:
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
+
+    assert type(caught.value) is KeySourceError
 
     assert http_server.count("/elsewhere") == 0
 
 
 @pytest.mark.parametrize(
-    ("reply", "match"),
+    ("reply", "error", "match"),
     [
-        pytest.param(Reply(status=500), "HTTP 500", id="server-error"),
-        pytest.param(Reply(status=404), "HTTP 404", id="not-found"),
-        pytest.param(Reply(status=204), "HTTP 204", id="no-content"),
-        pytest.param(Reply(body=b"<html>"), "not answer JSON", id="not-json"),
-        pytest.param(Reply(body=b"\xff\xfe\x00"), "not answer JSON", id="not-text"),
-        pytest.param(json_reply([JWKS]), "JSON object", id="json-array"),
+        pytest.param(Reply(status=500), KeySourceError, "HTTP 500", id="server-error"),
+        pytest.param(Reply(status=404), KeySourceError, "HTTP 404", id="not-found"),
+        pytest.param(Reply(status=204), KeySourceError, "HTTP 204", id="no-content"),
+        pytest.param(Reply(body=b"<html>"), KeySetError, "not answer JSON", id="not-json"),
+        pytest.param(Reply(body=b"\xff\xfe\x00"), KeySetError, "not answer JSON", id="not-text"),
+        pytest.param(json_reply([JWKS]), KeySetError, "JSON object", id="json-array"),
     ],
 )
-def test_http_source_failures_are_key_set_errors(
-    http_server: HttpServer, reply: Reply, match: str
+def test_http_source_failures_name_the_source_or_the_answer(
+    http_server: HttpServer, reply: Reply, error: type[KeySourceError], match: str
 ) -> None:
     http_server.routes["/jwks"] = reply
 
-    with raises_logged(KeySetError, match=match):
+    with raises_logged(KeySourceError, match=match) as caught:
         HttpJwksSource(f"{http_server.base}/jwks").fetch(3.0)
+
+    assert type(caught.value) is error
 
 
 @pytest.mark.slow
@@ -245,10 +256,11 @@ def test_http_source_gives_up_at_the_timeout(http_server: HttpServer) -> None:
     http_server.hold.clear()
     started = time.monotonic()
 
-    with pytest.raises(KeySetError) as caught:
+    with pytest.raises(KeySourceError) as caught:
         HttpJwksSource(f"{http_server.base}/jwks").fetch(0.2)
 
     assert time.monotonic() - started < 2.0
+    assert type(caught.value) is KeySourceError
     assert caught.value.__cause__ is not None
 
 
@@ -256,15 +268,17 @@ def test_http_source_reports_a_refused_connection(http_server: HttpServer) -> No
     url = f"{http_server.base}/jwks"
     http_server.close()
 
-    with raises_logged(KeySetError, match="cannot fetch"):
+    with raises_logged(KeySourceError, match="cannot fetch") as caught:
         HttpJwksSource(url).fetch(1.0)
+
+    assert type(caught.value) is KeySourceError
 
 
 def test_http_source_messages_hide_user_info_and_query(http_server: HttpServer) -> None:
     http_server.routes["/jwks"] = Reply(status=500)
     url = f"http://user:hunter2@127.0.0.1:{http_server.port}/jwks?token=abc"
 
-    with pytest.raises(KeySetError) as caught:
+    with pytest.raises(KeySourceError) as caught:
         HttpJwksSource(url).fetch(3.0)
 
     assert "hunter2" not in caught.value.log_detail
@@ -371,7 +385,7 @@ def test_discovery_is_redone_after_a_failed_fetch(http_server: HttpServer) -> No
     http_server.routes["/old"] = Reply(status=404)
     http_server.routes["/new"] = json_reply(JWKS)
     source = DiscoverySource(http_server.base)
-    with pytest.raises(KeySetError):
+    with pytest.raises(KeySourceError):
         source.fetch(3.0)
     http_server.routes[config] = _discovery(http_server.base, f"{http_server.base}/new")
 
@@ -388,7 +402,7 @@ def test_rediscovery_of_the_same_jwks_uri_keeps_its_etag(http_server: HttpServer
     http_server.routes["/keys"] = lambda _headers: next(replies)
     source = DiscoverySource(http_server.base)
     source.fetch(3.0)
-    with pytest.raises(KeySetError):
+    with pytest.raises(KeySourceError):
         source.fetch(3.0)
 
     result = source.fetch(3.0)
@@ -398,7 +412,7 @@ def test_rediscovery_of_the_same_jwks_uri_keeps_its_etag(http_server: HttpServer
     assert http_server.count(config) == 2
 
 
-# -- GrpcJwksSource against a real grpc.server ----------------------------------------------
+# -- AuthServiceSource against a real grpc.server ----------------------------------------------
 
 
 def _jwk_message(jwk: dict[str, Any]) -> auth_pb2.Jwk:
@@ -424,7 +438,7 @@ def test_grpc_fetch_converts_messages_to_jwks_without_empty_fields(
     servicer.publish(
         auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK), _jwk_message(_EC_JWK)], max_age_seconds=45)
     )
-    source = GrpcJwksSource(target)
+    source = AuthServiceSource(target)
     try:
         result = source.fetch(3.0)
     finally:
@@ -441,17 +455,17 @@ def test_grpc_fetch_without_max_age_has_no_caching_hint(
     servicer, target = grpc_server
     servicer.publish(auth_pb2.JwkSet(keys=[_jwk_message(_RSA_JWK)]))
     with grpc.insecure_channel(target) as channel:
-        result = GrpcJwksSource(channel=channel).fetch(3.0)
+        result = AuthServiceSource(channel=channel).fetch(3.0)
 
     assert result.max_age is None
 
 
 @pytest.mark.slow
 def test_grpc_fetch_from_a_dead_server_fails_within_the_deadline() -> None:
-    source = GrpcJwksSource("127.0.0.1:1")
+    source = AuthServiceSource("127.0.0.1:1")
     started = time.monotonic()
     try:
-        with raises_logged(KeySetError, match="GetJwks failed"):
+        with raises_logged(KeySourceError, match="GetJwks failed"):
             source.fetch(0.5)
     finally:
         source.close()
@@ -463,7 +477,7 @@ def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
     grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, target = grpc_server
-    source = GrpcJwksSource(target)
+    source = AuthServiceSource(target)
     watch = source.watch()
     received: list[FetchResult] = []
     ended = threading.Event()
@@ -489,7 +503,7 @@ def test_grpc_watch_yields_the_current_set_then_every_change_until_cancelled(
     assert received[1].max_age == 9.0
 
 
-def test_grpc_watch_raises_key_set_error_when_the_server_goes(
+def test_grpc_watch_raises_a_key_source_error_when_the_server_goes(
     grpc_server: tuple[FakeAuthService, str],
 ) -> None:
     servicer, _ = grpc_server
@@ -497,26 +511,28 @@ def test_grpc_watch_raises_key_set_error_when_the_server_goes(
     auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    source = GrpcJwksSource(f"127.0.0.1:{port}")
+    source = AuthServiceSource(f"127.0.0.1:{port}")
     stream = iter(source.watch())
     first = next(stream)
 
     server.stop(0).wait()
-    with raises_logged(KeySetError, match="WatchJwks"):
+    with raises_logged(KeySourceError, match="WatchJwks") as caught:
         next(stream)
     source.close()
+
+    assert type(caught.value) is KeySourceError
 
     assert first.document["keys"][0]["kid"] == "rsa-1"
 
 
 def test_grpc_source_needs_exactly_one_of_target_and_channel() -> None:
     with pytest.raises(ValueError):
-        GrpcJwksSource()
+        AuthServiceSource()
     with grpc.insecure_channel("127.0.0.1:1") as channel:
         with pytest.raises(ValueError):
-            GrpcJwksSource("127.0.0.1:1", channel=channel)
+            AuthServiceSource("127.0.0.1:1", channel=channel)
         with pytest.raises(ValueError):
-            GrpcJwksSource(channel=channel, credentials=grpc.ssl_channel_credentials())
+            AuthServiceSource(channel=channel, credentials=grpc.ssl_channel_credentials())
 
 
 def test_grpc_source_closes_only_the_channel_it_opened(
@@ -524,22 +540,55 @@ def test_grpc_source_closes_only_the_channel_it_opened(
 ) -> None:
     _, target = grpc_server
     with grpc.insecure_channel(target) as channel:
-        borrowed = GrpcJwksSource(channel=channel)
+        borrowed = AuthServiceSource(channel=channel)
         borrowed.close()
         assert borrowed.fetch(3.0).document["keys"][0]["kid"] == "rsa-1"
-    owned = GrpcJwksSource(target)
+    owned = AuthServiceSource(target)
     owned.close()
-    with pytest.raises(KeySetError):
+    with raises_logged(KeySourceError, match="channel closed"):
         owned.fetch(3.0)
-    with pytest.raises(KeySetError):
+    with raises_logged(KeySourceError, match="channel closed"):
         owned.watch()
+    with raises_logged(RevocationStreamError, match="channel closed"):
+        owned.watch_revocations()
+
+
+class RevokingAuthService(FakeAuthService):
+    """Also serves WatchRevocations: one full list, then nothing until the call ends."""
+
+    def WatchRevocations(
+        self, request: auth_pb2.WatchRevocationsRequest, context: Any
+    ) -> Iterator[auth_pb2.RevocationUpdate]:
+        revoked = auth_pb2.RevokedSession(session_id="sid-1", expires_at=1_700_000_000)
+        yield auth_pb2.RevocationUpdate(full=True, sessions=[revoked])
+        while context.is_active():
+            time.sleep(0.05)
+
+
+def test_the_revocation_stream_fails_with_a_revocation_error_never_a_key_error() -> None:
+    server, port = serve_fake_auth(RevokingAuthService(auth_pb2.JwkSet()))
+    source = AuthServiceSource(f"127.0.0.1:{port}")
+    stream = iter(source.watch_revocations())
+    first = next(stream)
+
+    server.stop(0).wait()
+    with raises_logged(RevocationStreamError, match="WatchRevocations stream broke") as caught:
+        next(stream)
+    source.close()
+
+    assert first == RevocationBatch(full=True, sessions={"sid-1": 1_700_000_000.0})
+    assert not isinstance(caught.value, KeySourceError)
+
+
+def test_grpc_jwks_source_is_the_old_name_of_the_auth_service_source() -> None:
+    assert GrpcJwksSource is AuthServiceSource
 
 
 def test_grpc_source_warns_about_plaintext_to_a_remote_host(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    GrpcJwksSource("auth.example.com:50051").close()
-    GrpcJwksSource("127.0.0.1:50051").close()
+    AuthServiceSource("auth.example.com:50051").close()
+    AuthServiceSource("127.0.0.1:50051").close()
 
     warnings = [r for r in caplog.records if "plaintext" in r.getMessage()]
     assert len(warnings) == 1

@@ -33,16 +33,13 @@ from helpers import (
 )
 from interceptors import (
     HttpJwksSource,
-    KeyCache,
-    KeySetError,
+    KeySourceError,
     TokenManager,
-    TokenPolicy,
-    TokenVerifier,
     cert_thumbprint,
 )
 from pki import Identity, Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, start_aio_server
+from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 from resource_server.__main__ import main as resource_main
 
 PASSWORD = "correct horse battery"
@@ -100,9 +97,9 @@ def test_the_auth_service_speaks_tls_on_grpc_and_https(
         jwks_url = f"{server.http_base_url}/.well-known/jwks.json"
         document = HttpJwksSource(jwks_url, ca_cert=pki.ca).fetch(5).document
         assert [key["kid"] for key in document["keys"]] == [server.components.keys.current().kid]
-        with pytest.raises(KeySetError):  # the system roots do not know our CA
+        with pytest.raises(KeySourceError):  # the system roots do not know our CA
             HttpJwksSource(jwks_url).fetch(5)
-        with pytest.raises(KeySetError):  # plain HTTP to the TLS port
+        with pytest.raises(KeySourceError):  # plain HTTP to the TLS port
             HttpJwksSource(jwks_url.replace("https", "http")).fetch(5)
 
 
@@ -161,19 +158,17 @@ def tls_resource(
         tls_key=pki.server.key,
         **changes,
     )
-    keys = KeyCache(HttpJwksSource(jwks_url, ca_cert=config.auth_ca_cert))
-    verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
-    if aio:
-        aserver, port = loop_thread.run(start_aio_server(config, verifier))
-        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-    else:
-        server, port = build_server(config, verifier)
-        stop = lambda: server.stop(0.5).wait()  # noqa: E731
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop()
-        keys.close()
+    with open_verifier(config) as verifier:
+        if aio:
+            aserver, port = loop_thread.run(start_aio_server(config, verifier))
+            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
+        else:
+            server, port = build_server(config, verifier)
+            stop = lambda: server.stop(0.5).wait()  # noqa: E731
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop()
 
 
 def call(target: str, creds: grpc.ChannelCredentials, metadata: Any = None) -> Any:
@@ -275,11 +270,9 @@ def test_listening_beyond_loopback_without_tls_logs_a_loud_warning(
         jwks_url="http://127.0.0.1:9/jwks.json",
         **material,
     )
-    keys = KeyCache(HttpJwksSource(config.jwks_url or ""), background=False)
-    server, _ = build_server(
-        config, TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
-    )
-    server.stop(0).wait()
+    with open_verifier(config) as verifier:
+        server, _ = build_server(config, verifier)
+        server.stop(0).wait()
     warnings = _warnings(caplog)
     if tls:
         assert warnings == []

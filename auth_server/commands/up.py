@@ -16,12 +16,7 @@ from auth_server.commands.serve import add_server_arguments, server_config
 from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
 from interceptors._cli import add_env_argument
-from resource_server import (
-    ResourceServerConfig,
-    build_verifier,
-    close_verifier,
-    start_aio_server,
-)
+from resource_server import ResourceServerConfig, open_verifier, start_aio_server
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -72,7 +67,7 @@ def run_demo(ns: argparse.Namespace) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         auth = await start_auth_server(config)
-        keys = verifier = None
+        verifier = None
         resource = None
         try:
             created = await asyncio.to_thread(
@@ -94,7 +89,7 @@ def run_demo(ns: argparse.Namespace) -> int:
                 auth_client_cert=config.tls_cert if config.client_ca else None,
                 auth_client_key=config.tls_key if config.client_ca else None,
             )
-            keys, verifier = await asyncio.to_thread(build_verifier, rconfig)
+            verifier = await asyncio.to_thread(open_verifier, rconfig)
             resource, rport = await start_aio_server(rconfig, verifier)
             pw = shlex.quote(password_file)
             tls = _client_tls_flags(link_ca, config.client_ca is not None)
@@ -121,8 +116,8 @@ def run_demo(ns: argparse.Namespace) -> int:
         finally:
             if resource is not None:
                 await resource.stop(2)
-            if keys is not None and verifier is not None:
-                close_verifier(keys, verifier)
+            if verifier is not None:
+                await verifier.aclose()
             await auth.stop()
 
     return run_until_signalled(serve)

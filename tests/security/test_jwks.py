@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from helpers import AUDIENCE, ISSUER, AuthHarness, Clock, EventLoopThread, wait_until
-from interceptors import HttpJwksSource, KeyCache, TokenPolicy
+from interceptors import CacheSettings, HttpJwksSource, KeyCache, TokenPolicy
 from security.kit import (
     ATTACKER,
     FACES,
@@ -132,8 +132,7 @@ def jwks_target(
     clock = Clock(1_000_000.0)
     keys = KeyCache(
         HttpJwksSource(site.url),
-        cooldown=COOLDOWN,
-        fetch_timeout=fetch_timeout,
+        CacheSettings(cooldown=COOLDOWN, fetch_timeout=fetch_timeout),
         now=clock,
         background=False,
     )
