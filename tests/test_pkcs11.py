@@ -193,11 +193,13 @@ def test_an_unusable_token_at_start_is_a_one_line_error_naming_the_flag(
     assert token.pin not in err
 
 
-def _cli(tmp_path: Path, token: Token, *args: str) -> str:
+def _cli(tmp_path: Path, token: Token, *args: str, kid: str | None = None) -> str:
     """Run ``ssot-auth`` in a process of its own (its own PKCS#11 session and login)."""
     env = dict(os.environ, SSOT_KEY_PASSPHRASE=PASSPHRASE.decode(), SOFTHSM2_CONF=str(token.conf))
     argv = [sys.executable, "-m", "auth_server", *args]
     argv += ["--data-dir", str(tmp_path), *token.flags()]
+    if kid is not None:
+        argv += ["--", kid]  # a kid may begin with "-" (base64url)
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -221,7 +223,7 @@ def test_keys_rotate_and_revoke_make_and_destroy_token_objects(
     rows = _rows(database)
     assert _objects_with_id(token, _object_id(rows[first]))
 
-    _cli(tmp_path, token, "keys", "revoke", first)
+    _cli(tmp_path, token, "keys", "revoke", kid=first)
 
     keys = _list(tmp_path, token)
     assert keys[first]["state"] == "revoked"
