@@ -3,10 +3,11 @@
 Private to :mod:`auth_server.keys`. The store decides *which* key signs (from
 :class:`auth_server.lifecycle.KeyRecord` rows); this module turns a ``kid`` into
 a usable :class:`SigningKey`: it reads the encrypted row, decrypts it with the
-passphrase and checks it against its published JWK, once per ``kid``. It is the
-one place that touches private key material at rest. A row whose key is held by
-a PKCS#11 token (``--key-store pkcs11``) is loaded by that custodian instead
-(:mod:`auth_server.custody`): a handle to the token object, never key material.
+passphrase (:mod:`auth_server._envelope`) and checks it against its published
+JWK, once per ``kid``. It is the one place that touches private key material
+at rest. A row whose key is held by a PKCS#11 token (``--key-store pkcs11``) is
+loaded by that custodian instead (:mod:`auth_server.custody`): a handle to the
+token object, never key material.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from auth_server import _keyrows as keyrows
+from auth_server._envelope import KeyEncryption
 from auth_server._keyrows import SigningKey
 from auth_server.custody import KeyCustody
 from auth_server.errors import KeyStoreError
+from auth_server.kdf import KdfParameters
 from auth_server.storage import Database, signing_keys
 
 
@@ -31,12 +34,22 @@ class DecryptedKeys:
     and the scheduler does not retry it every tick.
     """
 
-    def __init__(self, db: Database, passphrase: bytes, *, token: KeyCustody | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        passphrase: bytes,
+        *,
+        kdf: KdfParameters | None = None,
+        token: KeyCustody | None = None,
+    ) -> None:
         """Create the cache (no database access yet).
 
         Args:
             db: The database.
-            passphrase: Decrypts the keys stored in their rows.
+            passphrase: Opens the stored keys.
+            kdf: The KDF parameters of keys sealed from now on (the
+                :class:`KdfParameters` defaults if not given); stored keys open
+                with their own.
             token: Loads the rows whose key a token holds (``--key-store pkcs11``).
 
         Raises:
@@ -44,15 +57,15 @@ class DecryptedKeys:
         """
         self._db = db
         self._token = token
-        self._passphrase = keyrows.check_passphrase_value(passphrase)
+        self._sealer = KeyEncryption(passphrase, kdf)
         self._keys: dict[str, SigningKey] = {}
         self._unusable: set[str] = set()
         self._lock = threading.Lock()
 
     @property
-    def passphrase(self) -> bytes:
-        """Encrypts and decrypts the private keys at rest (never log it)."""
-        return self._passphrase
+    def sealer(self) -> KeyEncryption:
+        """Encrypts and decrypts the private keys at rest."""
+        return self._sealer
 
     def load(self, kid: str) -> SigningKey:
         """The key ``kid``, decrypted and checked; from memory after the first time.
@@ -82,7 +95,7 @@ class DecryptedKeys:
                 # says nothing about the key, which must not be marked unusable.
                 key = self._token.load(kid, *row)
             else:
-                key = keyrows.signing_key_from_row(kid, *row, self._passphrase)
+                key = keyrows.signing_key_from_row(kid, *row, self._sealer)
         except KeyStoreError:
             with self._lock:
                 self._unusable.add(kid)
@@ -113,9 +126,9 @@ class DecryptedKeys:
             for kid in gone:
                 self._keys.pop(kid, None)
 
-    def rewrapped(self, passphrase: bytes) -> None:
-        """The stored keys are now encrypted under ``passphrase``: use it from now on."""
+    def rewrapped(self, sealer: KeyEncryption) -> None:
+        """The stored keys are now encrypted by ``sealer``: use it from now on."""
         with self._lock:
-            self._passphrase = passphrase
+            self._sealer = sealer
             # A key may have been unusable only because of the old passphrase.
             self._unusable.clear()

@@ -18,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_server._envelope import KeyEncryption, SealError, is_sealed
 from auth_server.errors import KeyStoreError
 from auth_server.jwk import PRIVATE_TYPES, PrivateKey, jwk_thumbprint, public_jwk
 from auth_server.jws import Signer, local_signer
@@ -192,12 +193,24 @@ def check_passphrase_value(passphrase: bytes) -> bytes:
     return passphrase
 
 
-def encrypt(private_key: PrivateKey, passphrase: bytes) -> bytes:
-    return private_key.private_bytes(
-        serialization.Encoding.PEM,
+def encrypt(kid: str, private_key: PrivateKey, sealer: KeyEncryption) -> bytes:
+    """The stored form of a private key: its PKCS#8 DER sealed under ``kid`` (see ``_envelope``)."""
+    der = private_key.private_bytes(
+        serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
+        serialization.NoEncryption(),
     )
+    return sealer.seal(kid, der)
+
+
+def is_legacy(stored: bytes) -> bool:
+    """Whether a stored private key is in the format before envelope encryption.
+
+    Keys used to be stored as PKCS#8 PEM encrypted by the passphrase itself
+    (PBES2 with PBKDF2, 2,048 iterations): cheap to guess offline. Such rows
+    are still read, and move to the envelope at the next ``keys rewrap``.
+    """
+    return bool(stored) and not is_sealed(stored)
 
 
 def parse_public_jwk(text: str, kid: str, algorithm: str) -> dict[str, str] | None:
@@ -226,15 +239,16 @@ class NewKey:
 
     Attributes:
         key: The key, ready to sign.
-        stored: What its row's ``private_key`` column will hold: the encrypted
-            PKCS#8 key, or the token object's URI (:data:`TOKEN_REFERENCE`).
+        stored: What its row's ``private_key`` column will hold: the sealed key
+            (:mod:`auth_server._envelope`), or the token object's URI
+            (:data:`TOKEN_REFERENCE`).
     """
 
     key: SigningKey
     stored: bytes = field(repr=False)
 
 
-def new_key(private_key: PrivateKey, algorithm: str, passphrase: bytes) -> NewKey:
+def new_key(private_key: PrivateKey, algorithm: str, sealer: KeyEncryption) -> NewKey:
     """A key made in this process, its private key encrypted for its row."""
     jwk = public_jwk(private_key, algorithm)
     key = SigningKey(
@@ -243,7 +257,7 @@ def new_key(private_key: PrivateKey, algorithm: str, passphrase: bytes) -> NewKe
         private_key=private_key,
         public_jwk=types.MappingProxyType(jwk),
     )
-    return NewKey(key=key, stored=encrypt(private_key, passphrase))
+    return NewKey(key=key, stored=encrypt(key.kid, private_key, sealer))
 
 
 def new_row(new: NewKey, *, created_at: float, activates_at: float) -> dict[str, object]:
@@ -261,15 +275,22 @@ def new_row(new: NewKey, *, created_at: float, activates_at: float) -> dict[str,
     }
 
 
-def decrypt(kid: str, pem: bytes, passphrase: bytes, *, log: bool = True) -> PrivateKey:
+def decrypt(kid: str, stored: bytes, sealer: KeyEncryption, *, log: bool = True) -> PrivateKey:
     """Decrypt a stored private key (``log``: say which key failed, at ERROR).
 
+    Reads both the envelope and the legacy PKCS#8 PEM (:func:`is_legacy`).
+
     Raises:
-        KeyStoreError: Wrong passphrase, corrupted PEM or an unsupported key type.
+        KeyStoreError: Wrong passphrase, a corrupted row or an unsupported key type.
     """
     try:
-        private_key = serialization.load_pem_private_key(pem, password=passphrase)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        if is_legacy(stored):
+            private_key: object = serialization.load_pem_private_key(
+                stored, password=sealer.passphrase
+            )
+        else:
+            private_key = serialization.load_der_private_key(sealer.open(kid, stored), None)
+    except (SealError, ValueError, TypeError, UnsupportedAlgorithm) as err:
         if log:
             _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
         raise KeyStoreError(WRONG_PASSPHRASE) from err
@@ -280,8 +301,23 @@ def decrypt(kid: str, pem: bytes, passphrase: bytes, *, log: bool = True) -> Pri
     return private_key
 
 
+def reencrypt(kid: str, stored: bytes, old: KeyEncryption, new: KeyEncryption) -> bytes:
+    """A stored private key moved from ``old`` to ``new`` (a legacy row moves to the envelope).
+
+    Raises:
+        KeyStoreError: ``old`` does not decrypt it (logged).
+    """
+    if is_legacy(stored):
+        return encrypt(kid, decrypt(kid, stored, old), new)
+    try:
+        return new.rewrap(kid, stored, old)
+    except SealError as err:
+        _LOGGER.error("cannot decrypt signing key %s: wrong passphrase or corrupted row", kid)
+        raise KeyStoreError(WRONG_PASSPHRASE) from err
+
+
 def signing_key_from_row(
-    kid: str, algorithm: str, pem: bytes, stored_jwk: str, passphrase: bytes
+    kid: str, algorithm: str, pem: bytes, stored_jwk: str, sealer: KeyEncryption
 ) -> SigningKey:
     """Decrypt and check a stored key: it must fit its algorithm and its published JWK.
 
@@ -291,7 +327,7 @@ def signing_key_from_row(
     if not pem:
         _LOGGER.error("signing key %s has no private key (retired or revoked)", kid)
         raise KeyStoreError(UNUSABLE)
-    private_key = decrypt(kid, pem, passphrase)
+    private_key = decrypt(kid, pem, sealer)
     try:
         jwk = public_jwk(private_key, algorithm)
     except ValueError as err:
@@ -313,9 +349,9 @@ def signing_key_from_row(
 
 
 def probe_passphrase(
-    conn: sa.Connection, passphrase: bytes, *, exclude: frozenset[str] = frozenset()
+    conn: sa.Connection, sealer: KeyEncryption, *, exclude: frozenset[str] = frozenset()
 ) -> bool | None:
-    """Whether ``passphrase`` decrypts one of the newest stored keys (``None``: none to try).
+    """Whether the passphrase decrypts one of the newest stored keys (``None``: none to try).
 
     Before a key is added this catches a replica started with the wrong
     passphrase, which must not add a key the others cannot decrypt; and when one
@@ -335,18 +371,18 @@ def probe_passphrase(
     ][:_PASSPHRASE_PROBES]
     for kid, pem in probes:
         try:
-            decrypt(kid, pem, passphrase, log=False)
+            decrypt(kid, pem, sealer, log=False)
         except KeyStoreError:
             continue
         return True
     return False if probes else None
 
 
-def check_passphrase(conn: sa.Connection, passphrase: bytes) -> None:
-    """Raise unless ``passphrase`` decrypts a stored key (or none is stored).
+def check_passphrase(conn: sa.Connection, sealer: KeyEncryption) -> None:
+    """Raise unless ``sealer``'s passphrase decrypts a stored key (or none is stored).
 
     Raises:
         KeyStoreError: It decrypts none of the newest keys.
     """
-    if probe_passphrase(conn, passphrase) is False:
+    if probe_passphrase(conn, sealer) is False:
         raise KeyStoreError(WRONG_PASSPHRASE)

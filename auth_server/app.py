@@ -15,16 +15,19 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_server import deployment_secrets
+from auth_server._envelope import KeyEncryption
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
-from auth_server.errors import AuthServerError
+from auth_server.errors import AuthServerError, KeyStoreError
 from auth_server.hashing import HashingPool
 from auth_server.hsm import Pkcs11Custody, TokenSetupError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
+from auth_server.passphrase_policy import check_passphrase_policy, is_new_deployment
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
-from auth_server.refresh_tokens import derive_refresh_secret
+from auth_server.refresh_tokens import legacy_refresh_secret
 from auth_server.revocations import RevocationPublisher
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
@@ -69,28 +72,21 @@ def build_components(
     """
     database = Database(config.resolved_database_url)
     database.create_schema()
-    custody = _open_custody(config)
-    keys = SigningKeyStore(
-        database,
-        config.key_passphrase,
-        algorithm=config.algorithm,
-        rsa_bits=config.rsa_bits,
-        now=now,
-        lifecycle=config.key_lifecycle,
-        custody=custody,
-    )
     try:
-        keys.ensure_signing_key()
+        keys, successor_secret = _open_keys(database, config, now)
     except BaseException:
-        keys.close()
+        database.dispose()  # a refused start leaves no pooled connection behind
         raise
     users = UserStore(database, PasswordHasher(config.argon2), now=now)
     sessions = SessionStore(
         database,
         policy=config.sessions,
-        # Every replica derives the same secret, so a refresh repeated within
+        # Every replica holds the same secret, so a refresh repeated within
         # the grace window gets the same successor on any of them.
-        secret=derive_refresh_secret(config.key_passphrase),
+        secret=successor_secret,
+        # Replicas of earlier versions derived it from the passphrase: a token
+        # one of them spent just before the upgrade still repeats in its grace.
+        previous_secrets=(legacy_refresh_secret(config.key_passphrase),),
         now=now,
     )
     throttle = LoginThrottle(database, config.throttle, now=now)
@@ -128,6 +124,42 @@ def _open_custody(config: AuthServerConfig) -> Pkcs11Custody | None:
     except TokenSetupError as exc:
         raise StartupError(exc.message) from None
     return custody
+
+
+def _open_keys(
+    database: Database, config: AuthServerConfig, now: Callable[[], float]
+) -> tuple[SigningKeyStore, bytes]:
+    """The key store (with a signing key) and the refresh successor secret."""
+    try:
+        check_passphrase_policy(
+            config.key_passphrase,
+            new_deployment=is_new_deployment(database),
+            allow_short=config.allow_short_passphrase,
+        )
+    except ValueError as exc:
+        raise KeyStoreError(str(exc)) from None
+    keys = SigningKeyStore(
+        database,
+        config.key_passphrase,
+        algorithm=config.algorithm,
+        rsa_bits=config.rsa_bits,
+        now=now,
+        lifecycle=config.key_lifecycle,
+        kdf=config.key_kdf,
+        custody=_open_custody(config),
+    )
+    try:
+        keys.ensure_signing_key()
+        secret = deployment_secrets.load_or_create(
+            database,
+            KeyEncryption(config.key_passphrase, config.key_kdf),
+            deployment_secrets.REFRESH_SUCCESSOR,
+            now=now,
+        )
+    except BaseException:
+        keys.close()
+        raise
+    return keys, secret
 
 
 @dataclass(kw_only=True)
@@ -251,7 +283,13 @@ async def start_auth_server(
         raise StartupError(f"cannot listen on {config.grpc_address} (--grpc)") from exc
     await server.start()
 
-    app = build_http_app(publisher, issuer=config.issuer, algorithms=[config.algorithm], now=now)
+    app = build_http_app(
+        publisher,
+        issuer=config.issuer,
+        algorithms=[config.algorithm],
+        now=now,
+        rate_limits=config.http_rate_limits,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_address(config.http_address)

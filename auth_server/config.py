@@ -10,8 +10,10 @@ from urllib.parse import urlsplit
 from auth_server.hashing import HashingPolicy
 from auth_server.hsm import Pkcs11Settings
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
+from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
+from auth_server.ratelimit import RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 from interceptors.tls import is_loopback_host
@@ -56,8 +58,12 @@ class AuthServerConfig:
         rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
         access_token_ttl: Access token lifetime in seconds.
         jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
-        key_passphrase: Encrypts private keys at rest (``key_store="db"``) and
-            derives the refresh-token successor secret (both stores).
+        key_passphrase: Encrypts private keys at rest (``key_store="db"``) and the
+            deployment secrets (both stores). At least 16 characters for a new
+            deployment (:mod:`auth_server.passphrase_policy`).
+        allow_short_passphrase: Accept a shorter passphrase for a new deployment.
+        key_kdf: The cost of deriving the key-encryption key (argon2id) for
+            keys and secrets sealed from now on; stored ones keep their own.
         key_store: Where new signing keys are made and kept: ``"db"`` (encrypted
             in the database) or ``"pkcs11"`` (inside a token; needs ``pkcs11``).
         pkcs11: The token of ``key_store="pkcs11"``.
@@ -89,6 +95,7 @@ class AuthServerConfig:
         max_concurrent_streams: Most calls in flight on one client connection.
         max_login_request_size: Largest serialized ``LoginRequest``, bytes
             (unknown fields included).
+        http_rate_limits: Per-address token buckets of the HTTP route groups.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -102,6 +109,8 @@ class AuthServerConfig:
     access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
     jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
     key_passphrase: bytes = field(repr=False)
+    allow_short_passphrase: bool = False
+    key_kdf: KdfParameters = field(default_factory=KdfParameters)
     key_store: str = "db"
     pkcs11: Pkcs11Settings | None = None
     reflection: bool = True
@@ -123,6 +132,7 @@ class AuthServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
+    http_rate_limits: RateLimits = field(default_factory=RateLimits)
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -153,8 +163,10 @@ class AuthServerConfig:
                 "--key-store pkcs11 needs --pkcs11-module, --pkcs11-token-label"
                 " and --pkcs11-pin-file"
             )
-        if len(self.key_passphrase) < 16:
-            raise ValueError("the key passphrase must be at least 16 bytes")
+        # The length rule depends on the database (new deployment or not): it is
+        # checked when storage opens (auth_server.passphrase_policy).
+        if not self.key_passphrase:
+            raise ValueError("the key passphrase must not be empty")
         if self.key_poll_interval <= 0:
             raise ValueError("key_poll_interval must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -3,7 +3,7 @@
 Two custodians keep the private keys of :class:`auth_server.keys.SigningKeyStore`:
 
 * :class:`DatabaseCustody` (``db``): keys are made in this process and stored in
-  their ``signing_keys`` row, encrypted with the passphrase;
+  their ``signing_keys`` row, sealed under the passphrase (:mod:`auth_server._envelope`);
 * :class:`auth_server.hsm.Pkcs11Custody` (``pkcs11``): keys are made inside a
   PKCS#11 token as non-extractable objects and sign there (``C_Sign``); the row
   holds only the RFC 7512 URI of the token object.
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from auth_server import _keyrows as keyrows
+from auth_server._envelope import KeyEncryption
 from auth_server._keyrows import NewKey, SigningKey
 from auth_server.jwk import generate_private_key
 
@@ -88,28 +89,29 @@ class DatabaseCustody:
     so :meth:`destroy` has nothing more to do.
     """
 
-    def __init__(self, passphrase: Callable[[], bytes]) -> None:
+    def __init__(self, sealer: Callable[[], KeyEncryption]) -> None:
         """Create the custodian.
 
         Args:
-            passphrase: The passphrase the keys are encrypted with now (it
-                changes on ``keys rewrap``).
+            sealer: What seals and opens the keys now (it changes on ``keys rewrap``).
         """
-        self._passphrase = passphrase
+        self._sealer = sealer
 
     @property
     def name(self) -> str:
         return "db"
 
     def generate(self, algorithm: str, *, rsa_bits: int) -> NewKey:
+        sealer = self._sealer()
+        sealer.prepare()  # the slow key derivation, before any lock
         private_key = generate_private_key(algorithm, rsa_bits=rsa_bits)
-        return keyrows.new_key(private_key, algorithm, self._passphrase())
+        return keyrows.new_key(private_key, algorithm, sealer)
 
     def holds(self, stored: bytes) -> bool:
         return not bytes(stored).startswith(keyrows.TOKEN_REFERENCE)
 
     def load(self, kid: str, algorithm: str, stored: bytes, stored_jwk: str) -> SigningKey:
-        return keyrows.signing_key_from_row(kid, algorithm, stored, stored_jwk, self._passphrase())
+        return keyrows.signing_key_from_row(kid, algorithm, stored, stored_jwk, self._sealer())
 
     def destroy(self, stored: bytes) -> None:
         return None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from auth_server import _keyrows as keyrows
 from auth_server._keyrows import NewKey, SigningKey
@@ -34,7 +34,7 @@ from auth_server.jws import Signer
 
 _LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Pkcs11Custody", "Pkcs11Settings", "TokenSetupError", "read_pin_file"]
+__all__ = ["Pkcs11Custody", "Pkcs11Settings", "TokenSetupError", "module_lock", "read_pin_file"]
 
 
 class TokenSetupError(AuthServerError):
@@ -82,12 +82,24 @@ def read_pin_file(path: Path) -> str:
     return pin
 
 
+# One lock per module file for the whole process: see the module docstring.
+_MODULE_LOCKS: dict[str, threading.RLock] = {}
+_MODULE_LOCKS_GUARD = threading.Lock()
+
+
+def module_lock(module: str | Path) -> threading.RLock:
+    """The lock every call into the PKCS#11 module ``module`` holds in this process.
+
+    Code beside a :class:`Pkcs11Custody` that calls the same module through
+    python-pkcs11 (tools, tests) must hold it too: the module may have no locking
+    of its own (see the module docstring).
+    """
+    with _MODULE_LOCKS_GUARD:
+        return _MODULE_LOCKS.setdefault(str(module), threading.RLock())
+
+
 class Pkcs11Custody:
     """The :class:`~auth_server.custody.KeyCustody` of keys held by a PKCS#11 token; thread-safe."""
-
-    # One lock per module file for the whole process: see the module docstring.
-    _module_locks: ClassVar[dict[str, threading.RLock]] = {}
-    _module_locks_guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self, settings: Pkcs11Settings, *, now: Callable[[], float] = time.monotonic
@@ -111,8 +123,7 @@ class Pkcs11Custody:
         self._settings = settings
         self._now = now
         module = str(settings.module)
-        with Pkcs11Custody._module_locks_guard:
-            self._lock = Pkcs11Custody._module_locks.setdefault(module, threading.RLock())
+        self._lock = module_lock(module)
         self._token: Any = None
         self._session: Any = None
         self._objects: dict[bytes, Any] = {}  # CKA_ID -> private key object, this session

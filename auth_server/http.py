@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from auth_server.publisher import JwksPublisher
+from auth_server.ratelimit import RateLimiter, RateLimits, client_key, route_group
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -20,6 +22,7 @@ STALE_IF_ERROR = 3600
 _PUBLISHER = web.AppKey("publisher", JwksPublisher)
 _DISCOVERY: web.AppKey[Mapping[str, Any]] = web.AppKey("discovery")
 _CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -64,6 +67,28 @@ async def _discovery(request: web.Request) -> web.Response:
     )
 
 
+@web.middleware
+async def _rate_limit(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    group = route_group(request.path)
+    if group is not None:
+        wait = request.app[_LIMITER].check(group, client_key(request.remote))
+        if wait > 0:
+            # RFC 6585 §4; Retry-After in whole seconds, rounded up (RFC 9110 §10.2.3).
+            retry_after = str(max(1, math.ceil(wait)))
+            return web.Response(
+                status=429,
+                body=json.dumps(
+                    {"error": "rate_limited", "error_description": "too many requests"},
+                    separators=(",", ":"),
+                ).encode(),
+                content_type="application/json",
+                headers={"Retry-After": retry_after, "Cache-Control": "no-store"},
+            )
+    return await handler(request)
+
+
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Don't advertise the framework and Python version to scanners.
     response.headers.pop("Server", None)
@@ -75,10 +100,14 @@ def build_http_app(
     issuer: str,
     algorithms: Sequence[str],
     now: Callable[[], float] = time.time,
+    rate_limits: RateLimits | None = None,
 ) -> web.Application:
     """The aiohttp application serving the well-known documents.
 
-    ``now`` is the key schedule's clock, for the JWKS ``max-age``.
+    ``now`` is the key schedule's clock, for the JWKS ``max-age``. Every route
+    under a rate-limited prefix (:data:`auth_server.ratelimit.ROUTE_GROUPS`),
+    including routes added to the app later, is limited per client address by
+    ``rate_limits`` (the :class:`RateLimits` defaults if not given).
     """
     base = issuer.rstrip("/")
     discovery = {
@@ -102,7 +131,8 @@ def build_http_app(
             "username",
         ],
     }
-    app = web.Application(client_max_size=4096)
+    app = web.Application(client_max_size=4096, middlewares=[_rate_limit])
+    app[_LIMITER] = RateLimiter(rate_limits or RateLimits())
     app[_PUBLISHER] = publisher
     app[_DISCOVERY] = discovery
     app[_CLOCK] = now

@@ -25,6 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
+from auth_server import deployment_secrets
+from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
 from auth_server._keyrows import KeyInfo, NewKey, SigningKey
@@ -32,6 +34,7 @@ from auth_server.audit import audit_event
 from auth_server.custody import DatabaseCustody, KeyCustody
 from auth_server.errors import InvalidRequest, KeyStoreError, KeyStoreUnavailable
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
+from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import (
     KeyLifecycle,
     KeyRecord,
@@ -84,6 +87,7 @@ class SigningKeyStore:
         rsa_bits: int = 2048,
         now: Callable[[], float] = time.time,
         lifecycle: KeyLifecycle | None = None,
+        kdf: KdfParameters | None = None,
         custody: KeyCustody | None = None,
     ) -> None:
         """Create the store (no database access yet).
@@ -97,7 +101,9 @@ class SigningKeyStore:
             now: Clock, epoch seconds.
             lifecycle: When keys are pre-published, rotated and retired; the
                 defaults of :class:`KeyLifecycle` if not given.
-            custody: Makes and holds new keys; the database (encrypted with
+            kdf: The cost of deriving the key-encryption key for keys sealed from
+                now on (the :class:`KdfParameters` defaults if not given).
+            custody: Makes and holds new keys; the database (sealed with
                 ``passphrase``) if not given. Keys already stored in the database
                 stay readable with ``passphrase`` whatever the custodian.
 
@@ -109,8 +115,8 @@ class SigningKeyStore:
         check_rsa_bits(rsa_bits)
         self._db = db
         token = None if custody is None or custody.name == "db" else custody
-        self._material = DecryptedKeys(db, passphrase, token=token)
-        self._custody: KeyCustody = custody or DatabaseCustody(lambda: self._material.passphrase)
+        self._material = DecryptedKeys(db, passphrase, kdf=kdf, token=token)
+        self._custody: KeyCustody = custody or DatabaseCustody(lambda: self._material.sealer)
         self._algorithm = algorithm
         self._rsa_bits = rsa_bits
         self._now = now
@@ -437,6 +443,12 @@ class SigningKeyStore:
     def rewrap(self, new_passphrase: bytes) -> int:
         """Re-encrypt every stored private key under ``new_passphrase``, all or nothing.
 
+        Each key moves to the envelope format with this store's KDF parameters
+        and a fresh salt: a legacy PKCS#8 row is decrypted and sealed anew, an
+        envelope row only has its data key re-wrapped. The deployment secrets
+        (:mod:`auth_server.deployment_secrets`) move with them. Giving the
+        current passphrase again migrates the rows without changing it.
+
         Running servers keep signing with the keys they hold in memory; restart
         them with the new passphrase before they next need to decrypt or add a key.
 
@@ -449,8 +461,9 @@ class SigningKeyStore:
                 (nothing is changed then).
             StorageError: The database is unavailable.
         """
-        new_passphrase = keyrows.check_passphrase_value(new_passphrase)
-        passphrase = self._material.passphrase
+        old = self._material.sealer
+        new = KeyEncryption(new_passphrase, old.kdf)
+        new.prepare()  # the slow derivation, before the lock
         with self._db.transaction(lock=_LOCK_NAME) as conn:
             rows = conn.execute(
                 sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
@@ -458,12 +471,17 @@ class SigningKeyStore:
                 )
             ).all()
             # A token's keys are not encrypted with the passphrase.
-            found = [(kid, pem) for kid, pem in rows if self._database.holds(pem)]
-            for kid, pem in found:
-                private_key = keyrows.decrypt(kid, pem, passphrase)
-                keyrows.update(conn, kid, private_key=keyrows.encrypt(private_key, new_passphrase))
-        self._material.rewrapped(new_passphrase)
-        _LOGGER.info("re-encrypted %d signing keys under a new passphrase", len(found))
+            found = [(kid, stored) for kid, stored in rows if self._database.holds(stored)]
+            legacy = sum(keyrows.is_legacy(stored) for _, stored in found)
+            for kid, stored in found:
+                keyrows.update(conn, kid, private_key=keyrows.reencrypt(kid, stored, old, new))
+            deployment_secrets.rewrap_all(conn, old, new)
+        self._material.rewrapped(new)
+        _LOGGER.info(
+            "re-encrypted %d signing keys (%d from the legacy format) under a new passphrase",
+            len(found),
+            legacy,
+        )
         audit_event("key.rewrapped", count=len(found))
         return len(found)
 
@@ -508,17 +526,17 @@ class SigningKeyStore:
 
     @property
     def _database(self) -> DatabaseCustody:
-        return DatabaseCustody(lambda: self._material.passphrase)
+        return DatabaseCustody(lambda: self._material.sealer)
 
     def _check_new_keys(self, conn: sa.Connection) -> None:
         # A database key must be one the other replicas can decrypt; a token key
         # needs no passphrase (the token checked the PIN when the key was made).
         if self._custody.name == "db":
-            keyrows.check_passphrase(conn, self._material.passphrase)
+            keyrows.check_passphrase(conn, self._material.sealer)
 
     def _probe(self, conn: sa.Connection, *, exclude: frozenset[str] = frozenset()) -> bool | None:
         if self._custody.name == "db":
-            return keyrows.probe_passphrase(conn, self._material.passphrase, exclude=exclude)
+            return keyrows.probe_passphrase(conn, self._material.sealer, exclude=exclude)
         return True
 
     def _committed(self, changes: Changes, *, made: Sequence[NewKey] = ()) -> None:
@@ -577,4 +595,5 @@ class SigningKeyStore:
         return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
 
     def _generate(self) -> NewKey:
+        # Slow work before the locked transaction (DatabaseCustody: the KEK that seals it too).
         return self._custody.generate(self._algorithm, rsa_bits=self._rsa_bits)

@@ -4,7 +4,9 @@ A login's refresh token is 256 random bits (43 base64url characters). Each
 refresh hands out ``HMAC-SHA256(secret, spent token)`` as the successor: as
 unpredictable as a random token to anyone without the secret, yet the same
 every time it is derived, which is what lets a repeat within the grace window
-get the same successor although the database holds only SHA-256 hashes.
+get the same successor although the database holds only SHA-256 hashes. The
+secret is random, shared by every replica through the database, sealed under
+the key passphrase (:mod:`auth_server.deployment_secrets`).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ def hash_refresh_token(refresh_token: str) -> str:
     return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
 
 
-def derive_refresh_secret(passphrase: bytes) -> bytes:
-    """Derive the successor-token secret from the key passphrase (scrypt, ~50 ms).
+def legacy_refresh_secret(passphrase: bytes) -> bytes:
+    """The successor-token secret of earlier versions: scrypt of the key passphrase (~50 ms).
 
-    Every replica holds the passphrase, so every replica derives the same
-    secret and a repeat within the grace window works on any of them. scrypt,
-    not a fast KDF, so the secret is no cheaper a way to guess the passphrase
-    than the encrypted private keys are.
+    Now the secret is random and stored sealed
+    (:data:`auth_server.deployment_secrets.REFRESH_SUCCESSOR`): a secret derived
+    from the passphrase let anyone holding a (token, successor) pair test
+    passphrase guesses offline. This one is still derived, only to recognise a
+    grace-window repeat of a token that a replica of the earlier version spent
+    just before the upgrade (:class:`auth_server.sessions.SessionStore`'s
+    ``previous_secrets``); no new successor is ever made with it.
     """
     kdf = Scrypt(salt=b"ssot-auth refresh-successor secret", length=32, n=2**14, r=8, p=1)
     return kdf.derive(passphrase)

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,6 +69,7 @@ class SessionStore:
         *,
         policy: SessionPolicy | None = None,
         secret: bytes | None = None,
+        previous_secrets: Sequence[bytes] = (),
         now: Callable[[], float] = time.time,
     ) -> None:
         """Create the store.
@@ -78,14 +79,19 @@ class SessionStore:
             policy: Lifetimes, refresh grace and the per-user limit; the
                 defaults of :class:`SessionPolicy` if not given.
             secret: Derives successor refresh tokens; every replica must use the
-                same one (:func:`derive_refresh_secret`). Without it a random
-                one is made, which is fine for a process that never refreshes
-                (the CLI) or runs alone.
+                same one (:mod:`auth_server.deployment_secrets`). Without it a
+                random one is made, which is fine for a process that never
+                refreshes (the CLI) or runs alone.
+            previous_secrets: Secrets replicas used before ``secret``: a spent
+                token repeated within the grace window gets the successor one
+                of them derived, so a change of secret (an upgrade) logs no
+                racing client out. Never used to make a new successor.
             now: Clock, epoch seconds.
         """
         self.policy = policy if policy is not None else SessionPolicy()
         self._db = db
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        self._previous_secrets = tuple(previous_secrets)
         self._now = now
 
     # -- login, refresh, logout ----------------------------------------------------
@@ -219,6 +225,24 @@ class SessionStore:
                 now=now,
                 grace=self.policy.refresh_grace,
             )
+            if verdict == "reuse":
+                # Spent by a replica that held an earlier secret (just before an
+                # upgrade)? Then this is a repeat of that spend, not a reuse.
+                for earlier in self._previous_secrets:
+                    candidate = successor_token(earlier, refresh_token)
+                    if (
+                        classify_refresh(
+                            current_hash=current,
+                            token_hash=token_hash,
+                            successor_hash=hash_refresh_token(candidate),
+                            spent_at=spent_at,
+                            now=now,
+                            grace=self.policy.refresh_grace,
+                        )
+                        == "repeat"
+                    ):
+                        verdict, successor = "repeat", candidate
+                        break
             touch = {
                 "last_used_at": now,
                 "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),

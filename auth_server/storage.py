@@ -109,6 +109,16 @@ login_throttle = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False, index=True),
 )
 
+# Secrets every replica must share, sealed under the key passphrase like the
+# private keys (auth_server._envelope): today the refresh-token successor secret.
+deployment_secrets = sa.Table(
+    "deployment_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 
 def sqlite_url_for(data_dir: Path) -> str:
     """Return the URL of the embedded SQLite database inside ``data_dir``.

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from auth_server.errors import InvalidCredentials, InvalidRequest
+from auth_server.errors import InvalidCredentials, InvalidRequest, KeyStoreUnavailable
 from auth_server.jws import encode_compact
-from auth_server.keys import SigningKeyStore
+from auth_server.keys import SigningKey, SigningKeyStore
 from auth_server.users import User, validate_scopes
 
 _LOGGER = logging.getLogger(__name__)
@@ -136,11 +136,16 @@ class TokenIssuer:
         }
         if cert_thumbprint is not None:
             claims["cnf"] = {"x5t#S256": cert_thumbprint}
-        # Assembled here rather than by jwt.encode: a token's key cannot be handed
-        # to PyJWT, it can only be asked to sign (auth_server.jws).
-        token = encode_compact(
-            {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}, claims, key.sign
-        )
+        try:
+            token = _sign(claims, key)
+        except KeyStoreUnavailable:
+            # Another replica may have revoked this key a moment ago and destroyed
+            # its token object: its successor (already current) signs instead.
+            successor = self._keys.current()
+            if successor.kid == key.kid:
+                raise
+            key = successor
+            token = _sign(claims, key)
         _LOGGER.debug("issued token %s for user id %s with key %s", token_id, user.id, key.kid)
         return IssuedToken(
             access_token=token,
@@ -149,3 +154,10 @@ class TokenIssuer:
             token_id=token_id,
             expires_at=expires_at,
         )
+
+
+def _sign(claims: dict[str, object], key: SigningKey) -> str:
+    # Assembled here rather than by jwt.encode: a token's key cannot be handed to
+    # PyJWT, it can only be asked to sign (auth_server.jws).
+    header = {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}
+    return encode_compact(header, claims, key.sign)

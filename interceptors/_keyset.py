@@ -1,10 +1,11 @@
 """An immutable, filtered set of public verification keys built from a JWKS document.
 
 The filter is the verifier's first line of defence: a key set that carries
-private or symmetric material, duplicate ``kid``s or weak RSA keys is refused
-whole, because such a document means the issuer is misconfigured (or is not
-the issuer). Entries that are merely not for us (encryption keys, unknown key
-types, algorithms we were not told to accept) are skipped.
+private or symmetric material, duplicate ``kid``s or weak RSA keys (too small,
+or ROCA-fingerprinted: :mod:`interceptors._roca`) is refused whole, because
+such a document means the issuer is misconfigured (or is not the issuer).
+Entries that are merely not for us (encryption keys, unknown key types,
+algorithms we were not told to accept) are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from interceptors._errors import KeySetError
+from interceptors._roca import is_roca_weak
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -143,6 +145,12 @@ class KeySet:
                 raise KeySetError(
                     f"JWKS key {key.kid!r} is a {public.key_size}-bit RSA key;"
                     f" at least {min_rsa_bits} bits are required"
+                )
+            if isinstance(public, RSAPublicKey) and is_roca_weak(public.public_numbers().n):
+                # Factorable whatever its size: whoever factors it signs as the issuer.
+                raise KeySetError(
+                    f"JWKS key {key.kid!r} is an RSA key from a generator with the ROCA"
+                    " weakness (CVE-2017-15361)"
                 )
             keys[key.kid] = key
         if not keys:

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
+from auth_server.kdf import KdfParameters
 from auth_server.passwords import Argon2Parameters
 from interceptors import CacheSettings, KeyCache, RevocationList
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
@@ -42,6 +43,8 @@ AUDIENCE = "ssot-test"
 PASSPHRASE = b"test-passphrase-0123456789"
 # Cheap argon2 so a test suite full of logins stays fast; production uses the defaults.
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
+# Likewise for the key-encryption KDF (production: 3 passes over 64 MiB).
+FAST_KDF = KdfParameters(time_cost=1, memory_cost=1024, parallelism=1)
 PG_ENV = "SSOT_TEST_DATABASE_URL"
 #: A claim or header member to leave out of a token: ``claims(scope=DROP)``.
 DROP: Any = object()
@@ -306,6 +309,7 @@ def make_config(
         "audience": AUDIENCE,
         "key_passphrase": PASSPHRASE,
         "argon2": FAST_ARGON2,
+        "key_kdf": FAST_KDF,
         "key_poll_interval": 0.2,
     }
     settings.update(changes)

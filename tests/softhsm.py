@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,15 +69,31 @@ class Token:
             str(self.pin_file),
         ]
 
-    def session(self) -> object:
-        """A logged-in python-pkcs11 session of the test's own (close it)."""
+    def objects(self, **attributes: object) -> list[Any]:
+        """The objects matching ``attributes`` (python-pkcs11 ``Attribute`` names), read
+        under the module lock the servers in this process hold (SoftHSM2 runs
+        without locking of its own here)."""
         import pkcs11
 
-        token = pkcs11.lib(self.module).get_token(token_label=self.label)
-        try:
-            return token.open(user_pin=self.pin, rw=True)
-        except pkcs11.UserAlreadyLoggedIn:
-            return token.open(rw=True)
+        from auth_server.hsm import module_lock
+
+        wanted = {pkcs11.Attribute[name]: value for name, value in attributes.items()}
+        with module_lock(self.module):
+            token = pkcs11.lib(self.module).get_token(token_label=self.label)
+            try:
+                session = token.open(user_pin=self.pin, rw=True)
+            except pkcs11.UserAlreadyLoggedIn:
+                session = token.open(rw=True)
+            return list(session.get_objects(wanted))
+
+    def read(self, obj: Any, attribute: str) -> Any:
+        """An attribute of an object from :meth:`objects`, under the module lock."""
+        import pkcs11
+
+        from auth_server.hsm import module_lock
+
+        with module_lock(self.module):
+            return obj[pkcs11.Attribute[attribute]]
 
 
 def make_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Token:

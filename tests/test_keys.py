@@ -215,8 +215,13 @@ def test_private_key_is_stored_encrypted(store: SigningKeyStore, database: Datab
     store.ensure_signing_key()
 
     with database.transaction() as conn:
-        pem = conn.execute(sa.select(signing_keys.c.private_key)).scalar_one()
-    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        stored = conn.execute(sa.select(signing_keys.c.private_key)).scalar_one()
+    # Envelope encryption (auth_server._envelope): argon2id parameters and salt
+    # with the row, the key itself only as AES-GCM ciphertext.
+    envelope = json.loads(stored)
+    assert (envelope["v"], envelope["kdf"]["name"]) == (1, "argon2id")
+    assert {"dek", "data"} <= envelope.keys()
+    assert b"PRIVATE KEY" not in stored
 
 
 def test_current_without_any_key_raises_key_store_error(store: SigningKeyStore) -> None:

@@ -175,7 +175,10 @@ def test_keys_rewrap_refuses_a_short_passphrase(
 
     assert run(["keys", "rewrap", "--new-passphrase-stdin"], stdin="short\n") == 1
 
-    assert error_line(capsys) == "ssot-auth: error: the new passphrase must be at least 16 bytes"
+    assert error_line(capsys) == (
+        "ssot-auth: error: the new passphrase must be at least 16 characters"
+        " (--allow-short-passphrase accepts a shorter one)"
+    )
 
 
 @pytest.mark.parametrize(

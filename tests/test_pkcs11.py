@@ -77,10 +77,7 @@ def _object_id(stored: bytes) -> bytes:
 
 
 def _objects_with_id(token: Token, object_id: bytes) -> list[Any]:
-    import pkcs11
-
-    session: Any = token.session()
-    return list(session.get_objects({pkcs11.Attribute.ID: object_id}))
+    return token.objects(ID=object_id)
 
 
 def _verify(harness: AuthHarness, access_token: str) -> dict[str, Any]:
@@ -131,18 +128,17 @@ def test_the_private_key_object_cannot_be_read_out_of_the_token(
         database, PASSPHRASE, algorithm=algorithm, custody=Pkcs11Custody(_settings(token))
     )
     kid = store.ensure_signing_key().kid
-    session: Any = token.session()
-    private = session.get_key(
-        object_class=pkcs11.ObjectClass.PRIVATE_KEY, id=_object_id(_rows(database)[kid])
+    (private,) = token.objects(
+        ID=_object_id(_rows(database)[kid]), CLASS=pkcs11.ObjectClass.PRIVATE_KEY
     )
-    assert private[pkcs11.Attribute.SENSITIVE] is True
-    assert private[pkcs11.Attribute.EXTRACTABLE] is False
-    assert private[pkcs11.Attribute.NEVER_EXTRACTABLE] is True
-    secret = pkcs11.Attribute.VALUE if algorithm == "ES256" else pkcs11.Attribute.PRIVATE_EXPONENT
+    assert token.read(private, "SENSITIVE") is True
+    assert token.read(private, "EXTRACTABLE") is False
+    assert token.read(private, "NEVER_EXTRACTABLE") is True
+    secret = "VALUE" if algorithm == "ES256" else "PRIVATE_EXPONENT"
     with pytest.raises(pkcs11.AttributeSensitive):
-        private[secret]
+        token.read(private, secret)
     with pytest.raises((pkcs11.AttributeSensitive, pkcs11.AttributeTypeInvalid)):
-        private[pkcs11.Attribute.VALUE]
+        token.read(private, "VALUE")
     database.dispose()
 
 

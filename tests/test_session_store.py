@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
 from auth_server.passwords import Argon2Parameters, PasswordHasher
-from auth_server.refresh_tokens import derive_refresh_secret
+from auth_server.refresh_tokens import legacy_refresh_secret
 from auth_server.sessions import REVOCATION_RETENTION, SessionStore
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import User, UserStore
@@ -21,7 +21,7 @@ from helpers import Clock, run_concurrently
 
 T0 = 1_700_000_000.0
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
-SECRET = derive_refresh_secret(b"test-passphrase-0123456789")
+SECRET = legacy_refresh_secret(b"test-passphrase-0123456789")
 
 
 @pytest.fixture
@@ -200,6 +200,6 @@ def test_an_older_database_gains_the_new_columns(tmp_path: Path) -> None:
 
 def test_deriving_the_secret_is_deterministic_and_slow_enough() -> None:
     started = time.perf_counter()
-    assert derive_refresh_secret(b"p" * 16) == derive_refresh_secret(b"p" * 16)
-    assert derive_refresh_secret(b"p" * 16) != derive_refresh_secret(b"q" * 16)
+    assert legacy_refresh_secret(b"p" * 16) == legacy_refresh_secret(b"p" * 16)
+    assert legacy_refresh_secret(b"p" * 16) != legacy_refresh_secret(b"q" * 16)
     assert time.perf_counter() - started > 0.01  # scrypt, not one hash

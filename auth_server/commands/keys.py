@@ -15,6 +15,7 @@ from auth_server.commands.serve import duration
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
+    key_kdf,
     prepare_data_dir,
     resolve_passphrase,
 )
@@ -22,9 +23,14 @@ from auth_server.config import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_JWKS_MAX_AGE
 from auth_server.jwk import ALGORITHMS
 from auth_server.keys import KeyInfo, SigningKeyStore
 from auth_server.lifecycle import KeyLifecycle
+from auth_server.passphrase_policy import (
+    ALLOW_SHORT_FLAG,
+    MIN_PASSPHRASE_CHARS,
+    check_passphrase_policy,
+    is_new_deployment,
+    passphrase_length,
+)
 from interceptors._cli import add_env_argument, env_value
-
-_MIN_PASSPHRASE_BYTES = 16
 
 
 def register(commands: Any) -> None:
@@ -73,13 +79,22 @@ def register(commands: Any) -> None:
     revoke.add_argument("kid")
     revoke.set_defaults(run=_cmd_keys_revoke)
 
-    rewrap = keys.add_parser("rewrap", help="re-encrypt every private key under a new passphrase")
+    rewrap = keys.add_parser(
+        "rewrap",
+        help="re-encrypt every private key under a new passphrase, or the same one with"
+        " --keep-passphrase (moves legacy rows and old KDF costs to the current format)",
+    )
     source = rewrap.add_mutually_exclusive_group(required=True)
     source.add_argument("--new-passphrase-file", type=Path, help="file holding the new passphrase")
     source.add_argument(
         "--new-passphrase-stdin",
         action="store_true",
         help="read the new passphrase from the first line of standard input",
+    )
+    source.add_argument(
+        "--keep-passphrase",
+        action="store_true",
+        help="keep the current passphrase: only move every key to the current format and KDF cost",
     )
     rewrap.set_defaults(run=_cmd_keys_rewrap)
 
@@ -91,8 +106,9 @@ def register(commands: Any) -> None:
 
 
 def _open_store(
-    ns: argparse.Namespace, *, jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
+    ns: argparse.Namespace, *, jwks_max_age: int = DEFAULT_JWKS_MAX_AGE, creates: bool = False
 ) -> SigningKeyStore:
+    """The key store the flags name; ``creates``: the command may make a deployment's first key."""
     passphrase = resolve_passphrase(ns, prepare_data_dir(ns.data_dir), create=False)
     lifecycle = KeyLifecycle.for_server(
         jwks_max_age=jwks_max_age,
@@ -102,13 +118,21 @@ def _open_store(
     algorithm = getattr(ns, "algorithm", "RS256")
     # `keys list` reads rows only, `keys rewrap` the database keys only: no token.
     custody = None if ns.keys_command in ("list", "rewrap") else open_custody(ns, algorithm)
+    database = open_database(ns)
     try:
+        if creates:
+            check_passphrase_policy(
+                passphrase,
+                new_deployment=is_new_deployment(database),
+                allow_short=ns.allow_short_passphrase,
+            )
         return SigningKeyStore(
-            open_database(ns),
+            database,
             passphrase,
             algorithm=algorithm,
             rsa_bits=getattr(ns, "rsa_bits", 2048),
             lifecycle=lifecycle,
+            kdf=key_kdf(ns),
             custody=custody,
         )
     except ValueError as exc:
@@ -173,7 +197,8 @@ def _cmd_keys_rotate(ns: argparse.Namespace) -> int:
             " before it knows it; wait longer, or give --jwks-max-age if the servers use a"
             " smaller one (for a compromised key, use `ssot-auth keys revoke KID`)"
         )
-    info = _open_store(ns, jwks_max_age=ns.jwks_max_age).rotate(activate_after=activate_after)
+    store = _open_store(ns, jwks_max_age=ns.jwks_max_age, creates=True)
+    info = store.rotate(activate_after=activate_after)
     if info.state == "current":
         print(f"new key {info.kid} ({info.algorithm}) signs now: no key was signing")
     else:
@@ -212,6 +237,14 @@ def _cmd_keys_revoke(ns: argparse.Namespace) -> int:
 
 
 def _cmd_keys_rewrap(ns: argparse.Namespace) -> int:
+    store = _open_store(ns)
+    if ns.keep_passphrase:
+        count = store.rewrap(store_passphrase(ns))
+        print(
+            f"re-encrypted {count} signing keys in the current format under the same passphrase;"
+            " running servers need no restart"
+        )
+        return 0
     if ns.new_passphrase_stdin:
         new = sys.stdin.readline().strip().encode()
     else:
@@ -221,12 +254,22 @@ def _cmd_keys_rewrap(ns: argparse.Namespace) -> int:
             raise CommandError(
                 f"cannot read --new-passphrase-file {ns.new_passphrase_file}: {exc.strerror}"
             ) from None
-    if len(new) < _MIN_PASSPHRASE_BYTES:
-        raise CommandError(f"the new passphrase must be at least {_MIN_PASSPHRASE_BYTES} bytes")
-    count = _open_store(ns).rewrap(new)
+    if not new:
+        raise CommandError("the new passphrase is empty")
+    if passphrase_length(new) < MIN_PASSPHRASE_CHARS and not ns.allow_short_passphrase:
+        raise CommandError(
+            f"the new passphrase must be at least {MIN_PASSPHRASE_CHARS} characters"
+            f" ({ALLOW_SHORT_FLAG} accepts a shorter one)"
+        )
+    count = store.rewrap(new)
     print(
         f"re-encrypted {count} signing keys under the new passphrase; running servers keep"
         " signing with the keys they hold: restart them with the new passphrase before the"
         " next rotation"
     )
     return 0
+
+
+def store_passphrase(ns: argparse.Namespace) -> bytes:
+    """The passphrase the store was opened with (the flags', again)."""
+    return resolve_passphrase(ns, prepare_data_dir(ns.data_dir), create=False)

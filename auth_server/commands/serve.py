@@ -13,6 +13,7 @@ from auth_server.commands._keystore import add_key_store_arguments, pkcs11_setti
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
+    key_kdf,
     prepare_data_dir,
     resolve_passphrase,
 )
@@ -31,6 +32,7 @@ from auth_server.hashing import DEFAULT_MAX_WAIT, HashingPolicy
 from auth_server.jwk import ALGORITHMS
 from auth_server.lifecycle import parse_duration
 from auth_server.passwords import Argon2Parameters
+from auth_server.ratelimit import RateLimit, RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 from interceptors._cli import add_env_argument, add_server_tls_arguments
@@ -108,6 +110,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     _add_argon2_arguments(parser)
     add_server_tls_arguments(parser, serves="gRPC and HTTP")
     add_limit_arguments(parser)
+    _add_rate_limit_arguments(parser)
 
 
 def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integer: bool) -> None:
@@ -245,6 +248,45 @@ _LIMITS = (
 )
 
 
+def _add_rate_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    d = RateLimits()
+    documents, token = d.groups["documents"], d.groups["token"]
+    group = parser.add_argument_group(
+        "HTTP rate limits (token bucket per client address, IPv6 per /64; 429 + Retry-After)"
+    )
+    for flag, default, text, integer in (
+        (
+            "--http-rate-limit",
+            documents.rate,
+            "requests per second to the /.well-known/ documents (JWKS, discovery); 0: no limit",
+            False,
+        ),
+        ("--http-rate-burst", documents.burst, "requests at once to the documents", True),
+        (
+            "--http-token-rate-limit",
+            token.rate,
+            "requests per second to the /oauth2/ endpoints; 0: no limit",
+            False,
+        ),
+        ("--http-token-rate-burst", token.burst, "requests at once to /oauth2/", True),
+        (
+            "--http-rate-limit-addresses",
+            d.max_addresses,
+            "client addresses tracked at once (least recently seen forgotten first)",
+            True,
+        ),
+    ):
+        add_env_argument(
+            group,
+            flag,
+            type=int if integer else float,
+            default=default,
+            metavar="N",
+            help=text,
+            default_help=int(default) if float(default).is_integer() else default,
+        )
+
+
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, default, what in _LIMITS:
         add_env_argument(
@@ -268,6 +310,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             access_token_ttl=ns.access_token_ttl,
             jwks_max_age=ns.jwks_max_age,
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
+            allow_short_passphrase=ns.allow_short_passphrase,
+            key_kdf=key_kdf(ns),
             key_store=ns.key_store,
             pkcs11=pkcs11,
             reflection=not ns.no_reflection,
@@ -300,6 +344,15 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             max_message_size=ns.max_message_size,
             max_concurrent_streams=ns.max_concurrent_streams,
             max_login_request_size=ns.max_login_request_size,
+            http_rate_limits=RateLimits(
+                groups={
+                    "documents": RateLimit(rate=ns.http_rate_limit, burst=ns.http_rate_burst),
+                    "token": RateLimit(
+                        rate=ns.http_token_rate_limit, burst=ns.http_token_rate_burst
+                    ),
+                },
+                max_addresses=ns.http_rate_limit_addresses,
+            ),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -2,7 +2,8 @@
 
 Each comes as the flags that set it and the function that reads it: ``--data-dir`` and
 ``--database-url`` (:func:`add_storage_arguments`, :func:`prepare_data_dir`),
-``--key-passphrase-file`` (:func:`add_passphrase_argument`, :func:`resolve_passphrase`),
+``--key-passphrase-file`` and the key-encryption KDF cost (:func:`add_passphrase_argument`,
+:func:`resolve_passphrase`, :func:`key_kdf`),
 ``--password-stdin`` (:func:`add_password_argument`, :func:`read_password`). Every flag
 also reads its ``SSOT_*`` variable (:func:`interceptors._cli.add_env_argument`).
 """
@@ -17,6 +18,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from auth_server.kdf import KdfParameters
+from auth_server.passphrase_policy import ALLOW_SHORT_FLAG, MIN_PASSPHRASE_CHARS
 from interceptors._cli import SettingsError, add_env_argument
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ __all__ = [
     "add_passphrase_argument",
     "add_password_argument",
     "add_storage_arguments",
+    "key_kdf",
     "prepare_data_dir",
     "read_password",
     "resolve_passphrase",
@@ -62,6 +66,41 @@ def add_passphrase_argument(parser: argparse.ArgumentParser) -> None:
         help="file holding the passphrase that encrypts private keys",
         note="or give the passphrase itself in SSOT_KEY_PASSPHRASE",
     )
+    add_env_argument(
+        parser,
+        ALLOW_SHORT_FLAG,
+        action="store_true",
+        help=f"accept a key passphrase shorter than {MIN_PASSPHRASE_CHARS} characters for a new"
+        " deployment (a test rig; never in production)",
+    )
+    d = KdfParameters()
+    group = parser.add_argument_group(
+        "key encryption at rest (argon2id KEK; stored keys keep their own cost until `keys rewrap`)"
+    )
+    for flag, default, text in (
+        ("--key-kdf-time-cost", d.time_cost, "passes over the memory"),
+        ("--key-kdf-memory-cost", d.memory_cost, "memory in KiB"),
+        ("--key-kdf-parallelism", d.parallelism, "lanes"),
+    ):
+        add_env_argument(
+            group, flag, type=int, default=default, metavar="N", help=text, default_help=default
+        )
+
+
+def key_kdf(ns: argparse.Namespace) -> KdfParameters:
+    """The key-encryption KDF cost that :func:`add_passphrase_argument`'s flags ask for.
+
+    Raises:
+        SettingsError: The cost is out of bounds.
+    """
+    try:
+        return KdfParameters(
+            time_cost=ns.key_kdf_time_cost,
+            memory_cost=ns.key_kdf_memory_cost,
+            parallelism=ns.key_kdf_parallelism,
+        )
+    except ValueError as exc:
+        raise SettingsError(f"--key-kdf-*: {exc}") from None
 
 
 def add_password_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,134 @@
+"""ROCA (CVE-2017-15361) test moduli, from the tests of the authors' own detector.
+
+Source: github.com/crocs-muni/roca, ``roca/tests/data`` (``modNN.txt``, ``pubkey03.pem``)
+and ``roca/tests/test_fingerprint.py`` (``fake_mods``), MIT licence, (c) 2017 CRoCS,
+EnigmaBridge Ltd. Which are positive is listed in that directory's README.
+"""
+
+from __future__ import annotations
+
+#: Moduli from the flawed Infineon generator (the tool marks them).
+FINGERPRINTED: dict[str, int] = {
+    "mod01": int(
+        "944e13208a280c37efc31c3114485e590192adbb8e11c87cad60cdef0037ce99278330d3f471a253"
+        "8fa667802ed2a3c44a8b7dea826e888d0aa341fd664f7fa7",
+        16,
+    ),
+    "mod02": int(
+        "a23475d6b86e7deb1e1483747c0e1aaa1390f24dcbc0d05399d025c985861601d91ba7a1ce5dd9d9"
+        "721fac7b65cbf73f9fa39399f6cbf33edc6e094f9eda639f",
+        16,
+    ),
+    "mod03": int(
+        "9dcd7420e420c270a68060eb8b5aa7457a9f6648f86fafed2775cc1f79ae962f1e63f1b9e51c55f9"
+        "ea6fdc7332e9b0058c9ff2eb1fc89855029cf6aafe21e689feb38ac9ffb12f1ce371bb5d0e9aae64"
+        "161abce74b4244bf68f1edb4411f756a097c8929c14740245ea355f8332d1aa36bb50c7dcb4505da"
+        "8de02e4e53d38f8df06097da7524df0df93db48eac8cc4af2d3a16257eb2b2adca6ba464e5974fa9"
+        "2550d31b1babf161e7692d00b86e3dd886ecab4abfbe1a8f8cc263ff4af55cdb45f4249a5193925f"
+        "5e983d762f0b6800943eb0267b08f42ed311ce1f5c86eacbc8ce4d3cb7a2fee1ef5641423a1cf411"
+        "4e5ecf50034a60a412523af9e6f4aa11",
+        16,
+    ),
+    "mod08": int(
+        "1db349e1f58f5d41f65aa5b0ffa6ae0cea80de6c170b2b4abf9c358d79494ca59cab008f5ee92759"
+        "b91d497e2131701047f953935a163e91db5460c82566f4df0c05bca02a8576f7c4e916b274e2f307"
+        "b56fc8a20ad452b1b54d3924726a3b2329da882c7b8e102379dfe7a8c6b01d62e7ff0fd58e1e9822"
+        "f6e32b5b0486561fb",
+        16,
+    ),
+    "mod09": int(
+        "c39a928060db513091b604eadad719ed94e246de8fe15fb76efab5cfabbc3fc5486fe2ef2a5a5a84"
+        "72f0c5be089edec071fb284df4467fa1fa6c8f0b013d3173fe636744666289bf67b5c998c87b5901"
+        "5d94bb9c20d30a70cfe275e42fd3c6f44d4c5252f9c6b6803f92afd928153bdb90ef08ede934c076"
+        "f33543f9a1c362130929b9a1324c5ebee6831c251c48a7dee24d75ac538ce9a58d7ff09c12a5d772"
+        "b6c33f4265a4e4830bd73ad221d24d4d3f092e24279c15fc1d10ca69561f4f071313c86b11ab36a5"
+        "dd28df392f581834eecfdc9e183a466198e33cf01d273bd41d4b7e288cc66f24eba04676bd2090f6"
+        "f73830336a317bc2d423b558b9d8f632e12af7b0e7fc9bdb69282e81fdf41a68cf4e85f01fc343df"
+        "e52a3ad01f67459d380165159e1209ef1ce4ecd26648e061faf0896551f7f1f92d6b6a19af0ab7f1"
+        "f092d7e168bcec0ee478b8618489a8967a71e5e0a5c197662d8e9756f090a177109d4a34ae20a18c"
+        "5629efea5ca66623960fc325f779cdae891a7ec051f00e837b8f2fb9fd19f6a35832ca0e5ce83759"
+        "72c42a308f7d5ca0434022c131874087e826ed737994e46fbe44f5f1e908934f6033e6851ebd0544"
+        "7dddbaa51c0671849cafd3a503cdc150101914edf33b140c168c3dbea4791e74ea619ab1b31c9069"
+        "1de1d425b746b222a2b26ed54222cbcaf27a054f9f66f77be6466198c33e37dd",
+        16,
+    ),
+    "pubkey03": int(
+        "1a9c5a687db8fb2a30f82dff8dda154c291ef27b04b25e185b8ab20c4c6a5f604859fe59ede54a0a"
+        "f7c0e7288800ad7193bb731a5bf1e1170d7a1c66930d41ea3eb21dedf7b8af5d42a91c34f72045b9"
+        "6efd57cb182301ddcc26967e5508e9ab889986d57e837dfe70f99fc37c498f43c17c3b9b064cf704"
+        "443d7a033e03a821697aabf30fb29ee7d33b3767965a89058e3b39754bd3a1c007d28a23b0cfa79f"
+        "9d711ac6e4c4b4f77b0634b1ecd68591af03c7d53b62a5f2d91163d4ef4f8f26831ae461ed85ec5f"
+        "788c5123ffc12c87420fdcfea1d1b4a52c3521824fb3998348739b62a986d8e76b2289bc2eb8bc06"
+        "d138147851b83a07183d210559f906321",
+        16,
+    ),
+}
+
+#: Ordinary moduli of the same sizes (mod06 and mod07 differ from mod03 in a digit or two).
+ORDINARY: dict[str, int] = {
+    "mod04": int(
+        "af659676197f1db06da7ac111a0a0ec175b8b7ef07192ffcd1f6b854c327785f1a7fd3db7da45cd4"
+        "a31b2b2e5ce0d823a68e28c8adf1747316becce1fe5768064039ad2062260c8d1a34e0586dce9bc1"
+        "3090fcc9fb8b8b2c08ed3ae8d61b29818a669689a7d9c1dab053b557fb8d3f9c44faad3e18c55e73"
+        "9b00d3c9126558bc8e980cd2af377126ef5b1374136774b8bd370e3c1c149db395c8f99696b628b1"
+        "05946fea20106fe24d103ac062661a9248e8c3f628e00b308d33953aabe555132e218e74ef4b5787"
+        "16b4fe7cf340e8e604a319bf6e9951e1942601d34291032db54999d09e5d036dde3544ad35256bbb"
+        "97d5e3fffd38166c21eae9199548853b",
+        16,
+    ),
+    "mod05": int(
+        "ba68fc5fbb606c4d428ab98b355d66214db4f7e475b5f7ffddc349c73f7d659965121ab16a4014e6"
+        "c465c111d850205853d113f712127e4a230aa97f481eed6410f6c345f48e25fb81c42ec6815dc35c"
+        "dd839e0de91fb2bec848d0910fa77e2c31f99ec9bcc7ed167812bd724318b0adf492d6b47c5ce050"
+        "184e877ea64045f9501bf70569cffd102db7299f49e9c00222af9115d0aada967dfe759b7e4576e8"
+        "5c3a4ff594039231b90b448b90c3236083bcf819bc318d53a2018ec9b401f102ba9ee13dde592a42"
+        "b032df136689d9c5619db55d519853a422d3100624d2d9e478218375f460c26930eda8cd0d947e58"
+        "ffe9b7be2445356deaed988223e3ed1d",
+        16,
+    ),
+    "mod06": int(
+        "8dcd7420e420c270a68060eb8b5aa7457a9f6648f86fafed2775cc1f79ae962f1e63f1b9e51c55f9"
+        "ea6fdc7332e9b0058c9ff2eb1fc89855029cf6aafe21e689feb38ac9ffb12f1ce371bb5d0e9aae64"
+        "161abce74b4244bf68f1edb4411f756a097c8929c14740245ea355f8332d1aa36bb50c7dcb4505da"
+        "8de02e4e53d38f8df06097da7524df0df93db48eac8cc4af2d3a16257eb2b2adca6ba464e5974fa9"
+        "2550d31b1babf161e7692d00b86e3dd886ecab4abfbe1a8f8cc263ff4af55cdb45f4249a5193925f"
+        "5e983d762f0b6800943eb0267b08f42ed311ce1f5c86eacbc8ce4d3cb7a2fee1ef5641423a1cf411"
+        "4e5ecf50034a60a412523af9e6f4aa11",
+        16,
+    ),
+    "mod07": int(
+        "9dcd7420e420c270a68060eb8b5aa7457a9f6648f86fafed2775cc1f79ae962f1e63f1b9e51c55f9"
+        "ea6fdc7332e9b0058c9ff2eb1fc89855029cf6aafe21e689feb38ac9ffb12f1ce371bb5d0e9aae64"
+        "161abce74b4244bf68f1edb4411f756a097c8929c14740245ea355f8332d1aa36bb50c7dcb4505da"
+        "8de02e4e53d38f8df06097da7524df0df93db48eac8cc4af2d3a16257eb2b2adca6ba464e5974fa9"
+        "2550d31b1babf161e7692d00b86e3dd886ecab4abfbe1a8f8cc263ff4af55cdb45f4249a5193925f"
+        "5e983d762f0b6800943eb0267b08f42ed311ce1f5c86eacbc8ce4d3cb7a2fee1ef5641423a1cf411"
+        "4e5ecf50034a60a412523af9e6f4aa21",
+        16,
+    ),
+}
+
+#: Crafted to pass the per-prime residue test, but not the discrete-log test.
+FAKE: dict[str, int] = {
+    "fake0": int(
+        "671f033425b5ae00140c5b04dbcaeada430ae348cf3bf18d6ec4621ea824c52dd2b0ac85762b28a5"
+        "d39ff23da73d4fcb241bf97b696e403eca234e05db9fe9ace2da265887c7b2ac7f9e7ed5bf6d919d"
+        "43286776cf57c07d3411e15f729fa6e563858059334d072638d9dfbfc4f32474b6c6071092f5a961"
+        "a7271f3209b37d9d",
+        16,
+    ),
+    "fake1": int(
+        "c502de5c89ed9ee651a3c60e9519647031ed16d8597ae653bbc88706c3648edf38c2446205ea4cd3"
+        "3b10813bae1d7f5e86cbeedcdb9e14e616ee775040288731f24624f63aafcf788aa80b54edb41cf0"
+        "dd38731297ef2bc61144c8410b625bfa36d9d4c6cfad7f647505dd7343f3209ed8a22209cc18bc25"
+        "01d913b9f5b0753d",
+        16,
+    ),
+    "fake2": int(
+        "569f3da75c97700daf4f498bfac14ae6d0a97e7a76000427b1cfcc6bb54b8124f8c6494848654af2"
+        "a166db2e71d9aaee0c1b5ff3684affacd2da42b8b922be11bf0e3c5dec5f15fde9fc9aa3df3ed83a"
+        "227c33539c3ade4568751259b60a433df425908325d237940ac449d8c575938962bed769e458c8f2"
+        "7554402ff50d0a0f",
+        16,
+    ),
+}
