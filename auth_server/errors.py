@@ -318,6 +318,7 @@ def as_oauth_error(exc: BaseException) -> OAuthError:
         return InvalidGrant()
     if isinstance(exc, InvalidRequest):
         return OAuthInvalidRequest(exc.message)
-    if isinstance(exc, StorageError):
+    if isinstance(exc, StorageError | KeyStoreUnavailable):
+        # The database or the PKCS#11 token is down: retrying later may succeed.
         return TemporarilyUnavailable()
     return OAuthServerError()

@@ -261,9 +261,22 @@ def test_a_token_outage_is_unavailable_and_signing_resumes_when_it_returns(
 ) -> None:
     hsm_auth.add_user("alice", PASSWORD)
     session = hsm_auth.login("alice", PASSWORD)
+    _, secret = hsm_auth.server.components.client_side.clients.add(
+        "cron", audiences=[AUDIENCE], secret=True
+    )
+    grant = auth_pb2.TokenRequest(
+        grant_type="client_credentials", client_id="cron", client_secret=secret or ""
+    )
+    assert _verify(hsm_auth, hsm_auth.stub.Token(grant, timeout=10).access_token)
     away = token.directory.with_name("softhsm-tokens-away")
     token.directory.rename(away)
     try:
+        # A service's grant is told to retry too (RFC 6749 §5.2), not a server error.
+        with pytest.raises(grpc.RpcError) as failed:
+            hsm_auth.stub.Token(grant, timeout=10)
+        call: Any = failed.value
+        assert call.code() == grpc.StatusCode.UNAVAILABLE
+        assert dict(call.trailing_metadata())["oauth-error"] == "temporarily_unavailable"
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as failed:
                 hsm_auth.login("alice", PASSWORD)
@@ -289,6 +302,7 @@ def test_a_token_outage_is_unavailable_and_signing_resumes_when_it_returns(
     assert _verify(hsm_auth, hsm_auth.login("alice", PASSWORD).access_token)
     # The refresh token tried during the outage was not spent: it still works.
     assert _verify(hsm_auth, hsm_auth.refresh(session.refresh_token).access_token)
+    assert _verify(hsm_auth, hsm_auth.stub.Token(grant, timeout=10).access_token)
 
 
 @pytest.mark.slow
