@@ -43,9 +43,9 @@ Errors: a failed ``Login``/``Refresh`` surfaces as the :class:`grpc.RpcError`
 the auth service returned, unchanged, so its status code is there to inspect.
 A refused ``Token`` RPC raises :class:`~interceptors.TokenRequestError` with the
 auth service's RFC 6749 code in ``oauth_error`` (``"invalid_client"``, ...) and the
-status in ``code``. An answer that holds no usable token (no ``access_token``, ``expires_in <= 0``,
-a ``token_type`` other than Bearer), or a manager with no credential left to
-ask with, raises :class:`~interceptors.TokenRequestError`, a
+status in ``code``. An answer that holds no usable token (no ``access_token``,
+``expires_in <= 0``, a ``token_type`` other than Bearer), or a manager with no
+credential left to ask with, raises :class:`~interceptors.TokenRequestError`, a
 :class:`~interceptors.TokenClientError` and deliberately not an ``AuthError``:
 a server handler catching ``AuthError`` must not catch its own outgoing
 client's failure. Neither ever carries the password or a token; the managers'
@@ -181,7 +181,8 @@ class TokenManager:
 
         Raises:
             grpc.RpcError: the auth service refused or failed the request.
-            TokenRequestError: the answer held no usable token, or no credential is left.
+            TokenRequestError: the answer held no usable token, no credential is left, or
+                (a service identity) the ``Token`` RPC failed: see ``oauth_error``.
         """
         with self._lock:
             token = self._core.fresh_token()
@@ -328,7 +329,8 @@ class AsyncTokenManager:
 
         Raises:
             grpc.aio.AioRpcError: the auth service refused or failed the request.
-            TokenRequestError: the answer held no usable token, or no credential is left.
+            TokenRequestError: the answer held no usable token, no credential is left, or
+                (a service identity) the ``Token`` RPC failed: see ``oauth_error``.
         """
         token = self._core.fresh_token()
         if token is not None:
