@@ -251,6 +251,7 @@ async def start_auth_server(
         client_side=components.client_side,
         publisher=publisher,
         revocations=revocations,
+        database=components.database,
         now=now,
     )
     # Logins (argon2) run on their own bounded threads; everything else keeps

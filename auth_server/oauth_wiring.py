@@ -19,6 +19,7 @@ from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationPublisher
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
+from auth_server.token_exchange import TokenExchange, session_revoked_in
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
 
@@ -69,6 +70,7 @@ def build_oauth_endpoint(
     client_side: ClientComponents,
     publisher: JwksPublisher,
     revocations: RevocationPublisher,
+    database: Database,
     now: Callable[[], float] = time.time,
 ) -> OAuthEndpoint:
     """The token/revocation/introspection core over the running publishers."""
@@ -86,6 +88,14 @@ def build_oauth_endpoint(
         is_revoked=lambda sid: sid in revocations.current,
         now=now,
     )
+    exchange = TokenExchange(
+        authenticator=client_side.authenticator,
+        clients=client_side.clients,
+        issuer=issuer,
+        inspector=inspector,
+        session_revoked=session_revoked_in(database),
+        now=now,
+    )
     return OAuthEndpoint(
         authority=authority,
         clients=client_side.clients,
@@ -94,4 +104,5 @@ def build_oauth_endpoint(
         sessions=sessions,
         inspector=inspector,
         push_revocations=push,
+        exchange=exchange,
     )
