@@ -29,6 +29,7 @@ def _user(principal: Principal) -> resource_pb2.User:
         username=principal.username,
         kind=principal.kind,
         client_id=principal.client_id or "",
+        actors=principal.actors,
     )
 
 
