@@ -7,11 +7,11 @@ is :func:`auth_server.session_policy.classify_refresh`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from auth_server._revocationrows import put_watermark
 from auth_server._session_types import SessionInfo
 from auth_server.storage import sessions, spent_refresh_tokens
 
@@ -89,23 +89,66 @@ def revoke_user_sessions(
 ) -> list[str]:
     """Revoke every unrevoked session of ``user_id`` inside the caller's transaction.
 
+    The sessions end in the database as one at a time would, but verifiers hear
+    of them as one watermark entry, "every token of this subject issued before
+    T" (:func:`auth_server._revocationrows.put_watermark`), not one entry each.
+
     Used where ending the sessions must commit together with another change
     (disabling a user, setting a new password). The caller audits the ids
     (:func:`auth_server.sessions.audit_revoked`) once the transaction has committed.
     """
-    ids: Sequence[str] = (
-        conn.execute(
-            sa.select(sessions.c.id).where(
-                sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
-            )
+    # Locks the rows first: the revocation counter is always the last lock taken.
+    rows = conn.execute(
+        sa.select(
+            sessions.c.id,
+            sa.func.coalesce(sessions.c.last_used_at, sessions.c.created_at).label("issued"),
+            sessions.c.access_expires_at,
         )
-        .scalars()
-        .all()
+        .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
+        .with_for_update()
+    ).all()
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    conn.execute(
+        sessions.update()
+        .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoke_reason=reason, watermarked=True)
     )
-    if ids:
-        conn.execute(
-            sessions.update()
-            .where(sessions.c.id.in_(ids))
-            .values(revoked_at=now, revoke_reason=reason)
-        )
-    return list(ids)
+    # T covers every token these sessions issued: ``iat`` is the whole second of
+    # the session's last issue (on the issuing replica's clock, which may run
+    # ahead of ours), so T is past it as well as past now.
+    last_issue = max(float(row.issued) for row in rows)
+    put_watermark(
+        conn,
+        user_id,
+        issued_before=max(now, int(last_issue) + 1),
+        expires_at=max([now, *(float(row.access_expires_at or 0.0) for row in rows)]),
+        now=now,
+    )
+    return ids
+
+
+def revoke_all_sessions(
+    conn: sa.Connection, *, before: float, now: float, reason: str, token_lifetime: float
+) -> int:
+    """End every session started before ``before``; refuse every token issued before it.
+
+    One watermark entry for the whole deployment (the empty subject); it is kept
+    until ``token_lifetime`` past ``before``, so it outlives every token it refuses,
+    sessionless ones included. Returns how many sessions ended.
+    """
+    result = conn.execute(
+        sessions.update()
+        .where(sessions.c.revoked_at.is_(None), sessions.c.created_at < before)
+        .values(revoked_at=now, revoke_reason=reason, watermarked=True)
+    )
+    latest_exp = conn.execute(sa.select(sa.func.max(sessions.c.access_expires_at))).scalar()
+    put_watermark(
+        conn,
+        "",
+        issued_before=before,
+        expires_at=max(before + token_lifetime, float(latest_exp or 0.0)),
+        now=now,
+    )
+    return int(result.rowcount or 0)

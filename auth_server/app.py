@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_server import deployment_secrets
 from auth_server._envelope import KeyEncryption
+from auth_server._threads import ThreadCalls
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError, KeyStoreError
@@ -33,6 +34,7 @@ from auth_server.passphrase_policy import check_passphrase_policy, is_new_deploy
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
 from auth_server.refresh_tokens import legacy_refresh_secret
+from auth_server.revocation_store import REVOCATION_RETENTION
 from auth_server.revocations import RevocationPublisher
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
@@ -171,6 +173,7 @@ class RunningAuthServer:
     http_port: int
     revocations: RevocationPublisher | None = None
     cleanup_task: asyncio.Task[None] | None = None
+    cleanup_calls: ThreadCalls = field(default_factory=ThreadCalls)
     hashing: HashingPool | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -195,6 +198,8 @@ class RunningAuthServer:
             self.cleanup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.cleanup_task
+        # A purge cancelled above may still run in its thread; the engine is disposed last.
+        await self.cleanup_calls.drain()
         await self.publisher.stop()
         if self.revocations is not None:
             await self.revocations.stop()
@@ -234,7 +239,10 @@ async def start_auth_server(
     )
     await scheduler.start()
     revocations = RevocationPublisher(
-        components.authority.revoked_sessions, poll_interval=config.revocation_poll_interval
+        components.sessions.revocations.read,
+        retention=REVOCATION_RETENTION,
+        poll_interval=config.revocation_poll_interval,
+        now=now,
     )
     try:
         await revocations.start()
@@ -328,6 +336,7 @@ async def start_auth_server(
         f"{host}:{http_port}",
         config.issuer,
     )
+    cleanup_calls = ThreadCalls()
     return RunningAuthServer(
         config=config,
         components=components,
@@ -341,20 +350,24 @@ async def start_auth_server(
         revocations=revocations,
         hashing=hashing,
         cleanup_task=asyncio.create_task(
-            _clean_up_periodically(components, config.cleanup_interval), name="cleanup"
+            _clean_up_periodically(components, config.cleanup_interval, cleanup_calls),
+            name="cleanup",
         ),
+        cleanup_calls=cleanup_calls,
     )
 
 
-async def _clean_up_periodically(components: Components, interval: float) -> None:
+async def _clean_up_periodically(
+    components: Components, interval: float, calls: ThreadCalls
+) -> None:
     """Delete ended sessions and stale throttle counters (the database stays small)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            while await asyncio.to_thread(components.sessions.purge_expired) > 0:
+            while await calls.run(components.sessions.purge_expired) > 0:
                 pass
-            await asyncio.to_thread(components.throttle.purge)
-            await asyncio.to_thread(components.client_side.purge)
+            await calls.run(components.throttle.purge)
+            await calls.run(components.client_side.purge)
         except Exception as exc:  # noqa: BLE001 - retried next interval
             reason = exc.message if isinstance(exc, AuthServerError) else type(exc).__name__
             _LOGGER.warning("cleanup of ended sessions failed: %s", reason)

@@ -24,6 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import ClassVar, Generic, TypeVar
 
+from auth_server._threads import ThreadCalls
 from auth_server.errors import AuthServerError
 
 _LOGGER = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class PolledBroadcaster(Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._reads = ThreadCalls()  # stop() waits for a read still running in its thread
 
     @property
     def value(self) -> T:
@@ -83,7 +85,7 @@ class PolledBroadcaster(Generic[T]):
 
     async def start(self) -> None:
         """Read the first value (errors propagate), then poll in the background."""
-        self._value = await asyncio.to_thread(self._load)
+        self._value = await self._reads.run(self._load)
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._poll(), name=f"{type(self).__name__}.poll")
 
@@ -96,7 +98,11 @@ class PolledBroadcaster(Generic[T]):
             loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
-        """Stop polling and end every watch stream."""
+        """Stop polling and end every watch stream; no read of storage is running when it returns.
+
+        So storage can be closed right after (a read left running in its worker
+        thread would otherwise go on using a disposed engine).
+        """
         self._stopped = True
         self._loop = None
         if self._task is not None:
@@ -104,6 +110,7 @@ class PolledBroadcaster(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._reads.drain()
         async with self._changed:
             # Wake the watchers so their streams can end with the server.
             self._changed.notify_all()
@@ -111,14 +118,19 @@ class PolledBroadcaster(Generic[T]):
     async def refresh(self) -> T:
         """Re-read the value now; the watchers have been woken when this returns.
 
+        After :meth:`stop` nothing is read (storage may be closing, and no
+        stream is left to tell): the last value is returned.
+
         Raises:
             AuthServerError: Storage could not be read.
         """
         async with self._reading:
+            if self._stopped:
+                return self.value
             # What changed since the last read is worked out from whole values
             # (:meth:`_is_news`, and each stream's own diff). An incremental read
             # (a cursor) would plug in here: load the changes, merge them.
-            loaded = await asyncio.to_thread(self._load)
+            loaded = await self._reads.run(self._load)
             async with self._changed:
                 before, self._value = self._value, loaded
                 if before is None or self._is_news(before, loaded):

@@ -13,6 +13,7 @@ from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
 from auth_server.passwords import Argon2Parameters
 from auth_server.ratelimit import RateLimits
+from auth_server.session_policy import MAX_ACCESS_TOKEN_TTL
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 from interceptors.tls import is_loopback_host
@@ -151,8 +152,10 @@ class AuthServerConfig:
             check_rsa_bits(self.rsa_bits)
         except ValueError:
             raise ValueError("--rsa-bits must be 2048, or 3072 or more") from None
-        if not 30 <= self.access_token_ttl <= 86400:
-            raise ValueError("--access-token-ttl must be between 30 and 86400 seconds")
+        if not 30 <= self.access_token_ttl <= MAX_ACCESS_TOKEN_TTL:
+            raise ValueError(
+                f"--access-token-ttl must be between 30 and {MAX_ACCESS_TOKEN_TTL} seconds"
+            )
         if not 1 <= self.jwks_max_age <= 86400:
             raise ValueError("--jwks-max-age must be between 1 and 86400 seconds")
         # The length rule depends on the database (new deployment or not): it is

@@ -11,10 +11,10 @@
     ├── StorageError                 UNAVAILABLE         the database; retryable
     ├── InvalidRefreshToken          UNAUTHENTICATED     one answer for every bad refresh token
     │   └── RefreshTokenReused                           ... and its session is now revoked
-    ├── RetryLater                   RESOURCE_EXHAUSTED  with ``retry_after``
+    ├── RetryLater                   RESOURCE_EXHAUSTED  refused before any work; ``retry_after``
     │   ├── LoginThrottled                               too many failed logins
-    │   └── Overloaded                                   password checks shed
-    ├── CallerGone                   DEADLINE_EXCEEDED   the caller left before work began
+    │   └── Overloaded                                   the password pool sheds the login
+    ├── CallerGone                   DEADLINE_EXCEEDED   the caller left before the work began
     ├── OAuthError                   (per class)         RFC 6749 §5.2 ``error``: drawn below
     └── ClientExists, ClientNotFound ALREADY_EXISTS, NOT_FOUND
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from auth_server.storage import Database
 from auth_server.token_exchange import TokenExchange, session_revoked_in
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
+from interceptors import Principal
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +63,19 @@ def build_client_components(
     return ClientComponents(clients=clients, authenticator=authenticator, replay=replay, keys=keys)
 
 
+def _refused(revocations: RevocationPublisher, principal: Principal) -> bool:
+    """Whether the published list refuses the token, as a following verifier decides."""
+    state = revocations.state
+    if principal.session_id is not None and principal.session_id in state.sessions:
+        return True
+    # A subject's "issued before" watermark, then the one for everyone ("").
+    for subject in (principal.subject, ""):
+        mark = state.watermarks.get(subject)
+        if mark is not None and principal.issued_at < mark.issued_before:
+            return True
+    return False
+
+
 def build_oauth_endpoint(
     config: AuthServerConfig,
     *,
@@ -85,7 +100,7 @@ def build_oauth_endpoint(
     inspector = TokenInspector(
         lambda: publisher.snapshot,
         issuer=config.issuer,
-        is_revoked=lambda sid: sid in revocations.current,
+        is_revoked=functools.partial(_refused, revocations),
         now=now,
     )
     exchange = TokenExchange(

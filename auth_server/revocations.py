@@ -2,57 +2,115 @@
 
 Sessions are revoked by this process (Logout, a reused refresh token), by
 ``ssot-auth sessions revoke`` / ``users disable`` run beside it, or by another
-replica sharing the database. So the list is re-read every ``poll_interval``
-seconds (one indexed query), and :meth:`RevocationPublisher.refresh` re-reads
-it at once after a local revocation, before the RPC that caused it returns
-(the polling and waking is :class:`auth_server.broadcast.PolledBroadcaster`).
+replica sharing the database. So storage is polled every ``poll_interval``
+seconds, and :meth:`RevocationPublisher.refresh` polls at once after a local
+revocation, before the RPC that caused it returns (the polling and waking is
+:class:`auth_server.broadcast.PolledBroadcaster`).
+
+A poll reads only what was revoked since the last one (a cursor over a
+revocation sequence, :mod:`auth_server._revocationrows`), and entries leave the
+list as their tokens expire without anything being read again
+(:class:`auth_server._revocation_state.RevocationState`). With 100,000 or
+1,000,000 entries in the window an idle poll is one indexed lookup. A watcher
+that joins gets the full list in messages that each fit the gRPC size limits,
+then only what is new.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 
-from auth_server.broadcast import PolledBroadcaster
+from auth_server._revocation_state import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_LOG_ENTRIES,
+    FullList,
+    RevocationBatch,
+    RevocationState,
+)
+from auth_server._revocationrows import RevocationRead, Watermark
+from auth_server.broadcast import DEFAULT_POLL_INTERVAL, PolledBroadcaster
+
+__all__ = [
+    "FullList",
+    "RevocationBatch",
+    "RevocationPublisher",
+    "RevocationRead",
+    "RevocationReader",
+    "Watermark",
+]
+
+#: Reads the list: everything (``None``) or what was revoked after a cursor.
+RevocationReader = Callable[[int | None], RevocationRead]
 
 
-@dataclass(frozen=True, slots=True)
-class RevocationBatch:
-    """One message of a WatchRevocations stream.
+class RevocationPublisher(PolledBroadcaster[int]):
+    """The revocation list, read incrementally from storage and pushed to watchers.
 
-    Attributes:
-        full: The whole list (replaces what the verifier holds) or only new entries.
-        sessions: ``{session id: exp of its last access token}``.
-    """
-
-    full: bool
-    sessions: Mapping[str, float]
-
-
-class RevocationPublisher(PolledBroadcaster[dict[str, float]]):
-    """The revoked-session list, loaded from storage and pushed to watchers.
-
-    The list maps a session id to the ``exp`` of its last access token; each
-    watcher gets the whole list first, then only what is new.
+    The broadcast value is the list's version; the list itself is
+    :attr:`state`. Each watcher gets the whole list first, then only what is new.
     """
 
     what = "revocation list"
 
-    @property
-    def current(self) -> Mapping[str, float]:
-        """The list as last read."""
-        return self.value
+    def __init__(
+        self,
+        read: RevocationReader,
+        *,
+        retention: float,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        log_entries: int = DEFAULT_LOG_ENTRIES,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """Create the publisher (nothing is read until :meth:`start`).
+
+        Args:
+            read: Reads storage (blocking; run in a worker thread), e.g.
+                :meth:`auth_server.revocation_store.RevocationStore.read`.
+            retention: Seconds an entry stays on the list past its ``expires_at``.
+            poll_interval: Seconds between reads.
+            chunk_bytes: Target size of one stream message.
+            log_entries: Recent changes kept for watchers that fall behind.
+            now: Clock, epoch seconds.
+        """
+        super().__init__(self._read_changes, poll_interval=poll_interval)
+        self._read = read
+        self._cursor: int | None = None
+        self.state = RevocationState(
+            retention=retention, now=now, chunk_bytes=chunk_bytes, log_entries=log_entries
+        )
+        self._building: asyncio.Future[FullList] | None = None
+
+    def _read_changes(self) -> int:
+        # Runs in a worker thread, one read at a time (PolledBroadcaster).
+        read = self._read(self._cursor)
+        version = self.state.merge(read, full=self._cursor is None)
+        self._cursor = read.cursor
+        return version
+
+    def _announce(self, value: int) -> None:
+        pass
 
     async def watch(self) -> AsyncIterator[RevocationBatch]:
-        """Yield the full list, then each batch of newly revoked sessions, until stopped."""
+        """Yield the full list (in parts), then each batch of new entries, until stopped."""
         async for sent, current in self.updates():
-            if sent is None:
-                yield RevocationBatch(full=True, sessions=dict(current))
-            elif new := _new_since(sent, current):
-                yield RevocationBatch(full=False, sessions=new)
+            batches = None if sent is None else self.state.changes(sent, current)
+            while batches is None:
+                full = await self.full_list()
+                for batch in full.batches:
+                    yield batch
+                # What changed while the full list was being built or sent.
+                batches = self.state.changes(full.version, current)
+            for batch in batches:
+                yield batch
 
-
-def _new_since(sent: Mapping[str, float], current: Mapping[str, float]) -> dict[str, float]:
-    # What changed since this watcher's last message, found by comparing whole
-    # lists; an incremental read (a cursor over revocations) would hand it over.
-    return {sid: exp for sid, exp in current.items() if sent.get(sid, -1.0) < exp}
+    async def full_list(self) -> FullList:
+        """The whole list in parts: shared while current, otherwise built once (off the loop)."""
+        full = self.state.current_full_list()
+        if full is not None:
+            return full
+        if self._building is None or self._building.done():
+            self._building = asyncio.ensure_future(asyncio.to_thread(self.state.build_full_list))
+        return await asyncio.shield(self._building)

@@ -49,13 +49,30 @@ def jwks_message(snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
 
 
 def revocation_message(batch: RevocationBatch) -> auth_pb2.RevocationUpdate:
-    return auth_pb2.RevocationUpdate(
+    # The parts of a full list are shared by every watcher that joins while it
+    # is current: encode each once.
+    cached = batch.memo.get("pb")
+    if isinstance(cached, auth_pb2.RevocationUpdate):
+        return cached
+    message = auth_pb2.RevocationUpdate(
         full=batch.full,
+        full_list_continues=batch.continues,
         sessions=[
             auth_pb2.RevokedSession(session_id=sid, expires_at=math.ceil(exp))
-            for sid, exp in sorted(batch.sessions.items())
+            for sid, exp in batch.sessions.items()
+        ],
+        watermarks=[
+            auth_pb2.RevocationWatermark(
+                subject=subject,
+                issued_before=mark.issued_before,
+                expires_at=math.ceil(mark.expires_at),
+            )
+            for subject, mark in batch.watermarks.items()
         ],
     )
+    if batch.full or batch.continues or len(batch.sessions) > 1000:
+        batch.memo["pb"] = message
+    return message
 
 
 def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
@@ -248,6 +265,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> AsyncIterator[auth_pb2.RevocationUpdate]:
         if self._revocations is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "revocations are not published")
+        if not request.watermarks:
+            _LOGGER.warning(
+                "a verifier at %s follows WatchRevocations without watermark support: it does"
+                " not learn of mass revocations (sessions revoke --user/--all, users disable)",
+                context.peer(),
+            )
         async for batch in self._revocations.watch():
             yield revocation_message(batch)
 

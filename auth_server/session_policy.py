@@ -15,6 +15,9 @@ DEFAULT_SESSION_TTL = 30 * 86400.0
 DEFAULT_IDLE_TTL = 7 * 86400.0
 DEFAULT_REFRESH_GRACE = 20.0
 DEFAULT_MAX_SESSIONS_PER_USER = 50
+#: The longest access-token lifetime the server accepts (``--access-token-ttl``): a
+#: watermark for every subject outlives every token it refuses once kept this long.
+MAX_ACCESS_TOKEN_TTL = 86400
 
 
 @dataclass(frozen=True, kw_only=True)

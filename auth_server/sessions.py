@@ -11,6 +11,10 @@ Every change to a session runs in one transaction that locks its row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite write transactions are
 exclusive), so concurrent refreshes cannot fork a session, and a crash leaves
 either the old token or its successor spendable, never neither.
+
+Revoking sessions by decision (an operator, an incident) and reading the
+revocation list that verifiers follow are :mod:`auth_server.revocation_store`'s
+job (:attr:`SessionStore.revocations`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from auth_server import _revocationrows as revocationrows
 from auth_server import _sessionrows as sessionrows
 from auth_server._session_types import (
     EndedSession,
@@ -42,14 +47,11 @@ from auth_server.refresh_tokens import (
     new_refresh_token,
     successor_token,
 )
+from auth_server.revocation_store import REVOCATION_RETENTION, RevocationStore, audit_revoked
 from auth_server.session_policy import SessionPolicy, classify_refresh
 from auth_server.storage import Database, sessions, spent_refresh_tokens, users
 
 _LOGGER = logging.getLogger(__name__)
-
-#: How long past its last access token's ``exp`` a revoked session stays on the
-#: revocation list: covers a verifier's clock leeway (30 s) and some clock skew.
-REVOCATION_RETENTION = 120.0
 
 _PURGE_BATCH = 1000
 
@@ -57,6 +59,7 @@ __all__ = [
     "REVOCATION_RETENTION",
     "EndedSession",
     "NewSession",
+    "RevocationStore",
     "Rotation",
     "SessionInfo",
     "SessionPolicy",
@@ -68,7 +71,12 @@ __all__ = [
 
 
 class SessionStore:
-    """Creates, refreshes and ends sessions in the database; thread-safe."""
+    """Creates, refreshes and ends sessions in the database; thread-safe.
+
+    Attributes:
+        revocations: Revocation by decision (one session, a user, everyone) and
+            the list verifiers read (:class:`RevocationStore`).
+    """
 
     def __init__(
         self,
@@ -100,6 +108,7 @@ class SessionStore:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._previous_secrets = tuple(previous_secrets)
         self._now = now
+        self.revocations = RevocationStore(db, now=now)
 
     # -- login, refresh, logout ----------------------------------------------------
 
@@ -153,6 +162,7 @@ class SessionStore:
                         self._live(now),
                     )
                     .order_by(sessions.c.created_at, sessions.c.id)
+                    .with_for_update()
                 ).all()
                 ended = [row.id for row in live[: max(len(live) - policy.max_per_user + 1, 0)]]
                 if ended:
@@ -161,6 +171,7 @@ class SessionStore:
                         .where(sessions.c.id.in_(ended))
                         .values(revoked_at=now, revoke_reason="session_limit")
                     )
+                    revocationrows.stamp_sessions(conn, ended)
                 conn.execute(
                     sessions.insert().values(
                         id=session_id,
@@ -282,6 +293,7 @@ class SessionStore:
                 conn.execute(this_session.values(**touch))
             else:
                 conn.execute(this_session.values(revoked_at=now, revoke_reason="reuse"))
+                revocationrows.stamp_sessions(conn, [session_id])
         if verdict == "reuse":
             _LOGGER.warning("spent refresh token presented again: session %s revoked", session_id)
             audit_event("refresh.reuse_detected", sid=session_id, user_id=row.user_id)
@@ -318,6 +330,7 @@ class SessionStore:
                     .where(sessions.c.id == row.id)
                     .values(revoked_at=now, revoke_reason="logout")
                 )
+                revocationrows.stamp_sessions(conn, [row.id])
         if not already:
             audit_event("session.logout", sid=row.id, user_id=row.user_id)
         return EndedSession(session_id=row.id, user_id=row.user_id, already_ended=already)
@@ -325,31 +338,12 @@ class SessionStore:
     # -- administration --------------------------------------------------------------
 
     def revoke(self, session_id: str, *, reason: str = "admin") -> bool:
-        """Revoke one session by id; False if there is no such live-or-expired session to end.
-
-        Raises:
-            StorageError: The database is unavailable.
-        """
-        with self._db.transaction(write=True) as conn:
-            result = conn.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-                .values(revoked_at=self._now(), revoke_reason=reason)
-            )
-        if result.rowcount:
-            audit_event("session.revoked", sid=session_id, reason=reason)
-        return bool(result.rowcount)
+        """Revoke one session by id: :meth:`RevocationStore.revoke`."""
+        return self.revocations.revoke(session_id, reason=reason)
 
     def revoke_user(self, user_id: str, *, reason: str = "admin") -> list[str]:
-        """Revoke every session of a user; return their ids.
-
-        Raises:
-            StorageError: The database is unavailable.
-        """
-        with self._db.transaction(write=True) as conn:
-            ids = sessionrows.revoke_user_sessions(conn, user_id, now=self._now(), reason=reason)
-        audit_revoked(ids, user_id=user_id, reason=reason)
-        return ids
+        """Revoke every session of a user; return their ids: :meth:`RevocationStore.revoke_user`."""
+        return self.revocations.revoke_user(user_id, reason=reason)
 
     def list_for_user(self, user_id: str, *, include_ended: bool = False) -> list[SessionInfo]:
         """The user's sessions, oldest first; only live ones unless ``include_ended``."""
@@ -362,19 +356,8 @@ class SessionStore:
         return [sessionrows.session_info(row, now, self.policy.idle_timeout) for row in rows]
 
     def revoked_sessions(self) -> dict[str, float]:
-        """Revoked sessions whose access tokens may still be live: ``{sid: last exp}``.
-
-        This is the list pushed to verifiers; a session leaves it
-        :data:`REVOCATION_RETENTION` seconds after its last access token expired.
-        """
-        since = self._now() - REVOCATION_RETENTION
-        with self._db.transaction() as conn:
-            rows = conn.execute(
-                sa.select(sessions.c.id, sessions.c.access_expires_at).where(
-                    sessions.c.revoked_at.isnot(None), sessions.c.access_expires_at > since
-                )
-            ).all()
-        return {row.id: float(row.access_expires_at) for row in rows}
+        """``{sid: last exp}`` of revoked sessions: :meth:`RevocationStore.revoked_sessions`."""
+        return self.revocations.revoked_sessions()
 
     def purge_expired(self, *, limit: int = _PURGE_BATCH) -> int:
         """Delete up to ``limit`` ended sessions no verifier needs to hear of any more.
@@ -403,6 +386,7 @@ class SessionStore:
                     spent_refresh_tokens.delete().where(spent_refresh_tokens.c.session_id.in_(ids))
                 )
                 conn.execute(sessions.delete().where(sessions.c.id.in_(ids)))
+            revocationrows.delete_expired_watermarks(conn, before=now - REVOCATION_RETENTION)
         if ids:
             _LOGGER.info("purged %d ended sessions", len(ids))
         return len(ids)
@@ -414,9 +398,3 @@ class SessionStore:
 
     def _end_reason(self, row: Any, now: float) -> str | None:
         return sessionrows.end_reason(row, now, self.policy.idle_timeout)
-
-
-def audit_revoked(session_ids: Iterable[str], *, user_id: str | None, reason: str) -> None:
-    """Record ``session.revoked`` for each id (call after the revoking transaction committed)."""
-    for sid in session_ids:
-        audit_event("session.revoked", sid=sid, user_id=user_id, reason=reason)

@@ -20,6 +20,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _SQLITE_FILE_NAME = "ssot-auth.db"
 _BEGIN_IMMEDIATE = "ssot_sqlite_begin_immediate"
+# SQLite's busy_timeout (set on every connection below), in seconds.
+_SQLITE_BUSY_SECONDS = 5.0
 
 metadata = sa.MetaData()
 
@@ -71,6 +73,12 @@ sessions = sa.Table(
     sa.Column("cert_thumbprint", sa.String(64), nullable=True),
     # The aud its access tokens carry (RFC 8707); NULL means the server's default.
     sa.Column("audience", sa.Text, nullable=True),
+    # The revocation sequence number of the transaction that revoked it
+    # (revocation_counter): the publisher's cursor reads only rows past it.
+    sa.Column("revoked_seq", sa.BigInteger, nullable=True),
+    # Ended together with a watermark entry ("every token of this subject issued
+    # before T", revocation_watermarks): not listed one by one.
+    sa.Column("watermarked", sa.Boolean, nullable=True),
 )
 # The revocation list that verifiers follow: revoked sessions whose access
 # tokens may still be unexpired. Polled several times a second, so indexed.
@@ -79,6 +87,47 @@ sa.Index(
     sessions.c.access_expires_at,
     sqlite_where=sessions.c.revoked_at.isnot(None),
     postgresql_where=sessions.c.revoked_at.isnot(None),
+)
+
+# What the publisher's poll reads: revocations past its cursor.
+sa.Index("ix_sessions_revoked_seq", sessions.c.revoked_seq)
+# Revoked rows nobody has stamped with a sequence number yet (written by an older
+# version, or inserted by hand); empty in steady state, so probing it is free.
+sa.Index(
+    "ix_sessions_unstamped",
+    sessions.c.revoked_at,
+    sqlite_where=sa.and_(
+        sessions.c.revoked_at.isnot(None),
+        sessions.c.revoked_seq.is_(None),
+        sessions.c.watermarked.is_(None),
+    ),
+    postgresql_where=sa.and_(
+        sessions.c.revoked_at.isnot(None),
+        sessions.c.revoked_seq.is_(None),
+        sessions.c.watermarked.is_(None),
+    ),
+)
+
+# One row, one number: bumped by every transaction that revokes something, and
+# stamped on what it revoked. The UPDATE holds the row's lock until commit, so
+# revoking transactions commit in sequence order (see auth_server._revocationrows).
+revocation_counter = sa.Table(
+    "revocation_counter",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+)
+
+# "Refuse every access token of this subject issued before issued_before"; the
+# empty subject means every subject (``sessions revoke --all``).
+revocation_watermarks = sa.Table(
+    "revocation_watermarks",
+    metadata,
+    sa.Column("subject", sa.String(256), primary_key=True),
+    sa.Column("issued_before", sa.BigInteger, nullable=False),  # epoch seconds
+    sa.Column("expires_at", sa.Float, nullable=False),  # no token it refuses outlives this
+    sa.Column("seq", sa.BigInteger, nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Every refresh token a session has spent (RFC 9700 §4.14: presenting one
@@ -206,6 +255,9 @@ class Database:
         # Connections out of the pool right now: dispose() waits for them (see there).
         self._checked_out = 0
         self._all_in = threading.Condition()
+        # Reentrant: a write transaction opened inside another on the same thread meets
+        # SQLite's own lock, as it did before this one existed.
+        self._sqlite_writer = threading.RLock()
         event.listen(self.engine, "checkout", self._on_checkout)
         event.listen(self.engine, "checkin", self._on_checkin)
 
@@ -232,6 +284,8 @@ class Database:
         try:
             metadata.create_all(self.engine)
             self._add_missing_columns()
+            with self.engine.begin() as conn:
+                self.insert_ignoring_duplicates(conn, revocation_counter, [{"id": 1, "seq": 0}])
         except exc.SQLAlchemyError as err:
             _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
             raise StorageError() from err
@@ -314,6 +368,26 @@ class Database:
             StorageError: The database is unreachable or unusable.
         """
         write = write or lock is not None
+        # SQLite admits one writer at a time, and a writer that finds the lock taken
+        # polls for it with sleeps that grow to 100 ms (its busy handler), however soon
+        # the lock is free: under concurrent Refresh calls most of the time went there.
+        # Writers of this process queue on a lock of ours first and start the moment
+        # the previous one commits; other processes (the CLI) still meet SQLite's own
+        # lock and busy timeout, as before. Durability is unchanged: same transactions,
+        # same commits, same journal settings.
+        queued = write and self._is_sqlite
+        if queued and not self._sqlite_writer.acquire(timeout=_SQLITE_BUSY_SECONDS):
+            _LOGGER.warning("database error: %s", "timed out waiting for the write lock")
+            raise StorageError()
+        try:
+            with self._transaction(write, lock) as conn:
+                yield conn
+        finally:
+            if queued:
+                self._sqlite_writer.release()
+
+    @contextmanager
+    def _transaction(self, write: bool, lock: str | None) -> Iterator[sa.Connection]:
         try:
             with self.engine.connect() as conn:
                 if write and self._is_sqlite:
@@ -359,7 +433,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()

@@ -85,7 +85,7 @@ class TokenInspector:
         snapshot: Callable[[], JwksSnapshot],
         *,
         issuer: str,
-        is_revoked: Callable[[str], bool],
+        is_revoked: Callable[[Principal], bool],
         now: Callable[[], float] = time.time,
     ) -> None:
         """Create the inspector.
@@ -93,7 +93,8 @@ class TokenInspector:
         Args:
             snapshot: The published key set, current.
             issuer: This server's ``iss``.
-            is_revoked: Whether a session id is revoked.
+            is_revoked: Whether the revocation list refuses the token (its session,
+                or a watermark for its subject or for everyone).
             now: Clock, epoch seconds.
         """
         self._keys = PublishedKeys(snapshot)
@@ -113,7 +114,7 @@ class TokenInspector:
         except AuthError as exc:
             _LOGGER.debug("inspected token is not active: %s", type(exc).__name__)
             return None
-        if principal.session_id is not None and self._is_revoked(principal.session_id):
+        if self._is_revoked(principal):
             return None
         return principal
 

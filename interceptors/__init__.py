@@ -16,11 +16,11 @@ Use these:
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
-    ``RevocationChecker``, ``RevocationSource``, ``RevocationStream``.
+    ``RevocationChecker`` (or ``WatermarkChecker``), ``RevocationSource``, ``RevocationStream``.
 
 Inspect these (what the library hands you):
     ``Principal``; ``CacheStats``, ``RevocationStats``; ``FetchResult``,
-    ``KeySet``, ``VerificationKey``, ``RevocationBatch``; ``CertBinding``,
+    ``KeySet``, ``VerificationKey``, ``RevocationBatch``, ``Watermark``; ``CertBinding``,
     ``CERT_BINDINGS``, ``HEALTH_METHODS``, ``REFLECTION_METHODS``.
 
 Catch these:
@@ -56,6 +56,7 @@ from interceptors._errors import (
     MissingToken,
     NoCallerToken,
     RevocationStreamError,
+    RevocationsUnavailable,
     RevokedToken,
     TokenClientError,
     TokenRequestError,
@@ -72,6 +73,7 @@ from interceptors._revocation import (
     RevocationStats,
     RevocationStream,
 )
+from interceptors._revocation_entries import Watermark
 from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
 from interceptors._sources import (
     DiscoverySource,
@@ -82,7 +84,13 @@ from interceptors._sources import (
     StaticSource,
 )
 from interceptors._token_manager import AsyncTokenManager, TokenManager
-from interceptors._verify import KeyProvider, RevocationChecker, TokenVerifier, VerificationKeyLike
+from interceptors._verify import (
+    KeyProvider,
+    RevocationChecker,
+    TokenVerifier,
+    VerificationKeyLike,
+    WatermarkChecker,
+)
 from interceptors.tls import cert_thumbprint
 
 __all__ = [
@@ -134,6 +142,7 @@ __all__ = [
     "RevocationStats",
     "RevocationStream",
     "RevocationStreamError",
+    "RevocationsUnavailable",
     "RevokedToken",
     "StaticSource",
     "TokenClientError",
@@ -144,6 +153,8 @@ __all__ = [
     "UnknownKey",
     "VerificationKey",
     "VerificationKeyLike",
+    "Watermark",
+    "WatermarkChecker",
     "bearer_token",
     "cert_thumbprint",
     "current_bearer_token",

@@ -1,7 +1,8 @@
-"""The auth service as a source over gRPC: its keys and its revoked sessions, on one channel.
+"""The auth service as a source over gRPC: its keys and its revocations, on one channel.
 
 ``GetJwks`` answers a fetch, ``WatchJwks`` pushes every change of the key set,
-and ``WatchRevocations`` pushes revoked sessions. A broken key stream raises
+and ``WatchRevocations`` pushes revocations (sessions and "issued before"
+watermarks; the request asks for the watermarks). A broken key stream raises
 :class:`~interceptors.KeySourceError`, a broken revocation stream
 :class:`~interceptors.RevocationStreamError`, never a key error.
 """
@@ -17,6 +18,7 @@ import grpc
 
 from interceptors._errors import AuthError, KeySourceError, RevocationStreamError
 from interceptors._revocation import RevocationBatch, RevocationStream
+from interceptors._revocation_entries import Watermark
 from interceptors._sources import FetchResult, KeyWatch
 from interceptors.tls import is_loopback_host
 from protos import auth_pb2, auth_pb2_grpc
@@ -28,7 +30,7 @@ _JWK_FIELDS = ("kty", "kid", "use", "alg", "n", "e", "crv", "x", "y")
 
 
 class AuthServiceSource:
-    """The auth service over gRPC: its keys (``GetJwks``, ``WatchJwks``) and revoked sessions.
+    """The auth service over gRPC: its keys (``GetJwks``, ``WatchJwks``) and revocations.
 
     A :class:`KeySource` that pushes, and a :class:`~interceptors.RevocationSource`
     (``WatchRevocations``), both on one channel. Formerly ``GrpcJwksSource``,
@@ -109,7 +111,7 @@ class AuthServiceSource:
             RevocationStreamError: The stream cannot be opened (the channel is closed).
         """
         return _StreamWatch.open(
-            lambda: self._stub.WatchRevocations(auth_pb2.WatchRevocationsRequest()),
+            lambda: self._stub.WatchRevocations(auth_pb2.WatchRevocationsRequest(watermarks=True)),
             revocation_batch,
             "WatchRevocations",
             RevocationStreamError,
@@ -191,6 +193,11 @@ def revocation_batch(message: auth_pb2.RevocationUpdate) -> RevocationBatch:
     return RevocationBatch(
         full=message.full,
         sessions={s.session_id: float(s.expires_at) for s in message.sessions},
+        watermarks={
+            w.subject: Watermark(issued_before=w.issued_before, expires_at=float(w.expires_at))
+            for w in message.watermarks
+        },
+        continues=message.full_list_continues,
     )
 
 

@@ -18,6 +18,7 @@ a stable audit identifier (``reason``, the ``token.rejected`` event's field)::
     ├── InsufficientScope            PERMISSION_DENIED
     ├── DelegationRefused            PERMISSION_DENIED  a delegated token from an actor not allowed
     ├── KeysUnavailable              UNAVAILABLE        retryable
+    ├── RevocationsUnavailable       UNAVAILABLE        retryable; fail closed, list out of sync
     ├── KeySourceError               UNAVAILABLE        a key source failed (key cache only)
     │   └── KeySetError                                 it answered an unusable JWKS
     └── RevocationStreamError        UNAVAILABLE        inside the revocation list only
@@ -148,6 +149,18 @@ class RevokedToken(InvalidToken):
 
     message = "token revoked"
     reason = "revoked"
+
+
+class RevocationsUnavailable(AuthError):
+    """The revocation list is out of sync and the verifier was told to fail closed.
+
+    Retryable: raised only with ``RevocationList(fail_closed_after=...)``, until
+    the list has synced (again).
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "revocation list unavailable"
+    reason = "revocations_unavailable"
 
 
 class InsufficientScope(AuthError):

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
@@ -40,7 +38,7 @@ from jwt import exceptions as jwt_errors
 from interceptors._cache import CacheSettings, KeyCache
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
-from interceptors._jws import ParsedJws, parse_compact
+from interceptors._jws import CompactParser, ParsedJws
 from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
 from interceptors._sources import KeySource
 
@@ -94,8 +92,23 @@ class RevocationChecker(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+@runtime_checkable
+class WatermarkChecker(Protocol):
+    """A :class:`RevocationChecker` that also knows "issued before" watermarks.
+
+    :class:`interceptors.RevocationList` is one; the verifier then asks it
+    instead of :meth:`RevocationChecker.is_revoked`.
+    """
+
+    def refuses(self, *, session_id: str | None, subject: str, issued_at: int) -> bool:
+        """True when a token of this ``sid``, ``sub`` and ``iat`` must be refused.
+
+        Must not block; may raise :class:`RevocationsUnavailable` (fail closed).
+        """
+        ...
+
+
+class _Entry(NamedTuple):
     """A verified token in the cache, with the window in which it may be reused."""
 
     principal: Principal
@@ -142,6 +155,11 @@ class TokenVerifier:
         self._keys = keys
         self._policy = policy
         self._revocations = revocations
+        # Decided once: isinstance against a runtime-checkable protocol costs several
+        # µs, more than the rest of a cached call's check.
+        self._watermarks: WatermarkChecker | None = (
+            revocations if isinstance(revocations, WatermarkChecker) else None
+        )
         self._now = now
         self._cache_size = cache_size
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -149,9 +167,8 @@ class TokenVerifier:
         self._removals = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
-        # Bound once here, so the per-call parse costs one call, as the method it replaced.
-        self._parse: Callable[[str], ParsedJws] = functools.partial(
-            parse_compact,
+        # Bound once here; it also remembers the headers it has checked.
+        self._parse: Callable[[str], ParsedJws] = CompactParser(
             algorithms=policy.algorithms,
             accepted_types=frozenset({token_type, "application/" + token_type}),
             max_length=policy.max_token_length,
@@ -168,6 +185,7 @@ class TokenVerifier:
         *,
         cache_settings: CacheSettings | None = None,
         follow_revocations: bool = True,
+        revocations_fail_closed: float | None = None,
         close_source: bool = True,
         cache_size: int = 4096,
     ) -> TokenVerifier:
@@ -189,6 +207,12 @@ class TokenVerifier:
                 defaults when ``None``.
             follow_revocations: Follow revoked sessions when the source serves
                 them. Without that, a token of an ended session passes until its ``exp``.
+            revocations_fail_closed: ``None`` (the default) fails open: while the
+                revocation stream is down, tokens revoked meanwhile pass until their
+                ``exp``. Seconds: refuse every token with
+                :class:`~interceptors.RevocationsUnavailable` (``UNAVAILABLE``) until
+                the revocation list has synced, and once it has been out of sync
+                for longer than this (``RevocationList(fail_closed_after=...)``).
             close_source: Close ``source`` (its ``close()``, if it has one) when
                 the verifier closes: the source is handed over, as a transport is to
                 an ``httpx.Client``. ``False`` keeps it yours, e.g. to share one
@@ -196,8 +220,12 @@ class TokenVerifier:
             cache_size: How many verified tokens to remember; 0 disables the cache.
 
         Raises:
-            ValueError: A setting is out of range (nothing is left running).
+            ValueError: A setting is out of range, or ``revocations_fail_closed``
+                is given without revocations to follow (nothing is left running).
         """
+        follows = follow_revocations and isinstance(source, RevocationSource)
+        if revocations_fail_closed is not None and not follows:
+            raise ValueError("revocations_fail_closed needs a source that serves revocations")
         with contextlib.ExitStack() as opened:
             # Closed in reverse: the followers stop before the source's channel goes.
             if close_source:
@@ -207,10 +235,13 @@ class TokenVerifier:
             keys = KeyCache(source, cache_settings)
             opened.callback(keys.close)
             revocations = None
-            if follow_revocations and isinstance(source, RevocationSource):
+            if follows:
+                assert isinstance(source, RevocationSource)
                 # Entries must outlive the leeway that lets an expired token pass.
                 keep = max(KEEP_AFTER_EXPIRY, policy.leeway)
-                revocations = RevocationList(source, keep_after_expiry=keep)
+                revocations = RevocationList(
+                    source, keep_after_expiry=keep, fail_closed_after=revocations_fail_closed
+                )
                 opened.callback(revocations.close)
             verifier = cls(keys, policy, cache_size=cache_size, revocations=revocations)
             keys.start()
@@ -293,11 +324,18 @@ class TokenVerifier:
     def _unrevoked(self, principal: Principal) -> Principal:
         # Checked after the cache too: a session revoked after its token was cached still fails.
         revocations = self._revocations
-        if (
-            revocations is not None
-            and principal.session_id is not None
-            and revocations.is_revoked(principal.session_id)
-        ):
+        if revocations is None:
+            return principal
+        watermarks = self._watermarks
+        if watermarks is not None:
+            # Session, subject watermark and the global one: three O(1) lookups.
+            if watermarks.refuses(
+                session_id=principal.session_id,
+                subject=principal.subject,
+                issued_at=principal.issued_at,
+            ):
+                raise RevokedToken("the token was revoked")
+        elif principal.session_id is not None and revocations.is_revoked(principal.session_id):
             raise RevokedToken("the token's session was revoked")
         return principal
 
@@ -324,10 +362,12 @@ class TokenVerifier:
             # A key left the set while this token was being checked: it may be that key.
             if removals != self._removals:
                 return
-            self._cache[token] = entry
-            self._cache.move_to_end(token)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            cache = self._cache
+            if token in cache:
+                cache.move_to_end(token)
+            cache[token] = entry
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
 
     def _forget_kids(self, kids: frozenset[str]) -> None:
         with self._lock:
@@ -350,9 +390,15 @@ class TokenVerifier:
         # the injected clock; PyJWT's decode would parse everything again (~3x the cost
         # of the RSA check itself), so only its algorithm object verifies the signature.
         # ECDSA twins (r, n - s) both verify: see the module docstring for why that is safe.
-        jwk = key.key
+        # A VerificationKey carries its check, prepared once (interceptors._signature);
+        # a custom provider's key is checked by its PyJWK's algorithm object, as before.
+        check = getattr(key, "verify_signature", None)
         try:
-            valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
+            if check is not None:
+                valid = check(parsed.signing_input, parsed.signature)
+            else:
+                jwk = key.key
+                valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
         except (
             jwt_errors.PyJWTError,
             TypeError,

@@ -258,12 +258,20 @@ Global___LogoutResponse: _TypeAlias = LogoutResponse  # noqa: Y015
 class WatchRevocationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    WATERMARKS_FIELD_NUMBER: _builtins.int
+    watermarks: _builtins.bool
+    """Set by verifiers that apply watermarks (RevocationUpdate.watermarks). The
+    server logs a warning for a stream without it: such a verifier does not
+    learn of mass revocations (`sessions revoke --user/--all`, `users disable`).
+    """
     def __init__(
         self,
+        *,
+        watermarks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watermarks", b"watermarks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -298,26 +306,77 @@ class RevokedSession(_message.Message):
 Global___RevokedSession: _TypeAlias = RevokedSession  # noqa: Y015
 
 @_typing.final
+class RevocationWatermark(_message.Message):
+    """RevocationWatermark refuses every access token of `subject` whose `iat` is
+    earlier than `issued_before`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ISSUED_BEFORE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    """The `sub` claim it applies to; empty: every subject (the whole deployment)."""
+    issued_before: _builtins.int
+    """Epoch seconds: a token issued before it (`iat` < issued_before) is refused."""
+    expires_at: _builtins.int
+    """No token it refuses expires later (epoch seconds): after it, plus clock
+    leeway, the entry can be forgotten.
+    """
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        issued_before: _builtins.int = ...,
+        expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_before", b"issued_before", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationWatermark: _TypeAlias = RevocationWatermark  # noqa: Y015
+
+@_typing.final
 class RevocationUpdate(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FULL_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    FULL_LIST_CONTINUES_FIELD_NUMBER: _builtins.int
+    WATERMARKS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
-    """True: `sessions` is the complete list and replaces what the verifier
-    holds. False: `sessions` are newly revoked, in addition to it.
+    """True: this message starts a full list, which replaces what the verifier
+    holds. False: its entries are new, in addition to what it holds.
+    """
+    full_list_continues: _builtins.bool
+    """True on every message of a full list but its last: more of the same full
+    list follows (the messages after the first have full = false). A verifier
+    keeps using the list it had until the last part has arrived, and treats a
+    stream that breaks before then as never synced. A full list in a single
+    message (as servers before this field send it) leaves it false.
     """
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedSession]: ...
+    @_builtins.property
+    def watermarks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationWatermark]:
+        """Watermarks, beside the sessions; a later watermark for the same subject
+        replaces an earlier one (the later issued_before wins).
+        """
+
     def __init__(
         self,
         *,
         full: _builtins.bool = ...,
         sessions: _abc.Iterable[Global___RevokedSession] | None = ...,
+        full_list_continues: _builtins.bool = ...,
+        watermarks: _abc.Iterable[Global___RevocationWatermark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "full_list_continues", b"full_list_continues", "sessions", b"sessions", "watermarks", b"watermarks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -127,12 +127,14 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRevocations(self, request, context):
-        """WatchRevocations sends the revoked sessions whose access tokens may not
-        have expired yet (full: true), then every session revoked from then on
-        (full: false), as soon as it is revoked. An entry may be forgotten once
-        its expires_at (plus the verifier's clock leeway) has passed, so the list
-        stays small. After a reconnect the first message is a full list again.
-        Needs no token.
+        """WatchRevocations sends what must be refused now (a full list), then
+        every revocation from then on, as soon as it happens. Two kinds of entry:
+        revoked sessions (refuse tokens whose `sid` is listed) and watermarks
+        (refuse tokens of a subject, or of everyone, issued before a time). An
+        entry may be forgotten once its expires_at (plus the verifier's clock
+        leeway) has passed, so the list stays small. A full list may come in
+        several messages (see RevocationUpdate.full_list_continues); after a
+        reconnect the first message starts a full list again. Needs no token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

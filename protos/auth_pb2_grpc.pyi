@@ -91,12 +91,14 @@ class AuthServiceStub:
     unknown token).
     """
     WatchRevocations: _grpc.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.RevocationUpdate]
-    """WatchRevocations sends the revoked sessions whose access tokens may not
-    have expired yet (full: true), then every session revoked from then on
-    (full: false), as soon as it is revoked. An entry may be forgotten once
-    its expires_at (plus the verifier's clock leeway) has passed, so the list
-    stays small. After a reconnect the first message is a full list again.
-    Needs no token.
+    """WatchRevocations sends what must be refused now (a full list), then
+    every revocation from then on, as soon as it happens. Two kinds of entry:
+    revoked sessions (refuse tokens whose `sid` is listed) and watermarks
+    (refuse tokens of a subject, or of everyone, issued before a time). An
+    entry may be forgotten once its expires_at (plus the verifier's clock
+    leeway) has passed, so the list stays small. A full list may come in
+    several messages (see RevocationUpdate.full_list_continues); after a
+    reconnect the first message starts a full list again. Needs no token.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.JwkSet]
     """GetJwks returns the public keys that currently verify tokens
@@ -150,12 +152,14 @@ class AuthServiceAsyncStub(AuthServiceStub):
     unknown token).
     """
     WatchRevocations: _aio.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.RevocationUpdate]  # type: ignore[assignment]
-    """WatchRevocations sends the revoked sessions whose access tokens may not
-    have expired yet (full: true), then every session revoked from then on
-    (full: false), as soon as it is revoked. An entry may be forgotten once
-    its expires_at (plus the verifier's clock leeway) has passed, so the list
-    stays small. After a reconnect the first message is a full list again.
-    Needs no token.
+    """WatchRevocations sends what must be refused now (a full list), then
+    every revocation from then on, as soon as it happens. Two kinds of entry:
+    revoked sessions (refuse tokens whose `sid` is listed) and watermarks
+    (refuse tokens of a subject, or of everyone, issued before a time). An
+    entry may be forgotten once its expires_at (plus the verifier's clock
+    leeway) has passed, so the list stays small. A full list may come in
+    several messages (see RevocationUpdate.full_list_continues); after a
+    reconnect the first message starts a full list again. Needs no token.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.JwkSet]  # type: ignore[assignment]
     """GetJwks returns the public keys that currently verify tokens
@@ -236,12 +240,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.WatchRevocationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_auth_pb2.RevocationUpdate], _abc.AsyncIterator[_auth_pb2.RevocationUpdate]]:
-        """WatchRevocations sends the revoked sessions whose access tokens may not
-        have expired yet (full: true), then every session revoked from then on
-        (full: false), as soon as it is revoked. An entry may be forgotten once
-        its expires_at (plus the verifier's clock leeway) has passed, so the list
-        stays small. After a reconnect the first message is a full list again.
-        Needs no token.
+        """WatchRevocations sends what must be refused now (a full list), then
+        every revocation from then on, as soon as it happens. Two kinds of entry:
+        revoked sessions (refuse tokens whose `sid` is listed) and watermarks
+        (refuse tokens of a subject, or of everyone, issued before a time). An
+        entry may be forgotten once its expires_at (plus the verifier's clock
+        leeway) has passed, so the list stays small. A full list may come in
+        several messages (see RevocationUpdate.full_list_continues); after a
+        reconnect the first message starts a full list again. Needs no token.
         """
 
     @_abc_1.abstractmethod

@@ -84,6 +84,11 @@ class ResourceServerConfig:
         max_token_length: Longest access token accepted, characters.
         max_json_depth: Deepest JSON nesting accepted in a token's header or claims.
         max_token_lifetime: Largest ``exp - iat`` accepted, seconds.
+        revocations_fail_closed: With ``auth_target``: refuse every token with
+            ``UNAVAILABLE`` until the revocation list has synced, and once it has
+            been out of sync for longer than this many seconds. ``None`` (the
+            default) fails open: tokens revoked while the stream is down pass
+            until their ``exp``.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -109,11 +114,17 @@ class ResourceServerConfig:
     max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    revocations_fail_closed: float | None = None
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
         if sum(chosen) != 1:
             raise ValueError("give exactly one of --jwks-url, --auth-target, --discover")
+        if self.revocations_fail_closed is not None:
+            if self.auth_target is None:
+                raise ValueError("--revocations-fail-closed needs --auth-target")
+            if not self.revocations_fail_closed >= 0:
+                raise ValueError("--revocations-fail-closed must not be negative")
         if not self.issuer or not self.audience:
             raise ValueError("--issuer and --audience are required")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -170,16 +181,21 @@ def resource_policy() -> MethodPolicy:
 def open_verifier(config: ResourceServerConfig) -> TokenVerifier:
     """The started verifier the config describes; close it (or use it in ``with``).
 
-    With ``auth_target`` the verifier also follows the auth service's revoked
-    sessions on the same channel, so a logged-out session's tokens are refused
-    at once; other sources reject them at ``exp``. Closing it closes the
-    source too (the channel to the auth service).
+    With ``auth_target`` the verifier also follows the auth service's
+    revocations (sessions and watermarks) on the same channel, so a logged-out
+    session's tokens are refused at once; other sources reject them at
+    ``exp``. With ``revocations_fail_closed`` it refuses every token while that
+    list is out of sync for longer. Closing it closes the source too (the
+    channel to the auth service).
 
     Raises:
         ValueError: The key source's settings are not acceptable (TlsError included).
     """
     return TokenVerifier.from_source(
-        build_key_source(config), token_policy(config), cache_settings=config.key_cache
+        build_key_source(config),
+        token_policy(config),
+        cache_settings=config.key_cache,
+        revocations_fail_closed=config.revocations_fail_closed,
     )
 
 

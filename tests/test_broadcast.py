@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -12,7 +13,7 @@ from auth_server.authority import JwksSnapshot
 from auth_server.broadcast import PolledBroadcaster
 from auth_server.errors import StorageError
 from auth_server.publisher import JwksPublisher
-from auth_server.revocations import RevocationBatch, RevocationPublisher
+from auth_server.revocations import RevocationBatch, RevocationPublisher, RevocationRead
 
 T = TypeVar("T")
 
@@ -135,7 +136,7 @@ def test_value_before_start_is_an_error_and_the_interval_must_be_positive() -> N
     with pytest.raises(RuntimeError):
         _ = JwksPublisher(lambda: snapshot("a")).snapshot
     with pytest.raises(ValueError):
-        RevocationPublisher(dict, poll_interval=0)
+        RevocationPublisher(Reads({}), retention=120, poll_interval=0)
 
 
 def test_a_new_schedule_with_the_same_keys_is_served_but_not_pushed() -> None:
@@ -157,23 +158,80 @@ def test_a_new_schedule_with_the_same_keys_is_served_but_not_pushed() -> None:
     run(test)
 
 
+class Reads:
+    """A fake revocation store: ``sessions`` is the whole list, ``cursor`` its change count."""
+
+    def __init__(self, sessions: dict[str, float]) -> None:
+        self.sessions = dict(sessions)
+        self.cursor = 1
+        self.asked: list[int | None] = []
+
+    def set(self, sessions: dict[str, float]) -> None:
+        self.sessions = dict(sessions)
+        self.cursor += 1
+
+    def __call__(self, cursor: int | None) -> RevocationRead:
+        self.asked.append(cursor)
+        # A real store returns only rows stamped after the cursor; returning all of
+        # them shows the publisher itself ignores what it already has.
+        return RevocationRead(cursor=self.cursor, sessions=dict(self.sessions), watermarks={})
+
+
 def test_revocations_are_pushed_as_the_full_list_then_only_what_is_new() -> None:
     async def test() -> None:
-        source = Source({"s1": 100.0})
-        publisher = RevocationPublisher(source, poll_interval=60)
+        source = Reads({"s1": 100.0})
+        publisher = RevocationPublisher(source, retention=120, poll_interval=60, now=lambda: 0.0)
         await publisher.start()
         stream = publisher.watch()
         assert await next_of(stream) == RevocationBatch(full=True, sessions={"s1": 100.0})
-        source.value = {"s1": 100.0, "s2": 200.0}
+        source.set({"s1": 100.0, "s2": 200.0})
         await publisher.refresh()
         # Handed to the watchers by the time refresh() returns (Logout relies on it).
         assert await next_of(stream) == RevocationBatch(full=False, sessions={"s2": 200.0})
-        source.value = {"s2": 200.0}  # s1 aged out: nothing to tell
+        source.set({"s2": 200.0})  # s1 aged out: nothing to tell
         await publisher.refresh()
         pending = await nothing_yet(stream)
-        source.value = {"s2": 300.0}  # a later token of a revoked session
+        source.set({"s2": 300.0})  # a later token of a revoked session
         await publisher.refresh()
         assert await pending == RevocationBatch(full=False, sessions={"s2": 300.0})
+        # One full read at start, then only reads from the cursor.
+        assert source.asked == [None, 1, 2, 3]
         await publisher.stop()
+
+    run(test)
+
+
+def test_stop_returns_only_once_a_read_still_running_in_its_thread_is_done() -> None:
+    # A poll cancelled at shutdown leaves its worker thread reading; stop() must
+    # wait for it, or the engine is disposed under it (issue 14: psycopg's
+    # "connection deleted while still open").
+    async def test() -> None:
+        entered, release = threading.Event(), threading.Event()
+        reading = [False]
+        reads = 0
+
+        def load() -> int:
+            nonlocal reads
+            reads += 1
+            if reads > 1:  # the first read is start()'s
+                entered.set()
+                reading[0] = True
+                release.wait(5)
+                reading[0] = False
+            return reads
+
+        feed: PolledBroadcaster[int] = PolledBroadcaster(load, poll_interval=0.01)
+        await feed.start()
+        assert await asyncio.to_thread(entered.wait, 5)
+        stopping = asyncio.ensure_future(feed.stop())
+        await asyncio.sleep(0.1)
+        assert reading[0] and not stopping.done()
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert not reading[0]
+        # Nothing is read after stop: storage may be closing.
+        done = reads
+        assert await feed.refresh() == feed.value
+        assert reads == done
 
     run(test)

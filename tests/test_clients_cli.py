@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from helpers import (
     AuthHarness,
     EventLoopThread,
     make_config,
+    run_cli,
     start_harness,
 )
 
@@ -44,11 +43,7 @@ def served(
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(argv)
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, argv, stdin)
 
 
 def test_secret_client_lifecycle_and_token(

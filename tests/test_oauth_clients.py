@@ -546,6 +546,29 @@ def test_introspection_needs_the_scope_and_reveals_nothing_for_inactive_tokens(
     assert body == {"active": False}
 
 
+def test_introspection_follows_watermarks_as_verifiers_do(auth: AuthHarness) -> None:
+    # `sessions revoke --all` is one "issued before T" entry, not a list of sessions.
+    _, gateway = clients(auth).add(
+        "gateway", scopes=["ssot.introspect"], audiences=[AUDIENCE], secret=True
+    )
+    assert gateway is not None
+    auth.add_user("alice", "correct horse battery", ("resource.read",))
+    token = auth.login("alice", "correct horse battery").access_token
+
+    def active() -> bool:
+        status, _, body = http(
+            auth, "/oauth2/introspect", {"token": token}, headers=basic("gateway", gateway)
+        )
+        assert status == 200
+        return bool(body["active"])
+
+    assert active()
+    time.sleep(1.1)  # iat has whole seconds: the watermark must lie after it
+    auth.server.components.sessions.revocations.revoke_all()
+    auth.loop_thread.run(auth.server.revocations.refresh())
+    assert not active()
+
+
 # -- user logins and audiences ---------------------------------------------------------------
 
 

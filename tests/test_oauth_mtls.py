@@ -18,11 +18,11 @@ import pytest
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.clients import ClientStore
-from helpers import AUDIENCE, ISSUER, EventLoopThread, bearer, make_config
+from helpers import AUDIENCE, ISSUER, EventLoopThread, bearer, make_config, serving_resource
 from interceptors import HttpJwksSource, KeyCache, TokenPolicy, TokenVerifier, cert_thumbprint
 from pki import Identity, Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, start_aio_server
+from resource_server import ResourceServerConfig
 
 CLIENT = "billing"
 
@@ -109,11 +109,10 @@ def bound_resource(
     )
     keys = KeyCache(HttpJwksSource(jwks_url, ca_cert=pki.ca))
     verifier = TokenVerifier(keys, TokenPolicy(issuer=ISSUER, audience=AUDIENCE))
-    aserver, port = loop_thread.run(start_aio_server(config, verifier))
     try:
-        yield f"127.0.0.1:{port}"
+        with serving_resource(loop_thread, config, verifier, aio=True) as port:
+            yield f"127.0.0.1:{port}"
     finally:
-        loop_thread.run(aserver.stop(0.5))
         keys.close()
 
 

@@ -22,6 +22,7 @@ from interceptors import (
     KeySourceError,
     RevocationList,
     RevocationStreamError,
+    RevocationsUnavailable,
     StaticSource,
     TokenPolicy,
     TokenVerifier,
@@ -190,6 +191,37 @@ def test_revocations_are_followed_only_when_the_source_serves_them(
 ) -> None:
     with TokenVerifier.from_source(make_source(), POLICY, follow_revocations=follow) as verifier:
         assert isinstance(verifier.revocations, RevocationList) is follows
+
+
+def test_fail_closed_reaches_the_revocation_list() -> None:
+    with TokenVerifier.from_source(RecordingSource(), POLICY) as fail_open:
+        assert isinstance(fail_open.revocations, RevocationList)
+        assert not fail_open.revocations.refuses(session_id="s", subject="u", issued_at=1)
+    with TokenVerifier.from_source(
+        RecordingSource(), POLICY, revocations_fail_closed=30.0
+    ) as fail_closed:
+        assert isinstance(fail_closed.revocations, RevocationList)
+        # Nothing synced yet (the stream never delivers): every token is refused.
+        with pytest.raises(RevocationsUnavailable):
+            fail_closed.revocations.refuses(session_id="s", subject="u", issued_at=1)
+
+
+@pytest.mark.parametrize(
+    ("make_source", "follow"),
+    [
+        pytest.param(lambda: StaticSource(EMPTY), True, id="no-revocation-source"),
+        pytest.param(RecordingSource, False, id="revocations-not-followed"),
+    ],
+)
+def test_fail_closed_without_revocations_to_follow_is_refused(
+    make_source: Callable[[], Any], follow: bool
+) -> None:
+    before = _background_threads()
+    with pytest.raises(ValueError, match="revocations_fail_closed"):
+        TokenVerifier.from_source(
+            make_source(), POLICY, follow_revocations=follow, revocations_fail_closed=5.0
+        )
+    assert _background_threads() <= before
 
 
 def test_the_settings_reach_the_key_cache() -> None:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from auth_server.commands._common import CommandError, open_database
+from auth_server.commands._common import CommandError, IdArgumentParser, open_database
 from auth_server.commands.settings import add_storage_arguments
 from auth_server.passwords import PasswordHasher
 from auth_server.sessions import SessionInfo, SessionStore
@@ -17,7 +17,9 @@ from auth_server.users import UserStore
 def register(commands: Any) -> None:
     sessions = commands.add_parser(
         "sessions", help="list and revoke login sessions"
-    ).add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    ).add_subparsers(
+        dest="sessions_command", required=True, metavar="ACTION", parser_class=IdArgumentParser
+    )
     listing = sessions.add_parser("list", help="list a user's live sessions")
     listing.add_argument("user", help="username")
     listing.add_argument("--all", action="store_true", help="include ended sessions")
@@ -25,12 +27,25 @@ def register(commands: Any) -> None:
     listing.set_defaults(run=_cmd_sessions_list)
     revoke = sessions.add_parser(
         "revoke",
-        help="end a session, or every session of a user; verifiers that follow the "
-        "auth service refuse its access tokens within a second",
+        help="end a session, every session of a user, or every session; verifiers that "
+        "follow the auth service refuse the access tokens within a second",
     )
     which = revoke.add_mutually_exclusive_group(required=True)
-    which.add_argument("sid", nargs="?", help="the session id (the sid claim)")
+    revoke.add_id_argument("sid", into=which, nargs="?", help="the session id (the sid claim)")
     which.add_argument("--user", help="end every session of this user")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="incident response: end every session, and refuse every access token "
+        "issued before --before (sessionless ones too)",
+    )
+    revoke.add_argument(
+        "--before",
+        metavar="TIME",
+        type=_parse_time,
+        help="with --all: ISO 8601 time (UTC unless it names a zone) or epoch seconds; "
+        "default now; not in the future",
+    )
     revoke.set_defaults(run=_cmd_sessions_revoke)
     for sub in (listing, revoke):
         add_storage_arguments(sub)
@@ -81,8 +96,30 @@ def _cmd_sessions_list(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or epoch seconds: {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def _cmd_sessions_revoke(ns: argparse.Namespace) -> int:
+    if ns.before is not None and not ns.all:
+        raise CommandError("--before goes with --all")
     users, sessions = _stores(ns)
+    if ns.all:
+        count, before = sessions.revocations.revoke_all(before=ns.before)
+        print(f"revoked {count} sessions; refusing every access token issued before {_iso(before)}")
+        return 0
     if ns.user is not None:
         ended = sessions.revoke_user(_user_id(users, ns.user), reason="admin")
         print(f"revoked {len(ended)} sessions of {ns.user}")
