@@ -62,7 +62,8 @@ class PrivateKeyJwtAuth:
     Attributes:
         client_id: The service's client id (``iss`` and ``sub`` of the assertion).
         private_key: Its private key (a ``cryptography`` key object or PEM).
-        kid: The ``kid`` of the registered public key.
+        kid: The ``kid`` of the registered public key; ``None`` when it is the client's
+            only key.
         issuer: The auth service's issuer identifier: the assertion's exact ``aud``.
         algorithm: The key's algorithm (RS256, PS256, ES256, EdDSA).
         lifetime: Seconds the assertion is good for (the server allows at most 300).
@@ -70,7 +71,7 @@ class PrivateKeyJwtAuth:
 
     client_id: str
     private_key: Any = field(repr=False)
-    kid: str
+    kid: str | None
     issuer: str
     algorithm: str = "RS256"
     lifetime: int = 60
@@ -89,7 +90,7 @@ class PrivateKeyJwtAuth:
             },
             self.private_key,
             algorithm=self.algorithm,
-            headers={"kid": self.kid},
+            headers=None if self.kid is None else {"kid": self.kid},
         )
         return {"client_assertion_type": _ASSERTION_TYPE, "client_assertion": assertion}
 

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_server.jwk import public_jwk
@@ -29,6 +30,7 @@ from helpers import (
     bearer,
     make_config,
     run_concurrently,
+    running_resource,
     start_harness,
 )
 from interceptors import (
@@ -43,7 +45,13 @@ from interceptors import (
     current_principal,
 )
 from protos import auth_pb2, resource_pb2, resource_pb2_grpc
-from resource_server.app import ResourceServerConfig, open_verifier
+from resource_server.app import (
+    ResourceServerConfig,
+    build_server,
+    open_verifier,
+    start_aio_server,
+)
+from resource_server.downstream import DownstreamSettings
 from resource_server.service import AsyncResourceServicer, ResourceLogic, ResourceServicer
 
 SERVICE_A = "service-a"
@@ -392,4 +400,93 @@ def test_a_named_actor_passes_and_another_is_refused(
         assert (refusal.code(), refusal.details()) == (
             grpc.StatusCode.PERMISSION_DENIED,
             "delegated token not accepted",
+        )
+
+
+# -- the example: ssot-resource's GetResourceOnBehalf ------------------------------------------
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_the_example_service_calls_downstream_on_behalf_of_the_user(
+    loop_thread: EventLoopThread, auth: AuthHarness, key_a: Any, tmp_path: Path, aio: bool
+) -> None:
+    register_a(auth, key_a)
+    key_file = tmp_path / "service-a.pem"
+    key_file.write_bytes(
+        key_a.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    alice = login_for_a(auth, "alice")
+    config_b = ResourceServerConfig(
+        grpc_address="127.0.0.1:0", issuer=ISSUER, audience=SERVICE_B, auth_target=auth.target
+    )
+    with open_verifier(config_b) as verifier_b:
+        server_b, port_b = build_server(config_b, verifier_b)
+        config_a = ResourceServerConfig(
+            grpc_address="127.0.0.1:0",
+            issuer=ISSUER,
+            audience=SERVICE_A,
+            auth_target=auth.target,
+            downstream=DownstreamSettings(
+                target=f"127.0.0.1:{port_b}",
+                audience=SERVICE_B,
+                auth_target=auth.target,
+                client_id=SERVICE_A,
+                client_key_file=key_file,
+            ),
+        )
+        with open_verifier(config_a) as verifier_a:
+            if aio:
+                server_a, port_a = loop_thread.run(start_aio_server(config_a, verifier_a))
+                stop_a: Callable[[], object] = lambda: loop_thread.run(server_a.stop(0.5))  # noqa: E731
+            else:
+                sync_a, port_a = build_server(config_a, verifier_a)
+                stop_a = lambda: sync_a.stop(0.5).wait()  # noqa: E731
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port_a}") as channel:
+                    stub = resource_pb2_grpc.ResourceServiceStub(channel)
+                    answer = stub.GetResourceOnBehalf(
+                        request(), metadata=bearer(alice.access_token), timeout=10
+                    )
+                    assert (answer.user.username, list(answer.user.actors)) == (
+                        "alice",
+                        [SERVICE_A],
+                    )
+                    # Without a token: refused by A before anything is exchanged.
+                    with pytest.raises(grpc.RpcError) as info:
+                        stub.GetResourceOnBehalf(request(), timeout=10)
+                    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            finally:
+                stop_a()
+        server_b.stop(0.5).wait()
+
+
+def test_without_a_downstream_the_method_is_a_failed_precondition(
+    loop_thread: EventLoopThread, auth: AuthHarness
+) -> None:
+    alice = auth.login("alice", PASSWORD)
+    with (
+        running_resource(loop_thread, auth, aio=False) as resource,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        resource.stub.GetResourceOnBehalf(request(), metadata=bearer(alice.access_token))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+
+def test_the_downstream_client_id_must_be_the_service_audience(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--client-id must equal --audience"):
+        ResourceServerConfig(
+            issuer=ISSUER,
+            audience=SERVICE_A,
+            auth_target="127.0.0.1:1",
+            downstream=DownstreamSettings(
+                target="127.0.0.1:2",
+                audience=SERVICE_B,
+                auth_target="127.0.0.1:1",
+                client_id="someone-else",
+                client_key_file=tmp_path / "k.pem",
+            ),
         )
