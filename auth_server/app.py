@@ -22,6 +22,7 @@ from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError, KeyStoreError
 from auth_server.hashing import HashingPool
+from auth_server.hsm import Pkcs11Custody, TokenSetupError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.oauth_http import add_oauth_routes
@@ -127,6 +128,18 @@ def build_components(
     )
 
 
+def _open_custody(config: AuthServerConfig) -> Pkcs11Custody | None:
+    """The token of ``--key-store pkcs11`` (``None``: keys in the database)."""
+    if config.key_store != "pkcs11" or config.pkcs11 is None:
+        return None
+    try:
+        custody = Pkcs11Custody(config.pkcs11)
+        custody.check_algorithm(config.algorithm)
+    except TokenSetupError as exc:
+        raise StartupError(exc.message) from None
+    return custody
+
+
 def _open_keys(
     database: Database, config: AuthServerConfig, now: Callable[[], float]
 ) -> tuple[SigningKeyStore, bytes]:
@@ -147,14 +160,19 @@ def _open_keys(
         now=now,
         lifecycle=config.key_lifecycle,
         kdf=config.key_kdf,
+        custody=_open_custody(config),
     )
-    keys.ensure_signing_key()
-    secret = deployment_secrets.load_or_create(
-        database,
-        KeyEncryption(config.key_passphrase, config.key_kdf),
-        deployment_secrets.REFRESH_SUCCESSOR,
-        now=now,
-    )
+    try:
+        keys.ensure_signing_key()
+        secret = deployment_secrets.load_or_create(
+            database,
+            KeyEncryption(config.key_passphrase, config.key_kdf),
+            deployment_secrets.REFRESH_SUCCESSOR,
+            now=now,
+        )
+    except BaseException:
+        keys.close()
+        raise
     return keys, secret
 
 
@@ -209,6 +227,7 @@ class RunningAuthServer:
         await self.http_runner.cleanup()
         self.components.client_side.close()
         await asyncio.to_thread(self.components.database.dispose)
+        self.components.keys.close()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

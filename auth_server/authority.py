@@ -164,6 +164,7 @@ class TokenAuthority:
             InvalidTarget: ``audience`` is not one the server issues tokens for.
             LoginThrottled: too many recent failures; nothing was checked.
             InvalidCredentials: unknown user, wrong password or disabled user.
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
         """
         _check_size(username, "username", MAX_USERNAME_BYTES)
         _check_size(password, "password", MAX_PASSWORD_BYTES)
@@ -180,6 +181,9 @@ class TokenAuthority:
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
+        # Before the session exists: a token outage must not leave sessions behind
+        # (each counts against --max-sessions-per-user) for logins that got no token.
+        self._keys.check_ready()
         session = self._sessions.create(
             user.id,
             scope=granted,
@@ -230,9 +234,13 @@ class TokenAuthority:
             InvalidRefreshToken: malformed, unknown, expired, spent or revoked
                 (:class:`~auth_server.errors.RefreshTokenReused` when a spent
                 token revoked its session just now).
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
             StorageError: the database is unavailable.
         """
         _check_refresh_token(refresh_token)
+        # Before the refresh token is spent: a client retrying through a token
+        # outage longer than the grace window would otherwise look like a reuse.
+        self._keys.check_ready()
         if audience and audience not in self._audiences:
             raise InvalidTarget()
         default = self._audiences[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from auth_server.hashing import HashingPolicy
+from auth_server.hsm import Pkcs11Settings
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
@@ -26,6 +27,7 @@ DEFAULT_MAX_METADATA_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_LOGIN_REQUEST_SIZE = 4096
+KEY_STORES = ("db", "pkcs11")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -59,11 +61,15 @@ class AuthServerConfig:
         rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
         access_token_ttl: Access token lifetime in seconds.
         jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
-        key_passphrase: Encrypts private keys at rest. At least 16 characters
-            for a new deployment (:mod:`auth_server.passphrase_policy`).
+        key_passphrase: Encrypts private keys at rest (``key_store="db"``) and the
+            deployment secrets (both stores). At least 16 characters for a new
+            deployment (:mod:`auth_server.passphrase_policy`).
         allow_short_passphrase: Accept a shorter passphrase for a new deployment.
         key_kdf: The cost of deriving the key-encryption key (argon2id) for
             keys and secrets sealed from now on; stored ones keep their own.
+        key_store: Where new signing keys are made and kept: ``"db"`` (encrypted
+            in the database) or ``"pkcs11"`` (inside a token; needs ``pkcs11``).
+        pkcs11: The token of ``key_store="pkcs11"``.
         reflection: Serve gRPC server reflection.
         key_poll_interval: How often to look for key changes made by the CLI or
             other replicas, seconds.
@@ -111,6 +117,8 @@ class AuthServerConfig:
     key_passphrase: bytes = field(repr=False)
     allow_short_passphrase: bool = False
     key_kdf: KdfParameters = field(default_factory=KdfParameters)
+    key_store: str = "db"
+    pkcs11: Pkcs11Settings | None = None
     reflection: bool = True
     key_poll_interval: float = 0.25
     key_rotation_interval: float = DEFAULT_ROTATION_INTERVAL
@@ -158,6 +166,13 @@ class AuthServerConfig:
             )
         if not 1 <= self.jwks_max_age <= 86400:
             raise ValueError("--jwks-max-age must be between 1 and 86400 seconds")
+        if self.key_store not in KEY_STORES:
+            raise ValueError(f"--key-store must be one of {', '.join(KEY_STORES)}")
+        if self.key_store == "pkcs11" and self.pkcs11 is None:
+            raise ValueError(
+                "--key-store pkcs11 needs --pkcs11-module, --pkcs11-token-label"
+                " and --pkcs11-pin-file"
+            )
         # The length rule depends on the database (new deployment or not): it is
         # checked when storage opens (auth_server.passphrase_policy).
         if not self.key_passphrase:

@@ -8,6 +8,7 @@
     ├── UserExists                   ALREADY_EXISTS
     ├── UserNotFound                 NOT_FOUND
     ├── KeyStoreError                FAILED_PRECONDITION a signing key cannot be used
+    ├── KeyStoreUnavailable          UNAVAILABLE         the PKCS#11 token; retryable
     ├── StorageError                 UNAVAILABLE         the database; retryable
     ├── InvalidRefreshToken          UNAUTHENTICATED     one answer for every bad refresh token
     │   └── RefreshTokenReused                           ... and its session is now revoked
@@ -93,6 +94,17 @@ class KeyStoreError(AuthServerError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     message = "signing key unavailable"
+
+
+class KeyStoreUnavailable(AuthServerError):
+    """The token holding the signing keys (PKCS#11) does not answer; retrying later may succeed.
+
+    Not a :class:`KeyStoreError`: nothing is wrong with any key, so no key may be
+    marked unusable or withdrawn because of it.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    message = "signing key store unavailable, retry later"
 
 
 class StorageError(AuthServerError):
@@ -306,6 +318,7 @@ def as_oauth_error(exc: BaseException) -> OAuthError:
         return InvalidGrant()
     if isinstance(exc, InvalidRequest):
         return OAuthInvalidRequest(exc.message)
-    if isinstance(exc, StorageError):
+    if isinstance(exc, StorageError | KeyStoreUnavailable):
+        # The database or the PKCS#11 token is down: retrying later may succeed.
         return TemporarilyUnavailable()
     return OAuthServerError()

@@ -8,10 +8,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import jwt
-
-from auth_server.errors import InvalidCredentials, InvalidGrant, InvalidRequest
-from auth_server.keys import SigningKeyStore
+from auth_server.errors import (
+    InvalidCredentials,
+    InvalidGrant,
+    InvalidRequest,
+    KeyStoreUnavailable,
+)
+from auth_server.jws import encode_compact
+from auth_server.keys import SigningKey, SigningKeyStore
 from auth_server.users import User, validate_scopes
 
 _LOGGER = logging.getLogger(__name__)
@@ -116,6 +120,7 @@ class TokenIssuer:
             InvalidRequest: A scope is malformed or not held by the user.
             InvalidCredentials: The user is disabled.
             KeyStoreError: No usable signing key.
+            KeyStoreUnavailable: The PKCS#11 token holding the key does not answer.
             StorageError: The database is unavailable.
         """
         granted = validate_scopes(scopes)
@@ -205,12 +210,16 @@ class TokenIssuer:
         }
         if cert_thumbprint is not None:
             claims["cnf"] = {"x5t#S256": cert_thumbprint}
-        token = jwt.encode(
-            claims,
-            key.private_key,
-            algorithm=key.algorithm,
-            headers={"kid": key.kid, "typ": TOKEN_TYPE},
-        )
+        try:
+            token = _signed_compact(claims, key)
+        except KeyStoreUnavailable:
+            # Another replica may have revoked this key a moment ago and destroyed
+            # its token object: its successor (already current) signs instead.
+            successor = self._keys.current()
+            if successor.kid == key.kid:
+                raise
+            key = successor
+            token = _signed_compact(claims, key)
         _LOGGER.debug("issued token %s for %s with key %s", token_id, subject, key.kid)
         return IssuedToken(
             access_token=token,
@@ -219,3 +228,10 @@ class TokenIssuer:
             token_id=token_id,
             expires_at=expires_at,
         )
+
+
+def _signed_compact(claims: dict[str, object], key: SigningKey) -> str:
+    # Assembled here rather than by jwt.encode: a token's key cannot be handed to
+    # PyJWT, it can only be asked to sign (auth_server.jws).
+    header = {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}
+    return encode_compact(header, claims, key.sign)

@@ -10,6 +10,7 @@ from typing import Any
 
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError
+from auth_server.commands._keystore import add_key_store_arguments, pkcs11_settings
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
@@ -54,6 +55,7 @@ def register(commands: Any) -> None:
 def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     add_storage_arguments(parser)
     add_passphrase_argument(parser)
+    add_key_store_arguments(parser)
     add_env_argument(
         parser,
         "--grpc",
@@ -338,6 +340,7 @@ def server_config(
     audiences = [audience] if isinstance(audience, str) else list(audience)
     if not audiences:
         raise CommandError("give at least one --audience")
+    pkcs11 = pkcs11_settings(ns)
     try:
         return AuthServerConfig(
             grpc_address=ns.grpc,
@@ -354,6 +357,8 @@ def server_config(
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
             allow_short_passphrase=ns.allow_short_passphrase,
             key_kdf=key_kdf(ns),
+            key_store=ns.key_store,
+            pkcs11=pkcs11,
             reflection=not ns.no_reflection,
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
