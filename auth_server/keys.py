@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
-from auth_server import deployment_secrets
+from auth_server import deployment_secrets, notifications
 from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
@@ -163,6 +163,7 @@ class SigningKeyStore:
                     keyrows.check_passphrase(conn, self._material.sealer)
                     writer.rotate(private_key, self._algorithm, writer.now, "first")
                     changes = writer.changes
+                    _announce(writer)
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
             changes = Changes()
@@ -261,6 +262,7 @@ class SigningKeyStore:
             keyrows.check_passphrase(conn, self._material.sealer)
             writer = self._writer(conn)
             kid = writer.rotate(private_key, self._algorithm, writer.now + activate_after, "manual")
+            _announce(writer)
         self._committed(writer.changes)
         return self._describe(kid)
 
@@ -333,6 +335,7 @@ class SigningKeyStore:
                     kid,
                     "" if successor is None else f"; key {successor} signs now",
                 )
+                _announce(writer)
         self._committed(writer.changes)
         return self._describe(kid)
 
@@ -390,6 +393,7 @@ class SigningKeyStore:
             for record in keyrows.select_all(conn):
                 if keyrows.is_spent(record, now):
                     writer.destroy(record)
+            _announce(writer)
         self._committed(writer.changes)
         return writer.changes.report(activated)
 
@@ -516,3 +520,10 @@ class SigningKeyStore:
         # Slow work before the locked transaction: the KEK that will seal the key too.
         self._material.sealer.prepare()
         return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
+
+
+def _announce(writer: KeyWriter) -> None:
+    # Other replicas (and this one, beside its own listener call) re-read the
+    # key set once this transaction commits (auth_server.notifications).
+    if writer.changes.changed:
+        notifications.notify_change(writer.conn, notifications.KEYS)

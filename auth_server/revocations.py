@@ -30,7 +30,11 @@ from auth_server._revocation_state import (
     RevocationState,
 )
 from auth_server._revocationrows import RevocationRead, Watermark
-from auth_server.broadcast import DEFAULT_POLL_INTERVAL, PolledBroadcaster
+from auth_server.broadcast import (
+    DEFAULT_LISTENING_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    PolledBroadcaster,
+)
 
 __all__ = [
     "FullList",
@@ -60,6 +64,7 @@ class RevocationPublisher(PolledBroadcaster[int]):
         *,
         retention: float,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        listening_poll_interval: float = DEFAULT_LISTENING_POLL_INTERVAL,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         log_entries: int = DEFAULT_LOG_ENTRIES,
         now: Callable[[], float] = time.time,
@@ -71,11 +76,17 @@ class RevocationPublisher(PolledBroadcaster[int]):
                 :meth:`auth_server.revocation_store.RevocationStore.read`.
             retention: Seconds an entry stays on the list past its ``expires_at``.
             poll_interval: Seconds between reads.
+            listening_poll_interval: Seconds between reads while changes are
+                announced (:meth:`~PolledBroadcaster.set_listening`).
             chunk_bytes: Target size of one stream message.
             log_entries: Recent changes kept for watchers that fall behind.
             now: Clock, epoch seconds.
         """
-        super().__init__(self._read_changes, poll_interval=poll_interval)
+        super().__init__(
+            self._read_changes,
+            poll_interval=poll_interval,
+            listening_poll_interval=listening_poll_interval,
+        )
         self._read = read
         self._cursor: int | None = None
         self.state = RevocationState(
