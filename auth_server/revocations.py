@@ -93,6 +93,11 @@ class RevocationPublisher(PolledBroadcaster[int]):
             retention=retention, now=now, chunk_bytes=chunk_bytes, log_entries=log_entries
         )
         self._building: asyncio.Future[FullList] | None = None
+        # The messages from one version to the newest, shared by every watcher
+        # that had that version: a push to N streams cuts (and encodes) each
+        # delta once, not N times. Only deltas to the newest version are kept.
+        self._deltas: dict[int, list[RevocationBatch] | None] = {}
+        self._deltas_upto = -1
 
     def _read_changes(self) -> int:
         # Runs in a worker thread, one read at a time (PolledBroadcaster).
@@ -107,7 +112,7 @@ class RevocationPublisher(PolledBroadcaster[int]):
     async def watch(self) -> AsyncIterator[RevocationBatch]:
         """Yield the full list (in parts), then each batch of new entries, until stopped."""
         async for sent, current in self.updates():
-            batches = None if sent is None else self.state.changes(sent, current)
+            batches = None if sent is None else self._changes(sent, current)
             while batches is None:
                 full = await self.full_list()
                 for batch in full.batches:
@@ -116,6 +121,16 @@ class RevocationPublisher(PolledBroadcaster[int]):
                 batches = self.state.changes(full.version, current)
             for batch in batches:
                 yield batch
+
+    def _changes(self, after: int, upto: int) -> list[RevocationBatch] | None:
+        """``state.changes(after, upto)``, computed once per pair while ``upto`` is newest."""
+        if upto != self._deltas_upto:
+            if upto < self._deltas_upto:
+                return self.state.changes(after, upto)  # a watcher behind: not shared
+            self._deltas, self._deltas_upto = {}, upto
+        if after not in self._deltas:
+            self._deltas[after] = self.state.changes(after, upto)
+        return self._deltas[after]
 
     async def full_list(self) -> FullList:
         """The whole list in parts: shared while current, otherwise built once (off the loop)."""

@@ -22,7 +22,6 @@ Baseline in the same run: one Logout with no stream open (what the push adds).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -61,7 +60,8 @@ async def main():
     config = AuthServerConfig(
         grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=Path({data!r}),
         database_url={url!r}, issuer="http://127.0.0.1:8080", audience="bench",
-        key_passphrase={passphrase!r}.encode(), argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
+        key_passphrase={passphrase!r}.encode(),
+        argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
         key_kdf=KdfParameters(time_cost=1, memory_cost=1024, parallelism=1),
         throttle=ThrottlePolicy(enabled=False))
     server = await start_auth_server(config)
@@ -85,7 +85,8 @@ async def main(target, streams, per_channel):
     async def follow(stub):
         nonlocal synced
         first = True
-        async for update in stub.WatchRevocations(auth_pb2.WatchRevocationsRequest(watermarks=True)):
+        request = auth_pb2.WatchRevocationsRequest(watermarks=True)
+        async for update in stub.WatchRevocations(request):
             now = time.time()
             if first:
                 synced += 1
