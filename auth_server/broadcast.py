@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import ClassVar, Generic, TypeVar
 
 from auth_server._threads import ThreadCalls
@@ -171,7 +171,7 @@ class PolledBroadcaster(Generic[T]):
     def _announce(self, value: T) -> None:
         """Log a change that is about to be pushed (nothing by default)."""
 
-    async def updates(self) -> AsyncIterator[tuple[T | None, T]]:
+    async def updates(self) -> AsyncGenerator[tuple[T | None, T], None]:
         """Yield ``(None, value)`` now, then ``(last yielded, value)`` after each change.
 
         Ends once the broadcaster stops; a watcher that has been sent nothing

@@ -19,6 +19,7 @@ then only what is new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -111,16 +112,18 @@ class RevocationPublisher(PolledBroadcaster[int]):
 
     async def watch(self) -> AsyncIterator[RevocationBatch]:
         """Yield the full list (in parts), then each batch of new entries, until stopped."""
-        async for sent, current in self.updates():
-            batches = None if sent is None else self._changes(sent, current)
-            while batches is None:
-                full = await self.full_list()
-                for batch in full.batches:
+        # aclosing: a stream that ends stops following at once, not when collected.
+        async with contextlib.aclosing(self.updates()) as updates:
+            async for sent, current in updates:
+                batches = None if sent is None else self._changes(sent, current)
+                while batches is None:
+                    full = await self.full_list()
+                    for batch in full.batches:
+                        yield batch
+                    # What changed while the full list was being built or sent.
+                    batches = self.state.changes(full.version, current)
+                for batch in batches:
                     yield batch
-                # What changed while the full list was being built or sent.
-                batches = self.state.changes(full.version, current)
-            for batch in batches:
-                yield batch
 
     def _changes(self, after: int, upto: int) -> list[RevocationBatch] | None:
         """``state.changes(after, upto)``, computed once per pair while ``upto`` is newest."""
