@@ -139,8 +139,8 @@ def check_claims_window(
     ``not_before`` is ``nbf`` (``-inf`` without one) and ``expires`` the exact
     ``exp``: the verifier reuses a verified token only inside that window.
     """
-    missing = policy.required_claims - claims.keys()
-    if missing:
+    if not claims.keys() >= policy.required_claims:
+        missing = policy.required_claims - claims.keys()
         raise InvalidClaims(f"missing claims {sorted(missing)!r}")
 
     expires = _numeric_date(claims, "exp")
@@ -191,6 +191,8 @@ def check_claims_window(
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
+    if type(value) is int:  # the usual case, decided at once (a bool's type is bool)
+        return value
     # bool is an int subclass: ``"exp": true`` must not read as 1.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidClaims(f"{name} is not a number")
@@ -207,4 +209,4 @@ def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
 
 
 def _split_scope(scope: str) -> frozenset[str]:
-    return frozenset(part for part in scope.split(" ") if part)
+    return frozenset(filter(None, scope.split(" ")))  # drops the empty parts

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from interceptors._errors import KeySetError
 from interceptors._roca import is_roca_weak
+from interceptors._signature import SignatureCheck, signature_checker
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,12 +52,18 @@ class VerificationKey:
             never from the token).
         kty: The JWK key type: ``"RSA"``, ``"EC"`` or ``"OKP"``.
         key: The key, ready for ``jwt.decode(..., key=key, algorithms=[algorithm])``.
+        verify_signature: ``verify_signature(signing_input, signature) -> bool``, the
+            check with ``key``'s own algorithm, prepared once when the key is built.
     """
 
     kid: str
     algorithm: str
     kty: str
     key: jwt.PyJWK
+    verify_signature: SignatureCheck = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verify_signature", signature_checker(self.key))
 
 
 class KeySet:

@@ -41,6 +41,7 @@ _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 _AUTHORIZATION: Final = "authorization"
 _AUTHORIZATION_BIN: Final = "authorization-bin"
+_MAX_WRAPPED_METHODS: Final = 1024
 # The four handler kinds: the behaviour attribute, its factory, and whether it streams out.
 _KINDS: Final[tuple[tuple[str, Callable[..., _Handler], bool], ...]] = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
@@ -243,9 +244,27 @@ class _HandlerWrapper:
         self._verifier = verifier
         self._policy = policy if policy is not None else MethodPolicy()
         self._binding = cert_binding
+        # method -> (the handler grpc gave, what we return for it). Generic handlers
+        # hand out the same handler object for a method on every call, so the policy
+        # lookup and the wrapping happen once per method, not once per call.
+        self._wrapped: dict[str, tuple[_Handler, _Handler | None]] = {}
 
     def wrap(self, handler: _Handler | None, method: str) -> _Handler | None:
-        if handler is None or self._policy.is_public(method):
+        if handler is None:
+            return None
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        wrapped_by_method = self._wrapped
+        if len(wrapped_by_method) >= _MAX_WRAPPED_METHODS:
+            # A handler that serves any method name (a proxy) must not grow this without bound.
+            wrapped_by_method.clear()
+        wrapped_by_method[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: _Handler, method: str) -> _Handler | None:
+        if self._policy.is_public(method):
             return handler
         check = _MethodCheck(self._verifier, method, self._policy.scopes_for(method), self._binding)
         for attribute, factory, streams_out in _KINDS:

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import jwt
 from cryptography import exceptions as crypto_exceptions
@@ -40,7 +38,7 @@ from jwt import exceptions as jwt_errors
 from interceptors._cache import CacheSettings, KeyCache
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
-from interceptors._jws import ParsedJws, parse_compact
+from interceptors._jws import CompactParser, ParsedJws
 from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
 from interceptors._sources import KeySource
 
@@ -110,8 +108,7 @@ class WatermarkChecker(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     """A verified token in the cache, with the window in which it may be reused."""
 
     principal: Principal
@@ -158,6 +155,11 @@ class TokenVerifier:
         self._keys = keys
         self._policy = policy
         self._revocations = revocations
+        # Decided once: isinstance against a runtime-checkable protocol costs several
+        # µs, more than the rest of a cached call's check.
+        self._watermarks: WatermarkChecker | None = (
+            revocations if isinstance(revocations, WatermarkChecker) else None
+        )
         self._now = now
         self._cache_size = cache_size
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -165,9 +167,8 @@ class TokenVerifier:
         self._removals = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
-        # Bound once here, so the per-call parse costs one call, as the method it replaced.
-        self._parse: Callable[[str], ParsedJws] = functools.partial(
-            parse_compact,
+        # Bound once here; it also remembers the headers it has checked.
+        self._parse: Callable[[str], ParsedJws] = CompactParser(
             algorithms=policy.algorithms,
             accepted_types=frozenset({token_type, "application/" + token_type}),
             max_length=policy.max_token_length,
@@ -325,9 +326,10 @@ class TokenVerifier:
         revocations = self._revocations
         if revocations is None:
             return principal
-        if isinstance(revocations, WatermarkChecker):
+        watermarks = self._watermarks
+        if watermarks is not None:
             # Session, subject watermark and the global one: three O(1) lookups.
-            if revocations.refuses(
+            if watermarks.refuses(
                 session_id=principal.session_id,
                 subject=principal.subject,
                 issued_at=principal.issued_at,
@@ -360,10 +362,12 @@ class TokenVerifier:
             # A key left the set while this token was being checked: it may be that key.
             if removals != self._removals:
                 return
-            self._cache[token] = entry
-            self._cache.move_to_end(token)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            cache = self._cache
+            if token in cache:
+                cache.move_to_end(token)
+            cache[token] = entry
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
 
     def _forget_kids(self, kids: frozenset[str]) -> None:
         with self._lock:
@@ -386,9 +390,15 @@ class TokenVerifier:
         # the injected clock; PyJWT's decode would parse everything again (~3x the cost
         # of the RSA check itself), so only its algorithm object verifies the signature.
         # ECDSA twins (r, n - s) both verify: see the module docstring for why that is safe.
-        jwk = key.key
+        # A VerificationKey carries its check, prepared once (interceptors._signature);
+        # a custom provider's key is checked by its PyJWK's algorithm object, as before.
+        check = getattr(key, "verify_signature", None)
         try:
-            valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
+            if check is not None:
+                valid = check(parsed.signing_input, parsed.signature)
+            else:
+                jwk = key.key
+                valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
         except (
             jwt_errors.PyJWTError,
             TypeError,

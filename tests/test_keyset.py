@@ -87,6 +87,40 @@ def test_each_supported_key_verifies_a_token_signed_by_its_private_key(name: str
 
 
 @pytest.mark.parametrize(
+    ("name", "alg"),
+    [
+        pytest.param("rsa", "RS256", id="RS256"),
+        pytest.param("rsa", "RS384", id="RS384"),
+        pytest.param("rsa", "RS512", id="RS512"),
+        pytest.param("rsa", "PS256", id="PS256"),
+        pytest.param("rsa", "PS384", id="PS384"),
+        pytest.param("rsa", "PS512", id="PS512"),
+        pytest.param("p256", "ES256", id="ES256"),
+        pytest.param("p384", "ES384", id="ES384"),
+        pytest.param("p521", "ES512", id="ES512"),
+        pytest.param("ed25519", "EdDSA", id="EdDSA-Ed25519"),
+        pytest.param("ed448", "EdDSA", id="EdDSA-Ed448"),
+    ],
+)
+def test_the_prepared_signature_check_agrees_with_pyjwts_algorithm(name: str, alg: str) -> None:
+    # VerificationKey.verify_signature replaces PyJWT's per-call algorithm object on the
+    # verifier's hot path; it must answer exactly as that object does.
+    key = KeySet.from_jwks({"keys": [_public_jwk(name, "k1", alg=alg)]}).get("k1")
+    assert key is not None
+    token = jwt.encode({"sub": "alice"}, _private(name), algorithm=alg, headers={"kid": "k1"})
+    signing_input, _, encoded = token.rpartition(".")
+    signature = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    flipped = bytes([signature[0] ^ 1]) + signature[1:]
+    cases = [signature, flipped, signature[:-1], signature + b"\0", b"", bytes(len(signature))]
+
+    for candidate in cases:
+        expected = key.key.Algorithm.verify(signing_input.encode(), key.key.key, candidate)
+        assert key.verify_signature(signing_input.encode(), candidate) is expected
+    assert key.verify_signature(signing_input.encode(), signature) is True
+    assert key.verify_signature(b"x" + signing_input.encode(), signature) is False
+
+
+@pytest.mark.parametrize(
     ("name", "expected"),
     [
         pytest.param("rsa", "RS256", id="RSA-defaults-to-RS256"),

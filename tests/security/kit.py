@@ -180,7 +180,9 @@ class Target:
         assert isinstance(error, grpc.Call)
         assert error.code() == code, f"{error.code()}: {error.details()}"
         details = error.details() or ""
-        if isinstance(attack, str) and attack:
+        if isinstance(attack, str) and attack and details not in SAFE_MESSAGES:
+            # A fixed category text echoes nothing, even when a tiny mutated token
+            # (Hypothesis shrinks to "e") happens to be a substring of it.
             assert attack not in details
         if code == grpc.StatusCode.UNAUTHENTICATED:
             # The category names only, as the verifier's error classes define them.
