@@ -103,6 +103,13 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         action="store_true",
         help="do not serve gRPC server reflection",
     )
+    add_env_argument(
+        parser,
+        "--no-listen",
+        action="store_true",
+        help="on PostgreSQL, hear other replicas and the CLI by polling only, without a LISTEN"
+        " connection (for a pooler in transaction mode, which cannot carry LISTEN)",
+    )
     _add_session_arguments(parser)
     _add_throttle_arguments(parser)
     _add_argon2_arguments(parser)
@@ -310,6 +317,7 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             allow_short_passphrase=ns.allow_short_passphrase,
             key_kdf=key_kdf(ns),
             reflection=not ns.no_reflection,
+            listen_for_changes=not ns.no_listen,
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
             key_retire_after=ns.key_retire_after,
