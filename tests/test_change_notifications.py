@@ -131,8 +131,8 @@ def test_a_key_change_by_another_process_reaches_the_published_set_at_once(
     other = Database(pg_url)
     try:
         keys = SigningKeyStore(other, PASSPHRASE, kdf=FAST_KDF)
+        kid = keys.rotate(activate_after=600).kid  # the key is generated before the commit
         started = time.monotonic()
-        kid = keys.rotate(activate_after=600).kid
         published = harness.server.publisher
 
         assert wait_until(
