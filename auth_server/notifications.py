@@ -141,7 +141,8 @@ class ChangeListener:
             try:
                 self._listen()
             except Exception as exc:  # noqa: BLE001 - reconnect on any failure
-                if not failing:
+                # One line per outage: when a listening connection drops, not per retry.
+                if self._connected.is_set() or not failing:
                     _LOGGER.warning(
                         "LISTEN connection lost (%s); polling until it is back",
                         type(exc).__name__,
