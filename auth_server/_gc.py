@@ -10,7 +10,9 @@ about a second at 10,000 streams, spent in the middle of a push (measured
 with ``benchmarks/bench_push_fanout.py``: 4,000 streams, revocation to all
 0.26-0.97 s with the defaults, 0.21-0.33 s and no full collection with this).
 
-A larger first threshold lets the short-lived objects of a push die before
+``ssot-auth serve`` calls :func:`tune_gc_for_streams` (a process of its own);
+:func:`auth_server.start_auth_server` does not, as it also runs inside other
+programs. A larger first threshold lets the short-lived objects of a push die before
 any collection looks at them, so hardly any reach the old generation; cycles
 are still collected, just in larger, rarer young batches.
 """

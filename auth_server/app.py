@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_server import deployment_secrets
 from auth_server._envelope import KeyEncryption
-from auth_server._gc import tune_gc_for_streams
 from auth_server._threads import ThreadCalls
 from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
@@ -222,9 +221,6 @@ async def start_auth_server(
     except TlsError as exc:
         raise StartupError(exc.naming(SERVER_TLS_FLAGS)) from None
     components = await asyncio.to_thread(build_components, config, now=now)
-    # Thousands of push streams make the default collector schedule run full
-    # collections in the middle of pushes (auth_server._gc).
-    tune_gc_for_streams()
     publisher = JwksPublisher(
         components.authority.jwks,
         poll_interval=config.key_poll_interval,

@@ -50,6 +50,7 @@ SERVER = """
 import asyncio, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
+from auth_server._gc import tune_gc_for_streams
 from auth_server.app import start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.passwords import Argon2Parameters
@@ -57,6 +58,8 @@ from auth_server.throttle import ThrottlePolicy
 from auth_server.kdf import KdfParameters
 
 async def main():
+    if {tune_gc!r}:
+        tune_gc_for_streams()  # as `ssot-auth serve` does
     config = AuthServerConfig(
         grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=Path({data!r}),
         database_url={url!r}, issuer="http://127.0.0.1:8080", audience="bench",
@@ -258,6 +261,12 @@ def main() -> int:
     parser.add_argument("--per-channel", type=int, default=50)
     parser.add_argument("--postgres", default=None)
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser.add_argument(
+        "--default-gc",
+        dest="tune_gc",
+        action="store_false",
+        help="keep the collector's default schedule (what `ssot-auth serve` changes)",
+    )
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -266,7 +275,9 @@ def main() -> int:
             url = stack.enter_context(postgres_schema(args.postgres))
         else:
             url = f"sqlite:///{data / 'ssot-auth.db'}"
-        code = SERVER.format(root=str(ROOT), data=str(data), url=url, passphrase=PASSPHRASE)
+        code = SERVER.format(
+            root=str(ROOT), data=str(data), url=url, passphrase=PASSPHRASE, tune_gc=args.tune_gc
+        )
         server = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

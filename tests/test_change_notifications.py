@@ -1,7 +1,7 @@
 """Replicas and the CLI are heard at once on PostgreSQL (LISTEN/NOTIFY), with the poll as fallback.
 
-Every test here needs PostgreSQL (``SSOT_TEST_DATABASE_URL``); the polls are set
-far slower than the bounds asserted, so only a notification can explain a pass.
+The PostgreSQL tests need ``SSOT_TEST_DATABASE_URL``; their polls are set far
+slower than the bounds asserted, so only a notification can explain a pass.
 """
 
 from __future__ import annotations
@@ -36,7 +36,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ENV = "SSOT_TEST_DATABASE_URL"
 SLOW_POLL = 5.0
 
-pytestmark = pytest.mark.postgres
+
+def test_on_sqlite_nothing_listens_and_the_cli_is_heard_by_the_poll(
+    auth_fresh: AuthHarness, tmp_path: Path
+) -> None:
+    assert auth_fresh.server.listener is None
+    revocations = RevocationList(AuthServiceSource(auth_fresh.target))
+    revocations.start()
+    other = Database(auth_fresh.server.config.resolved_database_url)
+    try:
+        assert revocations.wait_until_synced(10)
+        sid = _session(auth_fresh)
+        assert SessionStore(other).revocations.revoke(sid)
+        assert wait_until(lambda: revocations.is_revoked(sid), timeout=5)
+    finally:
+        revocations.close()
+        other.dispose()
 
 
 @pytest.fixture
@@ -97,6 +112,7 @@ def _cli(url: str, data_dir: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.postgres
 def test_a_revocation_by_the_cli_reaches_push_verifiers_well_within_the_poll(
     following: tuple[AuthHarness, RevocationList], pg_url: str, tmp_path: Path
 ) -> None:
@@ -108,6 +124,7 @@ def test_a_revocation_by_the_cli_reaches_push_verifiers_well_within_the_poll(
     assert time.monotonic() - exited < 0.5
 
 
+@pytest.mark.postgres
 def test_a_revocation_by_another_replica_reaches_push_verifiers_at_once(
     following: tuple[AuthHarness, RevocationList], pg_url: str
 ) -> None:
@@ -124,6 +141,7 @@ def test_a_revocation_by_another_replica_reaches_push_verifiers_at_once(
         other.dispose()
 
 
+@pytest.mark.postgres
 def test_a_key_change_by_another_process_reaches_the_published_set_at_once(
     following: tuple[AuthHarness, RevocationList], pg_url: str
 ) -> None:
@@ -143,6 +161,7 @@ def test_a_key_change_by_another_process_reaches_the_published_set_at_once(
         other.dispose()
 
 
+@pytest.mark.postgres
 def test_the_poll_takes_over_when_the_listen_connection_is_killed_and_it_comes_back(
     loop_thread: EventLoopThread, tmp_path: Path, pg_url: str
 ) -> None:

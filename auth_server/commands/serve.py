@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+from auth_server._gc import tune_gc_for_streams
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError, run_until_signalled
 from auth_server.commands.settings import (
@@ -363,6 +364,10 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     config = server_config(ns, issuer=ns.issuer, audience=ns.audience)
+    # A process of its own: thousands of push streams would otherwise see full
+    # collections run in the middle of pushes (auth_server._gc). Not done in
+    # start_auth_server, which also runs inside other programs (and tests).
+    tune_gc_for_streams()
 
     async def serve(stop: asyncio.Event) -> None:
         server = await start_auth_server(config)
