@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,7 +10,7 @@ from auth_server.app import StartupError
 from auth_server.commands import keys, login, serve, sessions, up, users
 from auth_server.commands._common import CommandError, close_databases
 from auth_server.errors import AuthServerError
-from interceptors._cli import SettingsError, add_log_level_argument
+from interceptors._cli import SettingsError, add_log_level_argument, parse_command_line
 
 PROG = "ssot-auth"
 
@@ -26,16 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        ns = build_parser().parse_args(argv)
-    except SettingsError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    ns = parse_command_line(build_parser, argv, prog=PROG)
+    if ns is None:
         return 2
-    logging.basicConfig(
-        level=ns.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     run: Callable[[argparse.Namespace], int] = ns.run
     try:
         return run(ns)

@@ -11,7 +11,10 @@
     ├── StorageError                 UNAVAILABLE         the database; retryable
     ├── InvalidRefreshToken          UNAUTHENTICATED     one answer for every bad refresh token
     │   └── RefreshTokenReused                           ... and its session is now revoked
-    └── LoginThrottled               RESOURCE_EXHAUSTED  with ``retry_after``
+    ├── RetryLater                   RESOURCE_EXHAUSTED  refused before any work; ``retry_after``
+    │   ├── LoginThrottled                               too many failed logins
+    │   └── Overloaded                                   the password pool sheds the login
+    └── CallerGone                   DEADLINE_EXCEEDED   the caller left before the work began
 
 A servicer maps any of these to the wire with ``context.abort(exc.code, exc.message)``.
 Unlike the verifier's :class:`interceptors.AuthError` (a fixed class ``message`` plus

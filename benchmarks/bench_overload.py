@@ -25,57 +25,35 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import sqlalchemy as sa
+from _common import (  # before ours: it puts the repository on sys.path
+    ROOT,
+    free_port,
+    postgres_schema,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from interceptors import (  # noqa: E402
+from interceptors import (
     AuthServiceSource,
     RevocationList,
     TokenPolicy,
     TokenVerifier,
 )
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc  # noqa: E402
-from resource_server import ResourceServerConfig, build_server  # noqa: E402
+from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
+from resource_server import ResourceServerConfig, build_server
 
 AUDIENCE = "bench-overload"
 PASSWORD = "bench-overload-password"
 PASSPHRASE = "bench-overload-passphrase-0123"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    name = "bench_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    try:
-        sep = "&" if "?" in base_url else "?"
-        yield f"{base_url}{sep}options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        admin.dispose()
 
 
 @dataclass

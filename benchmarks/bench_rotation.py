@@ -17,29 +17,22 @@ same-run baseline:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import random
 import statistics
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _common import ISSUER, Loop, auth_config  # before ours: it puts the repository on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from auth_server.app import RunningAuthServer, start_auth_server  # noqa: E402
-from auth_server.authority import make_jwks_snapshot  # noqa: E402
-from auth_server.config import AuthServerConfig  # noqa: E402
-from auth_server.keys import SigningKeyStore  # noqa: E402
-from auth_server.passwords import Argon2Parameters  # noqa: E402
-from interceptors import (  # noqa: E402
+from auth_server.app import RunningAuthServer, start_auth_server
+from auth_server.authority import make_jwks_snapshot
+from auth_server.keys import SigningKeyStore
+from interceptors import (
     AuthError,
     AuthServiceSource,
     HttpJwksSource,
@@ -47,21 +40,11 @@ from interceptors import (  # noqa: E402
     TokenPolicy,
     TokenVerifier,
 )
-from protos import auth_pb2, auth_pb2_grpc  # noqa: E402
+from protos import auth_pb2, auth_pb2_grpc
 
-ISSUER = "http://127.0.0.1:8080"
 AUDIENCE = "bench"
 PASSPHRASE = b"bench passphrase 0123456789"
 PASSWORD = "bench password"
-
-
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
 
 def refused_after(verifier: TokenVerifier, token: str, started: float, limit: float) -> float:
@@ -155,15 +138,11 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     loop = Loop()
     with tempfile.TemporaryDirectory() as tmp:
-        config = AuthServerConfig(
-            grpc_address="127.0.0.1:0",
-            http_address="127.0.0.1:0",
-            data_dir=Path(tmp),
-            issuer=ISSUER,
+        config = auth_config(
+            Path(tmp),
             audience=AUDIENCE,
+            passphrase=PASSPHRASE,
             algorithm="ES256",
-            key_passphrase=PASSPHRASE,
-            argon2=Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1),
             jwks_max_age=args.max_age,
         )
         server: RunningAuthServer = loop.run(start_auth_server(config))

@@ -18,83 +18,51 @@ The process pins itself to one CPU (``sched_setaffinity``), so every figure is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import jwt
-import sqlalchemy as sa
+from _common import (  # before ours: it puts the repository on sys.path
+    ISSUER,
+    Loop,
+    auth_config,
+    median_rate,
+    postgres_schema,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from auth_server.app import RunningAuthServer, start_auth_server  # noqa: E402
-from auth_server.config import AuthServerConfig  # noqa: E402
-from auth_server.passwords import Argon2Parameters  # noqa: E402
-from auth_server.sessions import SessionStore  # noqa: E402
-from auth_server.storage import Database  # noqa: E402
-from auth_server.throttle import ThrottlePolicy  # noqa: E402
-from auth_server.tokens import TokenIssuer  # noqa: E402
-from interceptors import (  # noqa: E402
+from auth_server.app import RunningAuthServer, start_auth_server
+from auth_server.sessions import SessionStore
+from auth_server.storage import Database
+from auth_server.throttle import ThrottlePolicy
+from auth_server.tokens import TokenIssuer
+from interceptors import (
     AuthServiceSource,
     RevocationList,
     TokenPolicy,
     TokenVerifier,
 )
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc  # noqa: E402
-from resource_server import ResourceServerConfig, build_server, start_aio_server  # noqa: E402
+from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
+from resource_server import ResourceServerConfig, build_server, start_aio_server
 
-ISSUER = "http://127.0.0.1:8080"
 AUDIENCE = "bench"
 PASSWORD = "bench-password"
 T = TypeVar("T")
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
-
-
-@contextlib.contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    name = "bench_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    try:
-        sep = "&" if "?" in base_url else "?"
-        yield f"{base_url}{sep}options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        admin.dispose()
-
-
 def start(loop: Loop, data_dir: Path, database_url: str | None) -> RunningAuthServer:
-    config = AuthServerConfig(
-        grpc_address="127.0.0.1:0",
-        http_address="127.0.0.1:0",
-        data_dir=data_dir,
-        database_url=database_url,
-        issuer=ISSUER,
+    config = auth_config(
+        data_dir,
         audience=AUDIENCE,
-        key_passphrase=b"benchmark-passphrase-000",
-        argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
+        passphrase=b"benchmark-passphrase-000",
+        database_url=database_url,
         throttle=ThrottlePolicy(enabled=False),
     )
     return loop.run(start_auth_server(config))
@@ -180,15 +148,6 @@ def measure_propagation(
         verifier.close()
     auth_channel.close()
     return rows
-
-
-def median_rate(run: Callable[[], int], repeats: int) -> float:
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - started))
-    return statistics.median(rates)
 
 
 def measure_refresh(auth: RunningAuthServer, n: int, repeats: int) -> tuple[float, float, float]:

@@ -16,8 +16,12 @@ imports only the standard library.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
-from collections.abc import Callable, Mapping
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,43 @@ SERVER_TLS_FLAGS: Mapping[str, str] = {
 
 class SettingsError(Exception):
     """A setting is unusable; the message names the flag or variable to fix."""
+
+
+def parse_command_line(
+    build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None, *, prog: str
+) -> argparse.Namespace | None:
+    """Parse ``argv`` and send log lines to standard error at ``--log-level``.
+
+    Returns:
+        The parsed arguments; ``None``, after one error line, when an ``SSOT_*``
+        variable holds a value its flag refuses (the command then exits 2, as for
+        a bad flag).
+    """
+    try:
+        ns = build_parser().parse_args(argv)
+    except SettingsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    logging.basicConfig(
+        level=ns.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return ns
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run ``serve(stop_event)`` until it returns; SIGINT/SIGTERM set the event."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(runner())
+    return 0
 
 
 def env_name(flag: str) -> str:

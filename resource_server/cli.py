@@ -20,11 +20,12 @@ from google.protobuf.message import Message
 from interceptors import CERT_BINDINGS
 from interceptors._cli import (
     CLIENT_TLS_FLAGS,
-    SettingsError,
     add_client_tls_arguments,
     add_env_argument,
     add_log_level_argument,
     add_server_tls_arguments,
+    parse_command_line,
+    run_until_signalled,
     wants_tls,
 )
 from interceptors.tls import TlsError, channel_credentials
@@ -241,17 +242,13 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     with verifier:
         if ns.aio:
 
-            async def serve() -> None:
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
+            async def serve(stop: asyncio.Event) -> None:
                 server, port = await start_aio_server(config, verifier)
                 print(f"ssot-resource (aio) serving on port {port}", flush=True)
                 await stop.wait()
                 await server.stop(2)
 
-            asyncio.run(serve())
+            run_until_signalled(serve)
         else:
             server, port = build_server(config, verifier)
             print(f"ssot-resource serving on port {port}", flush=True)
@@ -318,16 +315,9 @@ def _cmd_get(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        ns = build_parser().parse_args(argv)
-    except SettingsError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    ns = parse_command_line(build_parser, argv, prog=PROG)
+    if ns is None:
         return 2
-    logging.basicConfig(
-        level=ns.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         result: int = ns.run(ns)
         return result

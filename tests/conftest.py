@@ -14,6 +14,8 @@ import pytest
 
 from auth_server.storage import Database
 from helpers import (
+    FACES,
+    PASSPHRASE,
     PG_ENV,
     AuthHarness,
     EventLoopThread,
@@ -92,7 +94,7 @@ def auth_any_db(
     yield from _running_auth(loop_thread, tmp_path, database_url)
 
 
-@pytest.fixture(params=[pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.fixture(params=FACES)
 def resource(
     request: pytest.FixtureRequest, loop_thread: EventLoopThread
 ) -> Iterator[ResourceHarness]:
@@ -105,3 +107,18 @@ def resource(
     auth: AuthHarness = request.getfixturevalue(name)
     with running_resource(loop_thread, auth, aio=request.param) as harness:
         yield harness
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A clean ``SSOT_*`` environment for an in-process CLI run; returns its data directory.
+
+    Every ``SSOT_*`` variable but the test database's is removed, ``SSOT_DATA_DIR``
+    points into ``tmp_path`` and ``SSOT_KEY_PASSPHRASE`` holds the test passphrase.
+    """
+    for name in list(os.environ):
+        if name.startswith("SSOT_") and name != PG_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
+    return tmp_path / "data"

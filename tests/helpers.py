@@ -4,16 +4,23 @@
 - concurrency: :func:`run_concurrently` (threads released at once by a barrier),
   :class:`EventLoopThread` (an asyncio loop for sync tests that host grpc.aio servers);
 - tokens: :func:`claims` and :func:`mint` (the default access-token claims, signed with
-  PyJWT), :func:`bearer` (the metadata that carries a token);
+  PyJWT), :func:`bearer` (the metadata that carries a token), :func:`kid_of`;
+  :func:`b64url`, :func:`segments` and :func:`replace_segment` (compact JWS by hand);
+  :func:`protected_call` (a token against a resource server: its status code);
 - fakes: :class:`FakeAuthService` (GetJwks + WatchJwks only) and :func:`serve_fake_auth`;
-- real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`) and
-  :func:`running_resource` (:class:`ResourceHarness`); :func:`postgres_schema`.
+- real servers: :func:`make_config`, :func:`start_harness` (:class:`AuthHarness`),
+  :func:`running_resource` (:class:`ResourceHarness`) and :func:`serving_resource` (any
+  config and verifier); :func:`postgres_schema`;
+- the command line: :func:`run_cli` (a command's ``main`` with a given standard input).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
+import sys
 import threading
 import time
 import uuid
@@ -25,14 +32,15 @@ from typing import Any, TypeVar
 
 import grpc
 import jwt
+import pytest
 import sqlalchemy as sa
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.config import AuthServerConfig
 from auth_server.kdf import KdfParameters
 from auth_server.passwords import Argon2Parameters
-from interceptors import CacheSettings, KeyCache, RevocationList
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2_grpc
+from interceptors import CacheSettings, KeyCache, RevocationList, TokenVerifier
+from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
 
 T = TypeVar("T")
@@ -46,8 +54,22 @@ FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 # Likewise for the key-encryption KDF (production: 3 passes over 64 MiB).
 FAST_KDF = KdfParameters(time_cost=1, memory_cost=1024, parallelism=1)
 PG_ENV = "SSOT_TEST_DATABASE_URL"
+#: Both server faces, for ``@pytest.mark.parametrize("aio", FACES)``.
+FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 #: A claim or header member to leave out of a token: ``claims(scope=DROP)``.
 DROP: Any = object()
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def run_cli(main: Callable[[list[str]], int], argv: Iterable[str], stdin: str = "") -> int:
+    """Run a command's ``main(argv)`` in this process, reading ``stdin`` as standard input."""
+    sys.stdin = io.StringIO(stdin)
+    try:
+        return main(list(argv))
+    finally:
+        sys.stdin = sys.__stdin__
+
 
 # -- time ---------------------------------------------------------------------------------
 
@@ -215,6 +237,40 @@ def mint(
     headers = without_dropped({"kid": kid, "typ": "at+jwt"}, header or {})
     headers.setdefault("typ", None)  # PyJWT adds "typ": "JWT" unless told not to
     return jwt.encode(claims(**claim_changes), key, algorithm=algorithm, headers=headers)
+
+
+def protected_call(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+    """Call ``GetProtectedResource`` with ``token``; its status (``OK`` when it passes)."""
+    try:
+        resource_pb2_grpc.ResourceServiceStub(channel).GetProtectedResource(
+            resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
+        )
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def kid_of(token: str) -> str:
+    """The ``kid`` in a token's header, unverified."""
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url (RFC 7515 §2), as a compact JWS spells its segments."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def segments(token: str) -> list[str]:
+    """The dot-separated segments of a compact JWS."""
+    return token.split(".")
+
+
+def replace_segment(token: str, index: int, segment: str) -> str:
+    """``token`` with segment ``index`` (0 header, 1 payload, 2 signature) replaced."""
+    parts = segments(token)
+    parts[index] = segment
+    return ".".join(parts)
 
 
 def bearer(token: str, scheme: str = "Bearer") -> tuple[tuple[str, str]]:
@@ -427,21 +483,41 @@ def running_resource(
         assert revocations is None or isinstance(revocations, RevocationList)
         if push:
             assert revocations is not None and revocations.wait_until_synced(10)
-        if aio:
-            aserver, port = loop_thread.run(start_aio_server(config, verifier))
-            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-        else:
-            server, port = build_server(config, verifier)
-            stop = lambda: server.stop(0.5).wait()  # noqa: E731
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        try:
-            yield ResourceHarness(
-                target=f"127.0.0.1:{port}",
-                keys=keys,
-                aio=aio,
-                channel=channel,
-                revocations=revocations,
-            )
-        finally:
-            channel.close()
-            stop()
+        with serving_resource(loop_thread, config, verifier, aio=aio) as port:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                yield ResourceHarness(
+                    target=f"127.0.0.1:{port}",
+                    keys=keys,
+                    aio=aio,
+                    channel=channel,
+                    revocations=revocations,
+                )
+            finally:
+                channel.close()
+
+
+@contextlib.contextmanager
+def serving_resource(
+    loop_thread: EventLoopThread,
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    aio: bool,
+    grace: float = 0.5,
+) -> Iterator[int]:
+    """Serve ``verifier`` as ``config``'s resource server, sync or aio; yield its port.
+
+    The server stops (``grace`` seconds for calls in flight) when the block ends;
+    the verifier stays with the caller.
+    """
+    if aio:
+        aserver, port = loop_thread.run(start_aio_server(config, verifier))
+        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(grace))  # noqa: E731
+    else:
+        server, port = build_server(config, verifier)
+        stop = lambda: server.stop(grace).wait()  # noqa: E731
+    try:
+        yield port
+    finally:
+        stop()

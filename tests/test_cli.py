@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -16,27 +15,13 @@ from pathlib import Path
 import pytest
 
 from auth_server.__main__ import main as auth_main
-from helpers import PASSPHRASE
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("SSOT_") and name != "SSOT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    return tmp_path / "data"
-
-
-def run(argv: list[str], stdin: str = "", monkeypatch: pytest.MonkeyPatch | None = None) -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(argv)
-    finally:
-        sys.stdin = sys.__stdin__
+def run(argv: list[str], stdin: str = "") -> int:
+    return run_cli(auth_main, argv, stdin)
 
 
 def free_port() -> int:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,25 +15,11 @@ from auth_server.commands.serve import server_config
 from auth_server.errors import InvalidRefreshToken
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database, sqlite_url_for
-from helpers import PASSPHRASE
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("SSOT_") and name != "SSOT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    return tmp_path / "data"
+from helpers import run_cli
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(argv)
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, argv, stdin)
 
 
 def _json_lines(out: str) -> list[dict[str, object]]:
@@ -180,3 +163,30 @@ def test_an_unusable_session_setting_is_a_one_line_error(
     assert code == 1
     err = capsys.readouterr().err
     assert "refresh grace" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["sessions", "revoke", "-s1d"], id="alone"),
+        pytest.param(["sessions", "revoke", "-s1d", "--data-dir", "d"], id="before-an-option"),
+        pytest.param(["sessions", "revoke", "--", "-s1d"], id="after-double-dash"),
+        pytest.param(["keys", "revoke", "-hk1d"], id="kid-like-help"),
+        pytest.param(["keys", "revoke", "--k1d", "--data-dir", "d"], id="kid-with-two-dashes"),
+    ],
+)
+def test_an_id_that_starts_with_a_dash_is_the_id_not_an_option(argv: list[str]) -> None:
+    ns = build_parser().parse_args(argv)
+    assert (ns.sid if argv[0] == "sessions" else ns.kid) == next(
+        a for a in argv[2:] if a.lstrip("-") in ("s1d", "hk1d", "k1d")
+    )
+
+
+def test_options_around_a_dashed_id_still_count_and_still_refuse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns = build_parser().parse_args(["sessions", "revoke", "--use", "alice"])
+    assert (ns.user, ns.sid) == ("alice", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sessions", "revoke", "-s1d", "--user", "alice"])
+    assert "not allowed with argument --user" in capsys.readouterr().err

@@ -17,12 +17,14 @@ from cryptography.hazmat.primitives import serialization
 
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
     ResourceHarness,
     bearer,
     running_resource,
+    serving_resource,
 )
 from protos import auth_pb2, resource_pb2, resource_pb2_grpc
 
@@ -270,7 +272,7 @@ def test_every_rpc_kind_sees_the_principal_and_rejects_no_token(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
     loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
@@ -300,7 +302,7 @@ def test_cached_keys_keep_verifying_with_the_auth_server_stopped(
         assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_burst_of_unknown_kids_costs_at_most_one_fetch(
     loop_thread: EventLoopThread, auth_fresh: AuthHarness, aio: bool
 ) -> None:
@@ -447,18 +449,13 @@ def test_health_and_reflection_answer_without_a_token(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
     loop_thread: EventLoopThread, auth: AuthHarness, aio: bool
 ) -> None:
     import socket
 
-    from resource_server import (
-        ResourceServerConfig,
-        build_server,
-        open_verifier,
-        start_aio_server,
-    )
+    from resource_server import ResourceServerConfig, open_verifier
 
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -469,29 +466,21 @@ def test_a_verifier_that_never_loaded_keys_is_unavailable_not_hanging(
         audience=AUDIENCE,
         jwks_url=f"http://127.0.0.1:{dead}/.well-known/jwks.json",
     )
-    verifier = open_verifier(config)
-    if aio:
-        server, port = loop_thread.run(start_aio_server(config, verifier))
-    else:
-        server, port = build_server(config, verifier)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = resource_pb2_grpc.ResourceServiceStub(channel)
-            started = time.monotonic()
-            code, details = _code(
-                lambda: stub.GetProtectedResource(
-                    resource_pb2.GetProtectedResourceRequest(),
-                    metadata=bearer(auth.forge({})),
-                    timeout=10,
-                )
+    with (
+        open_verifier(config) as verifier,
+        serving_resource(loop_thread, config, verifier, aio=aio, grace=0) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = resource_pb2_grpc.ResourceServiceStub(channel)
+        started = time.monotonic()
+        code, details = _code(
+            lambda: stub.GetProtectedResource(
+                resource_pb2.GetProtectedResourceRequest(),
+                metadata=bearer(auth.forge({})),
+                timeout=10,
             )
-            assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "signing keys unavailable")
-            assert time.monotonic() - started < 5
-            # The public method still answers: only token checks depend on the keys.
-            assert stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10).issuer
-    finally:
-        if aio:
-            loop_thread.run(server.stop(0))  # type: ignore[union-attr]
-        else:
-            server.stop(0)
-        verifier.close()
+        )
+        assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "signing keys unavailable")
+        assert time.monotonic() - started < 5
+        # The public method still answers: only token checks depend on the keys.
+        assert stub.GetPublicInfo(resource_pb2.GetPublicInfoRequest(), timeout=10).issuer

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from helpers import b64url, replace_segment, segments
 from interceptors import AuthError, InvalidClaims, InvalidSignature, MalformedToken
 from interceptors._jws import ParsedJws, parse_compact
 
@@ -30,10 +30,6 @@ def parse(value: Any, **overrides: Any) -> ParsedJws:
         **overrides,
     }
     return parse_compact(value, **settings)
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def header(**members: Any) -> dict[str, Any]:
@@ -58,17 +54,7 @@ def compact(
     payload = claims() if payload is None else payload
     header_raw = head if isinstance(head, bytes) else json.dumps(head).encode()
     payload_raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return f"{b64(header_raw)}.{b64(payload_raw)}.{b64(signature)}"
-
-
-def segments(value: str) -> list[str]:
-    return value.split(".")
-
-
-def replace_segment(value: str, index: int, segment: str) -> str:
-    parts = segments(value)
-    parts[index] = segment
-    return ".".join(parts)
+    return f"{b64url(header_raw)}.{b64url(payload_raw)}.{b64url(signature)}"
 
 
 def non_canonical_signature() -> str:

@@ -10,11 +10,9 @@ passphrase (``legacy_refresh_secret``, the function earlier versions called
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +38,7 @@ from helpers import (
     Clock,
     EventLoopThread,
     make_config,
+    run_cli,
     start_harness,
 )
 
@@ -62,11 +61,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> s
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(["--log-level", "ERROR", *argv])
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, ["--log-level", "ERROR", *argv], stdin)
 
 
 def last_error(capsys: pytest.CaptureFixture[str]) -> str:

@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from auth_server import _keyrows, jwk
 from auth_server.__main__ import main as auth_main
 from auth_server.app import build_components
 from auth_server.storage import signing_keys, sqlite_url_for
-from helpers import PASSPHRASE, make_config
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("SSOT_") and name != "SSOT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSOT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    return tmp_path / "data"
+from helpers import make_config, run_cli
 
 
 def run(argv: list[str], stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return auth_main(["--log-level", "ERROR", *argv])
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(auth_main, ["--log-level", "ERROR", *argv], stdin)
 
 
 def rows(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
@@ -112,6 +98,55 @@ def test_keys_revoke_of_the_current_key_replaces_it(
     assert after[old["kid"]]["state"] == "revoked"
     assert run(["keys", "revoke", str(old["kid"])]) == 0
     assert "already revoked" in capsys.readouterr().out
+
+
+def dashed_thumbprints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every new key's kid start with "-", as one real thumbprint in 64 does."""
+    real = jwk.jwk_thumbprint
+
+    def dashed(key: Mapping[str, Any]) -> str:
+        return "-" + real(key)[1:]
+
+    monkeypatch.setattr(jwk, "jwk_thumbprint", dashed)
+    monkeypatch.setattr(_keyrows, "jwk_thumbprint", dashed)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(lambda kid, data: [kid], id="alone"),
+        pytest.param(lambda kid, data: [kid, "--data-dir", data], id="before-an-option"),
+        pytest.param(lambda kid, data: ["--data-dir", data, kid], id="after-an-option"),
+        pytest.param(lambda kid, data: ["--data-dir", data, "--", kid], id="after-double-dash"),
+    ],
+)
+def test_keys_revoke_takes_a_kid_that_starts_with_a_dash(
+    env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    where: Callable[[str, str], list[str]],
+) -> None:
+    dashed_thumbprints(monkeypatch)
+    assert run(["keys", "rotate"]) == 0
+    [old] = rows(capsys)
+    kid = str(old["kid"])
+    assert kid.startswith("-")
+
+    assert run(["keys", "revoke", *where(kid, str(env))]) == 0
+
+    assert f"revoked key {kid};" in capsys.readouterr().out
+    assert {r["kid"]: r["state"] for r in rows(capsys)}[kid] == "revoked"
+
+
+def test_keys_revoke_of_an_unknown_dashed_kid_is_the_unknown_kid_line(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["keys", "rotate"]) == 0
+    capsys.readouterr()
+
+    assert run(["keys", "revoke", "-no-such-kid"]) == 1
+
+    assert error_line(capsys).startswith("ssot-auth: error: unknown kid '-no-such-kid'")
 
 
 def test_keys_revoke_of_an_unknown_kid_is_one_clear_line(

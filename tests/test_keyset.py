@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from interceptors._errors import KeySetError
-from interceptors._keyset import SUPPORTED_ALGORITHMS, KeySet, VerificationKey, departed_kids
+from interceptors import KeySet, KeySetError, VerificationKey
+from interceptors._keyset import SUPPORTED_ALGORITHMS, departed_kids
 
 # -- key material, generated once ---------------------------------------------------------
 

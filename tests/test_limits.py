@@ -19,20 +19,21 @@ from auth_server.cli import build_parser as auth_parser
 from auth_server.commands.serve import server_config
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
     bearer,
     make_config,
+    serving_resource,
     start_harness,
 )
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
+from resource_server import ResourceServerConfig, open_verifier
 from resource_server.cli import _config as resource_config
 from resource_server.cli import build_parser as resource_parser
 
 PASSWORD = "correct horse battery"
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 REQUEST = resource_pb2.GetProtectedResourceRequest()
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -77,19 +78,15 @@ def resource(
         jwks_url=auth.jwks_url,
         **limits,
     )
-    with open_verifier(config) as verifier:
-        if aio:
-            aserver, port = loop_thread.run(start_aio_server(config, verifier))
-            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0))  # noqa: E731
-        else:
-            server, port = build_server(config, verifier)
-            stop = lambda: server.stop(0).wait()  # noqa: E731
+    with (
+        open_verifier(config) as verifier,
+        serving_resource(loop_thread, config, verifier, aio=aio, grace=0) as port,
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
         try:
             yield Served(channel=channel, address=f"127.0.0.1:{port}")
         finally:
             channel.close()
-            stop()
 
 
 def _stub(channel: grpc.Channel) -> resource_pb2_grpc.ResourceServiceStub:

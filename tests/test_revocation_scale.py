@@ -28,6 +28,7 @@ from helpers import (
     bearer,
     running_resource,
     serve_fake_auth,
+    serving_resource,
     wait_until,
 )
 from interceptors import (
@@ -41,7 +42,7 @@ from interceptors import (
     TokenVerifier,
 )
 from protos import auth_pb2, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
+from resource_server import ResourceServerConfig, open_verifier
 
 PASSWORD = "correct horse battery"
 
@@ -285,30 +286,23 @@ def test_a_resource_server_told_to_fail_closed_refuses_while_revocations_never_s
     try:
         with open_verifier(config) as verifier:
             assert isinstance(verifier.keys, KeyCache) and verifier.keys.wait_until_loaded(5)
-            if aio:
-                aserver, port = loop_thread.run(start_aio_server(config, verifier))
-            else:
-                server, port = build_server(config, verifier)
-            try:
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = resource_pb2_grpc.ResourceServiceStub(channel)
-                    call = functools.partial(
-                        stub.GetProtectedResource,
-                        resource_pb2.GetProtectedResourceRequest(),
-                        metadata=bearer(auth.forge({})),
-                        timeout=5,
-                    )
-                    if fail_closed is None:
-                        assert call().user.username == "mallory"
-                    else:
-                        with pytest.raises(grpc.RpcError) as refused:
-                            call()
-                        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-                        assert refused.value.details() == "revocation list unavailable"
-            finally:
-                if aio:
-                    loop_thread.run(aserver.stop(0.5))
+            with (
+                serving_resource(loop_thread, config, verifier, aio=aio) as port,
+                grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            ):
+                stub = resource_pb2_grpc.ResourceServiceStub(channel)
+                call = functools.partial(
+                    stub.GetProtectedResource,
+                    resource_pb2.GetProtectedResourceRequest(),
+                    metadata=bearer(auth.forge({})),
+                    timeout=5,
+                )
+                if fail_closed is None:
+                    assert call().user.username == "mallory"
                 else:
-                    server.stop(0.5).wait()
+                    with pytest.raises(grpc.RpcError) as refused:
+                        call()
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert refused.value.details() == "revocation list unavailable"
     finally:
         fake.stop(0.5).wait()

@@ -25,7 +25,16 @@ import pytest
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.keys import SigningKeyStore
-from helpers import AUDIENCE, ISSUER, PASSPHRASE, Clock, EventLoopThread, bearer, make_config
+from helpers import (
+    AUDIENCE,
+    ISSUER,
+    PASSPHRASE,
+    Clock,
+    EventLoopThread,
+    kid_of,
+    make_config,
+    protected_call,
+)
 from interceptors import (
     AuthServiceSource,
     CacheSettings,
@@ -34,7 +43,7 @@ from interceptors import (
     TokenPolicy,
     TokenVerifier,
 )
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
+from protos import auth_pb2, auth_pb2_grpc
 from resource_server import ResourceServerConfig, build_server
 
 T0 = 1_800_000_000.0
@@ -121,25 +130,13 @@ class Rig:
         self.loop_thread.run(self.server.scheduler.run_once())
         self.loop_thread.run(self.server.publisher.refresh())
 
-    def current_kid(self) -> str:
+    def currentkid_of(self) -> str:
         return self.store.current().kid
 
 
 def _call(target: str, token: str) -> grpc.StatusCode:
     with grpc.insecure_channel(target) as channel:
-        stub = resource_pb2_grpc.ResourceServiceStub(channel)
-        try:
-            stub.GetProtectedResource(
-                resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
-            )
-        except grpc.RpcError as exc:
-            assert isinstance(exc, grpc.Call)
-            return exc.code()
-    return OK
-
-
-def _kid(token: str) -> str:
-    return str(jwt.get_unverified_header(token)["kid"])
+        return protected_call(channel, token)
 
 
 def _exp(token: str) -> float:
@@ -231,7 +228,7 @@ def _client(rig: Rig, traffic: Traffic, index: int, stop: threading.Event) -> No
             for verifier, target in (("push", rig.push_target), ("http", rig.http_target)):
                 after = traffic.revoking
                 code = _call(target, token)
-                traffic.record(index, Call(verifier, _kid(token), code, after))
+                traffic.record(index, Call(verifier, kid_of(token), code, after))
                 if code is grpc.StatusCode.UNAUTHENTICATED:
                     token = None  # log in again, as the token helper would
                     break
@@ -275,12 +272,12 @@ def test_three_rotations_and_a_revocation_fail_no_honest_call(rig: Rig) -> None:
     for thread in threads:
         thread.start()
     try:
-        first = rig.current_kid()
+        first = rig.currentkid_of()
         signers = [first]
         # Three scheduled rotations: each key is pre-published ACTIVATE_AFTER before it signs.
         while len(signers) < 4:
             _advance(rig, traffic, clients, STEP)
-            kid = rig.current_kid()
+            kid = rig.currentkid_of()
             if kid != signers[-1]:
                 states = {k.kid: k.state for k in rig.store.list_keys()}
                 assert states[signers[-1]] == "previous"
@@ -298,9 +295,9 @@ def test_three_rotations_and_a_revocation_fail_no_honest_call(rig: Rig) -> None:
         assert traffic.unexpected_failures() == []
         upcoming = [k.kid for k in rig.store.list_keys() if k.state == "next"]
         assert len(upcoming) == 1
-        compromised = rig.current_kid()
+        compromised = rig.currentkid_of()
         stolen = rig.login()
-        assert _kid(stolen) == compromised
+        assert kid_of(stolen) == compromised
         assert _call(rig.push_target, stolen) is OK and _call(rig.http_target, stolen) is OK
         cli_store = SigningKeyStore(rig.server.components.database, PASSPHRASE, now=rig.clock)
         traffic.revoked_kid = compromised
@@ -309,7 +306,7 @@ def test_three_rotations_and_a_revocation_fail_no_honest_call(rig: Rig) -> None:
         # Push verifier: within 1 s, with no help from the test (the server polls).
         push_seconds = _revoked_fails_on(rig, rig.push_target, stolen, limit=1.0)
         # The pre-published key signs at once, and every verifier already knows it.
-        assert rig.current_kid() == upcoming[0]
+        assert rig.currentkid_of() == upcoming[0]
         traffic.wait_for_calls(clients, each=4)
         # HTTP verifier: at its next refresh, at most max-age later.
         _advance(rig, traffic, clients, MAX_AGE + STEP)

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import jwt
 import pytest
 
-from helpers import PASSPHRASE, bearer, wait_until
-from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
+from helpers import PASSPHRASE, kid_of, protected_call, wait_until
+from protos import auth_pb2, auth_pb2_grpc
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -182,21 +181,6 @@ def system(tmp_path: Path) -> Iterator[System]:
                 proc.communicate(timeout=10)
 
 
-def _call(channel: grpc.Channel, token: str) -> grpc.StatusCode:
-    try:
-        resource_pb2_grpc.ResourceServiceStub(channel).GetProtectedResource(
-            resource_pb2.GetProtectedResourceRequest(), metadata=bearer(token), timeout=10
-        )
-    except grpc.RpcError as exc:
-        assert isinstance(exc, grpc.Call)
-        return exc.code()
-    return OK
-
-
-def _kid(token: str) -> str:
-    return str(jwt.get_unverified_header(token)["kid"])
-
-
 @dataclass
 class Log:
     calls: list[tuple[str, str, grpc.StatusCode, bool]] = field(default_factory=list)
@@ -227,12 +211,12 @@ def _client(sysm: System, log: Log, fresh: bool, stop: threading.Event) -> None:
                 issued = time.time()
                 token, expires = reply.access_token, issued + reply.expires_in
             for name in ("push", "http"):
-                code = _call(channels[name], token)
+                code = protected_call(channels[name], token)
                 # Read after the call: a revocation that lands while the call is in
                 # flight (a descheduled thread on a loaded machine) is then counted.
                 after = log.revoking
                 with log.lock:
-                    log.calls.append((name, _kid(token), code, after))
+                    log.calls.append((name, kid_of(token), code, after))
                 if code is grpc.StatusCode.UNAUTHENTICATED:
                     token = None
                     break
@@ -248,7 +232,7 @@ def _watch(target: str, token: str, refused: dict[str, float], name: str) -> Non
     deadline = time.monotonic() + 30
     with grpc.insecure_channel(target) as channel:
         while time.monotonic() < deadline:
-            if _call(channel, token) is not OK:
+            if protected_call(channel, token) is not OK:
                 refused[name] = time.time()
                 return
 
@@ -288,7 +272,7 @@ def test_rotations_and_revocation_with_real_processes(system: System) -> None:
                 .Login(auth_pb2.LoginRequest(username="alice", password=PASSWORD), timeout=10)
                 .access_token
             )
-        compromised = _kid(stolen)
+        compromised = kid_of(stolen)
         # Watch the stolen token from before the revocation, to time its refusal exactly.
         refused: dict[str, float] = {}
         watchers = [

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from auth_server.sessions import SessionPolicy
 from auth_server.storage import Database
 from helpers import (
+    FACES,
     AuthHarness,
     Clock,
     EventLoopThread,
@@ -158,7 +159,7 @@ def test_a_repeat_after_the_successor_was_spent_revokes_the_session(server: Auth
     assert _error(lambda: server.refresh(second.refresh_token)) == INVALID
 
 
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_reuse_after_the_grace_window_revokes_the_family_everywhere(
     server: AuthHarness, clock: Clock, loop_thread: EventLoopThread, aio: bool
 ) -> None:
@@ -249,7 +250,7 @@ def test_logins_beyond_the_per_user_limit_end_the_oldest_session(
 # -- logout and revocation ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("aio", [pytest.param(False, id="sync"), pytest.param(True, id="aio")])
+@pytest.mark.parametrize("aio", FACES)
 def test_logout_reaches_a_subscribed_resource_server_within_a_second(
     server: AuthHarness, loop_thread: EventLoopThread, aio: bool
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import logging
 import os
@@ -24,11 +23,14 @@ from auth_server.__main__ import main as auth_main
 from auth_server.app import RunningAuthServer, start_auth_server
 from helpers import (
     AUDIENCE,
+    FACES,
     ISSUER,
     AuthHarness,
     EventLoopThread,
     bearer,
     make_config,
+    run_cli,
+    serving_resource,
     start_harness,
 )
 from interceptors import (
@@ -39,11 +41,10 @@ from interceptors import (
 )
 from pki import Identity, Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, open_verifier, start_aio_server
+from resource_server import ResourceServerConfig, build_server, open_verifier
 from resource_server.__main__ import main as resource_main
 
 PASSWORD = "correct horse battery"
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 REQUEST = resource_pb2.GetProtectedResourceRequest()
 
 
@@ -158,17 +159,11 @@ def tls_resource(
         tls_key=pki.server.key,
         **changes,
     )
-    with open_verifier(config) as verifier:
-        if aio:
-            aserver, port = loop_thread.run(start_aio_server(config, verifier))
-            stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-        else:
-            server, port = build_server(config, verifier)
-            stop = lambda: server.stop(0.5).wait()  # noqa: E731
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            stop()
+    with (
+        open_verifier(config) as verifier,
+        serving_resource(loop_thread, config, verifier, aio=aio) as port,
+    ):
+        yield f"127.0.0.1:{port}"
 
 
 def call(target: str, creds: grpc.ChannelCredentials, metadata: Any = None) -> Any:
@@ -339,11 +334,7 @@ def _free_port() -> int:
 
 
 def _cli(main: Callable[[list[str]], int], *argv: str, stdin: str = "") -> int:
-    sys.stdin = io.StringIO(stdin)
-    try:
-        return main(list(argv))
-    finally:
-        sys.stdin = sys.__stdin__
+    return run_cli(main, argv, stdin)
 
 
 @pytest.mark.slow

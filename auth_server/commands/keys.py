@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auth_server.commands._common import CommandError, open_database
+from auth_server.commands._common import CommandError, IdArgumentParser, open_database
 from auth_server.commands.serve import duration
 from auth_server.commands.settings import (
     add_passphrase_argument,
@@ -34,7 +34,7 @@ from interceptors._cli import add_env_argument, env_value
 
 def register(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION"
+        dest="keys_command", required=True, metavar="ACTION", parser_class=IdArgumentParser
     )
     klist = keys.add_parser("list", help="list signing keys, their states and transition times")
     klist.add_argument("--json", action="store_true", help="print JSON lines")
@@ -75,7 +75,7 @@ def register(commands: Any) -> None:
     revoke = keys.add_parser(
         "revoke", help="remove a compromised key from the key set at once (and replace it)"
     )
-    revoke.add_argument("kid")
+    revoke.add_id_argument("kid")
     revoke.set_defaults(run=_cmd_keys_revoke)
 
     rewrap = keys.add_parser(

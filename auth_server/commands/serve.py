@@ -9,7 +9,7 @@ from typing import Any
 
 from auth_server._gc import tune_gc_for_streams
 from auth_server.app import start_auth_server
-from auth_server.commands._common import CommandError, run_until_signalled
+from auth_server.commands._common import CommandError
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
@@ -35,7 +35,7 @@ from auth_server.passwords import Argon2Parameters
 from auth_server.ratelimit import RateLimit, RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
-from interceptors._cli import add_env_argument, add_server_tls_arguments
+from interceptors._cli import add_env_argument, add_server_tls_arguments, run_until_signalled
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -132,67 +132,75 @@ def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integ
     )
 
 
+def _add_numbers(
+    parser: argparse.ArgumentParser, title: str, rows: tuple[tuple[str, float, str], ...]
+) -> Any:
+    """Add a group of numeric flags, ``(flag, default, help)`` each; return the group.
+
+    A flag takes whole numbers when its default (the policy's field) is an ``int``.
+    """
+    group = parser.add_argument_group(title)
+    for flag, default, text in rows:
+        _add_number(group, flag, default, text, integer=isinstance(default, int))
+    return group
+
+
 def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
     d = SessionPolicy()
-    group = parser.add_argument_group("sessions")
-    for flag, default, text, integer in (
-        ("--session-idle-ttl", d.idle_timeout, "end a session unused for this many seconds", False),
+    _add_numbers(
+        parser,
+        "sessions",
         (
-            "--session-max-lifetime",
-            d.max_lifetime,
-            "end every session after this many seconds",
-            False,
+            ("--session-idle-ttl", d.idle_timeout, "end a session unused for this many seconds"),
+            ("--session-max-lifetime", d.max_lifetime, "end every session after this many seconds"),
+            (
+                "--refresh-grace",
+                d.refresh_grace,
+                "seconds a just-spent refresh token still returns the same successor",
+            ),
+            (
+                "--max-sessions-per-user",
+                d.max_per_user,
+                "live sessions per user; the oldest end first",
+            ),
         ),
-        (
-            "--refresh-grace",
-            d.refresh_grace,
-            "seconds a just-spent refresh token still returns the same successor",
-            False,
-        ),
-        (
-            "--max-sessions-per-user",
-            d.max_per_user,
-            "live sessions per user; the oldest end first",
-            True,
-        ),
-    ):
-        _add_number(group, flag, default, text, integer=integer)
+    )
 
 
 def _add_throttle_arguments(parser: argparse.ArgumentParser) -> None:
     d = ThrottlePolicy()
-    group = parser.add_argument_group("login throttling")
-    for flag, default, text, integer in (
-        ("--throttle-window", d.window, "length of each failure-counting window, seconds", False),
+    _add_numbers(
+        parser,
+        "login throttling",
         (
-            "--throttle-user-address",
-            d.per_user_address,
-            "failures per window for one user from one address",
-            True,
+            ("--throttle-window", d.window, "length of each failure-counting window, seconds"),
+            (
+                "--throttle-user-address",
+                d.per_user_address,
+                "failures per window for one user from one address",
+            ),
+            ("--throttle-address", d.per_address, "failures per window from one address"),
+            (
+                "--throttle-user",
+                d.per_user,
+                "failures per window for one user before each attempt waits a growing delay",
+            ),
+            ("--throttle-max-delay", d.max_delay, "longest per-user delay, seconds"),
         ),
-        ("--throttle-address", d.per_address, "failures per window from one address", True),
-        (
-            "--throttle-user",
-            d.per_user,
-            "failures per window for one user before each attempt waits a growing delay",
-            True,
-        ),
-        ("--throttle-max-delay", d.max_delay, "longest per-user delay, seconds", False),
-    ):
-        _add_number(group, flag, default, text, integer=integer)
+    )
 
 
 def _add_argon2_arguments(parser: argparse.ArgumentParser) -> None:
     d = Argon2Parameters()
-    group = parser.add_argument_group(
-        "password hashing (argon2id; older hashes are upgraded at the next login)"
+    group = _add_numbers(
+        parser,
+        "password hashing (argon2id; older hashes are upgraded at the next login)",
+        (
+            ("--argon2-time-cost", d.time_cost, "passes over the memory"),
+            ("--argon2-memory-cost", d.memory_cost, "memory in KiB"),
+            ("--argon2-parallelism", d.parallelism, "lanes"),
+        ),
     )
-    for flag, default, text in (
-        ("--argon2-time-cost", d.time_cost, "passes over the memory"),
-        ("--argon2-memory-cost", d.memory_cost, "memory in KiB"),
-        ("--argon2-parallelism", d.parallelism, "lanes"),
-    ):
-        _add_number(group, flag, default, text, integer=True)
     _add_number(
         group,
         "--hash-workers",

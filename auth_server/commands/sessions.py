@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from auth_server.commands._common import CommandError, open_database
+from auth_server.commands._common import CommandError, IdArgumentParser, open_database
 from auth_server.commands.settings import add_storage_arguments
 from auth_server.passwords import PasswordHasher
 from auth_server.sessions import SessionInfo, SessionStore
@@ -17,7 +17,9 @@ from auth_server.users import UserStore
 def register(commands: Any) -> None:
     sessions = commands.add_parser(
         "sessions", help="list and revoke login sessions"
-    ).add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    ).add_subparsers(
+        dest="sessions_command", required=True, metavar="ACTION", parser_class=IdArgumentParser
+    )
     listing = sessions.add_parser("list", help="list a user's live sessions")
     listing.add_argument("user", help="username")
     listing.add_argument("--all", action="store_true", help="include ended sessions")
@@ -29,7 +31,7 @@ def register(commands: Any) -> None:
         "follow the auth service refuse the access tokens within a second",
     )
     which = revoke.add_mutually_exclusive_group(required=True)
-    which.add_argument("sid", nargs="?", help="the session id (the sid claim)")
+    revoke.add_id_argument("sid", into=which, nargs="?", help="the session id (the sid claim)")
     which.add_argument("--user", help="end every session of this user")
     which.add_argument(
         "--all",

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from auth_server.app import start_auth_server
-from auth_server.commands._common import run_until_signalled
 from auth_server.commands.serve import add_server_arguments, server_config
 from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
-from interceptors._cli import add_env_argument
+from interceptors._cli import add_env_argument, run_until_signalled
 from resource_server import ResourceServerConfig, open_verifier, start_aio_server
 
 _LOGGER = logging.getLogger(__name__)

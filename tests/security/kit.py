@@ -32,22 +32,23 @@ from helpers import (
     AuthHarness,
     EventLoopThread,
     running_resource,
+    serving_resource,
     without_dropped,
 )
 
 # Re-exported: the family modules import them from here.
 from helpers import DROP as DROP
+from helpers import FACES as FACES
 from helpers import bearer as bearer
 from helpers import claims as default_claims
 from interceptors import KeyCache, StaticSource, TokenPolicy, TokenVerifier
 from interceptors._keyset import SUPPORTED_ALGORITHMS
 from protos import resource_pb2, resource_pb2_grpc
-from resource_server import ResourceServerConfig, build_server, start_aio_server
+from resource_server import ResourceServerConfig
 
 PASSWORD = "honest-password-7f3a9c"
 HONEST_USER = "honest"
 REQUEST = resource_pb2.GetProtectedResourceRequest()
-FACES = [pytest.param(False, id="sync"), pytest.param(True, id="aio")]
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 #: A case: the issuer under attack -> the token (str) or the raw metadata to send.
 Attack: TypeAlias = Callable[["Issuer"], "str | Metadata"]
@@ -302,19 +303,12 @@ def serve_verifier(
         audience=policy.audience,
         jwks_url="http://127.0.0.1:9/unused",  # the key cache is given; no source is built
     )
-    verifier = TokenVerifier(keys, policy)
-    if aio:
-        aserver, port = loop_thread.run(start_aio_server(config, verifier))
-        stop: Callable[[], object] = lambda: loop_thread.run(aserver.stop(0.5))  # noqa: E731
-    else:
-        server, port = build_server(config, verifier)
-        stop = lambda: server.stop(0.5).wait()  # noqa: E731
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield channel
-    finally:
-        channel.close()
-        stop()
+    with serving_resource(loop_thread, config, TokenVerifier(keys, policy), aio=aio) as port:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            yield channel
+        finally:
+            channel.close()
 
 
 @contextlib.contextmanager
