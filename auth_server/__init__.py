@@ -15,9 +15,18 @@ Module map (``_name``: private to its group):
 * keys -- ``keys`` (SigningKeyStore, the facade; its docstring draws a key's life),
   ``lifecycle`` (KeyLifecycle and the pure decisions over KeyRecord rows),
   ``_keyrows`` (reading rows, encrypting keys), ``_keychanges`` (KeyWriter: every
-  change inside the replicas' lock), ``_keymaterial`` (decrypted keys in memory),
+  change inside the replicas' lock), ``_keymaterial`` (loaded keys in memory),
+  ``custody`` (KeyCustody, where private keys live: DatabaseCustody for ``--key-store
+  db``), ``hsm`` (Pkcs11Custody for ``--key-store pkcs11``, with ``_pkcs11_keys``),
   ``scheduler`` (KeyScheduler), ``publisher`` (JwksPublisher), ``jwk`` (JWKs,
-  RFC 7638 thumbprints, key generation), ``tokens`` (TokenIssuer signs access tokens).
+  RFC 7638 thumbprints, key generation), ``jws`` (compact JWS around a signer),
+  ``tokens`` (TokenIssuer signs access tokens).
+* clients (service identities, OAuth 2.0) -- ``clients`` (ClientStore), ``client_auth``
+  (ClientAuthenticator: one answer for every failure), ``client_assertion``
+  (private_key_jwt, the jti replay table), ``client_tls`` (tls_client_auth),
+  ``client_throttle``, ``oauth`` (OAuthEndpoint, the token/revoke/introspect core),
+  ``oauth_grpc`` and ``oauth_http`` (its two faces), ``oauth_wiring`` (building it),
+  ``token_inspector`` (our own tokens checked with the verifier's code).
 * wire -- ``service`` (gRPC AuthService; errors become statuses in one place),
   ``http`` (JWKS and discovery documents), ``authority`` (TokenAuthority, the
   network-free core both call), ``broadcast`` (PolledBroadcaster, the
@@ -53,6 +62,7 @@ from auth_server.errors import (
     InvalidRefreshToken,
     InvalidRequest,
     KeyStoreError,
+    KeyStoreUnavailable,
     LoginThrottled,
     Overloaded,
     RetryLater,
@@ -93,6 +103,7 @@ __all__ = [
     "KeyLifecycle",
     "KeyScheduler",
     "KeyStoreError",
+    "KeyStoreUnavailable",
     "LifecycleError",
     "LoginThrottle",
     "LoginThrottled",

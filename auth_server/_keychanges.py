@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from auth_server import _keyrows as keyrows
-from auth_server._envelope import KeyEncryption
-from auth_server._keyrows import SigningKey
-from auth_server.jwk import PrivateKey
+from auth_server._keyrows import NewKey, SigningKey
 from auth_server.lifecycle import KeyLifecycle, KeyRecord, activation_order, pick_current
 from auth_server.storage import signing_keys
 
@@ -96,22 +94,30 @@ class KeyWriter:
         *,
         now: float,
         lifecycle: KeyLifecycle,
-        sealer: KeyEncryption,
         usable: Callable[[str], bool],
+        destroy: Callable[[str], bool],
     ) -> None:
+        """Start the changes of one transaction.
+
+        Args:
+            conn: The transaction (holding the replicas' lock).
+            now: Its time, epoch seconds.
+            lifecycle: Sets retirement times.
+            usable: Whether a key loads (a *next* key that does not is withdrawn).
+            destroy: Destroys a key's private key where it lives outside its row
+                (a token object); False if that failed and must be retried.
+        """
         self.conn = conn
         self.now = now
         self.changes = Changes()
         self._lifecycle = lifecycle
-        self._sealer = sealer
         self._usable = usable
+        self._destroy = destroy
 
     def live(self) -> list[KeyRecord]:
         return keyrows.select_live(self.conn, self.now)
 
-    def rotate(
-        self, private_key: PrivateKey, algorithm: str, activates_at: float, reason: str
-    ) -> str:
+    def rotate(self, new: NewKey, activates_at: float, reason: str) -> str:
         """Add a key that signs from ``activates_at`` (at once if no key signs now)."""
         now = self.now
         records = self.live()
@@ -125,9 +131,8 @@ class KeyWriter:
             replaced.deactivated_at is None or replaced.deactivated_at > activates_at
         ):
             self.deactivate(replaced.kid, activates_at)
-        key, values = keyrows.new_row(
-            private_key, algorithm, self._sealer, created_at=now, activates_at=activates_at
-        )
+        key, algorithm = new.key, new.key.algorithm
+        values = keyrows.new_row(new, created_at=now, activates_at=activates_at)
         self.conn.execute(signing_keys.insert().values(**values))
         self.changes.inserted.append(key)
         replaces = None if replaced is None else replaced.kid
@@ -155,7 +160,8 @@ class KeyWriter:
 
     def revoke(self, record: KeyRecord) -> None:
         """Revoke a key and destroy its private key (the caller replaces a current one)."""
-        keyrows.update(self.conn, record.kid, revoked_at=self.now, private_key=keyrows.DESTROYED)
+        keyrows.update(self.conn, record.kid, revoked_at=self.now)
+        self._forget(record.kid)
         self._splice(record)
         self.changes.revoked.append(record.kid)
 
@@ -167,7 +173,8 @@ class KeyWriter:
     def withdraw(self, record: KeyRecord, why: str) -> None:
         """Retire a *next* key at once: it never signed, so no token needs it."""
         kid = record.kid
-        keyrows.update(self.conn, kid, retires_at=self.now, private_key=keyrows.DESTROYED)
+        keyrows.update(self.conn, kid, retires_at=self.now)
+        self._forget(kid)
         self._splice(record)
         self.changes.withdrawn.append(kid)
         self.changes.events.append(
@@ -203,7 +210,8 @@ class KeyWriter:
     def destroy(self, record: KeyRecord) -> None:
         """Destroy the private key of a retired (or revoked) key; its public row stays."""
         kid = record.kid
-        keyrows.update(self.conn, kid, private_key=keyrows.DESTROYED)
+        if not self._forget(kid):
+            return  # retried at the next pass: the row still says it has a private key
         self.changes.destroyed.append(kid)
         if record.revoked_at is None:
             self.changes.events.append(
@@ -213,6 +221,15 @@ class KeyWriter:
                 )
             )
         _LOGGER.info("destroyed the private key of retired signing key %s", kid)
+
+    def _forget(self, kid: str) -> bool:
+        # A token's object is destroyed before the row forgets it: if the token does
+        # not answer, the row keeps its reference, is_spent stays true and the next
+        # maintenance pass tries again.
+        if not self._destroy(kid):
+            return False
+        keyrows.update(self.conn, kid, private_key=keyrows.DESTROYED)
+        return True
 
     def _splice(self, removed: KeyRecord) -> None:
         # A key that never signed leaves the chain: the key it was to replace

@@ -5,8 +5,9 @@ Private to :mod:`auth_server.keys`. The store decides *which* key signs (from
 a usable :class:`SigningKey`: it reads the encrypted row, decrypts it with the
 passphrase (:mod:`auth_server._envelope`) and checks it against its published
 JWK, once per ``kid``. It is the one place that touches private key material
-at rest, which is what a hardware key store (``--key-store pkcs11``) would
-replace.
+at rest. A row whose key is held by a PKCS#11 token (``--key-store pkcs11``) is
+loaded by that custodian instead (:mod:`auth_server.custody`): a handle to the
+token object, never key material.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from auth_server import _keyrows as keyrows
 from auth_server._envelope import KeyEncryption
 from auth_server._keyrows import SigningKey
+from auth_server.custody import KeyCustody
 from auth_server.errors import KeyStoreError
 from auth_server.kdf import KdfParameters
 from auth_server.storage import Database, signing_keys
@@ -33,7 +35,12 @@ class DecryptedKeys:
     """
 
     def __init__(
-        self, db: Database, passphrase: bytes, *, kdf: KdfParameters | None = None
+        self,
+        db: Database,
+        passphrase: bytes,
+        *,
+        kdf: KdfParameters | None = None,
+        token: KeyCustody | None = None,
     ) -> None:
         """Create the cache (no database access yet).
 
@@ -43,11 +50,13 @@ class DecryptedKeys:
             kdf: The KDF parameters of keys sealed from now on (the
                 :class:`KdfParameters` defaults if not given); stored keys open
                 with their own.
+            token: Loads the rows whose key a token holds (``--key-store pkcs11``).
 
         Raises:
             ValueError: Empty passphrase.
         """
         self._db = db
+        self._token = token
         self._sealer = KeyEncryption(passphrase, kdf)
         self._keys: dict[str, SigningKey] = {}
         self._unusable: set[str] = set()
@@ -63,6 +72,7 @@ class DecryptedKeys:
 
         Raises:
             KeyStoreError: No such key, or its row cannot be used to sign.
+            KeyStoreUnavailable: The token holding it does not answer.
             StorageError: The database is unavailable.
         """
         with self._lock:
@@ -80,7 +90,12 @@ class DecryptedKeys:
         if row is None:
             raise KeyStoreError("no signing key is active")
         try:
-            key = keyrows.signing_key_from_row(kid, *row, self._sealer)
+            if self._token is not None and self._token.holds(row.private_key):
+                # KeyStoreUnavailable passes through: a token that does not answer
+                # says nothing about the key, which must not be marked unusable.
+                key = self._token.load(kid, *row)
+            else:
+                key = keyrows.signing_key_from_row(kid, *row, self._sealer)
         except KeyStoreError:
             with self._lock:
                 self._unusable.add(kid)

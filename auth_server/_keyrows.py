@@ -10,7 +10,7 @@ import json
 import logging
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from auth_server._envelope import KeyEncryption, SealError, is_sealed
 from auth_server.errors import KeyStoreError
 from auth_server.jwk import PRIVATE_TYPES, PrivateKey, jwk_thumbprint, public_jwk
+from auth_server.jws import Signer, local_signer
 from auth_server.lifecycle import KeyRecord, is_live, state_of
 from auth_server.storage import signing_keys
 
@@ -33,6 +34,14 @@ _PASSPHRASE_PROBES = 5
 
 # What a destroyed private key column holds (the column is NOT NULL).
 DESTROYED = b""
+# How the private key column of a key held by a PKCS#11 token begins: it holds the
+# RFC 7512 URI of the token object, never key material (auth_server.hsm).
+TOKEN_REFERENCE = b"pkcs11:"
+
+
+def _no_signer(signing_input: bytes) -> bytes:
+    raise AssertionError("replaced in SigningKey.__post_init__")
+
 
 METADATA_COLUMNS = (
     signing_keys.c.kid,
@@ -50,19 +59,36 @@ _RECORD_COLUMNS = (*METADATA_COLUMNS, HAS_PRIVATE_KEY.label("has_private_key"))
 
 @dataclass(frozen=True, kw_only=True)
 class SigningKey:
-    """A decrypted key that can sign tokens.
+    """A key that can sign tokens: decrypted in memory, or held by a PKCS#11 token.
 
     Attributes:
         kid: The key id (RFC 7638 thumbprint of the public key).
         algorithm: The JWS algorithm, one of :data:`auth_server.jwk.ALGORITHMS`.
-        private_key: The private key (never log or serialise it).
         public_jwk: The public JWK, as published.
+        private_key: The private key (never log or serialise it); ``None`` when it
+            never leaves a token (``--key-store pkcs11``).
+        signer: Signs a JWS signing input; made from ``private_key`` if not given.
     """
 
     kid: str
     algorithm: str
-    private_key: PrivateKey
     public_jwk: Mapping[str, str]
+    private_key: PrivateKey | None = None
+    signer: Signer = field(default=_no_signer, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.signer is _no_signer:
+            if self.private_key is None:
+                raise ValueError("a signing key needs a private key or a signer")
+            object.__setattr__(self, "signer", local_signer(self.private_key, self.algorithm))
+
+    def sign(self, signing_input: bytes) -> bytes:
+        """The JWS signature of ``signing_input`` (RFC 7518 §3).
+
+        Raises:
+            KeyStoreUnavailable: The token holding the key does not answer.
+        """
+        return self.signer(signing_input)
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.kid!r}, algorithm={self.algorithm!r})"
@@ -207,34 +233,46 @@ def parse_public_jwk(text: str, kid: str, algorithm: str) -> dict[str, str] | No
     return jwk if thumbprint == kid else None
 
 
-def new_row(
-    private_key: PrivateKey,
-    algorithm: str,
-    sealer: KeyEncryption,
-    *,
-    created_at: float,
-    activates_at: float,
-) -> tuple[SigningKey, dict[str, object]]:
-    """A new key and the signing_keys row that stores it (private key encrypted)."""
+@dataclass(frozen=True, kw_only=True)
+class NewKey:
+    """A key just made, not yet stored.
+
+    Attributes:
+        key: The key, ready to sign.
+        stored: What its row's ``private_key`` column will hold: the sealed key
+            (:mod:`auth_server._envelope`), or the token object's URI
+            (:data:`TOKEN_REFERENCE`).
+    """
+
+    key: SigningKey
+    stored: bytes = field(repr=False)
+
+
+def new_key(private_key: PrivateKey, algorithm: str, sealer: KeyEncryption) -> NewKey:
+    """A key made in this process, its private key encrypted for its row."""
     jwk = public_jwk(private_key, algorithm)
-    values: dict[str, object] = {
-        "kid": jwk["kid"],
-        "algorithm": algorithm,
-        "private_key": encrypt(jwk["kid"], private_key, sealer),
-        "public_jwk": json.dumps(jwk, separators=(",", ":")),
-        "created_at": created_at,
-        "activates_at": activates_at,
-        "deactivated_at": None,
-        "retires_at": None,
-        "revoked_at": None,
-    }
     key = SigningKey(
         kid=jwk["kid"],
         algorithm=algorithm,
         private_key=private_key,
         public_jwk=types.MappingProxyType(jwk),
     )
-    return key, values
+    return NewKey(key=key, stored=encrypt(key.kid, private_key, sealer))
+
+
+def new_row(new: NewKey, *, created_at: float, activates_at: float) -> dict[str, object]:
+    """The signing_keys row that stores ``new``."""
+    return {
+        "kid": new.key.kid,
+        "algorithm": new.key.algorithm,
+        "private_key": new.stored,
+        "public_jwk": json.dumps(dict(new.key.public_jwk), separators=(",", ":")),
+        "created_at": created_at,
+        "activates_at": activates_at,
+        "deactivated_at": None,
+        "retires_at": None,
+        "revoked_at": None,
+    }
 
 
 def decrypt(kid: str, stored: bytes, sealer: KeyEncryption, *, log: bool = True) -> PrivateKey:
@@ -325,7 +363,12 @@ def probe_passphrase(
         .order_by(signing_keys.c.created_at.desc())
         .limit(_PASSPHRASE_PROBES + len(exclude))
     ).all()
-    probes = [(kid, pem) for kid, pem in found if kid not in exclude][:_PASSPHRASE_PROBES]
+    probes = [
+        (kid, pem)
+        for kid, pem in found
+        # A token's key is not encrypted with the passphrase: it tells nothing.
+        if kid not in exclude and not bytes(pem).startswith(TOKEN_REFERENCE)
+    ][:_PASSPHRASE_PROBES]
     for kid, pem in probes:
         try:
             decrypt(kid, pem, sealer, log=False)

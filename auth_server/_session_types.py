@@ -11,6 +11,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, kw_only=True)
+class SessionTerms:
+    """What a session was granted at login: a refresh may ask for no more.
+
+    Attributes:
+        scope: The scopes granted at login.
+        audience: The ``aud`` chosen at login; None for the server's default.
+    """
+
+    scope: tuple[str, ...]
+    audience: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class NewSession:
     """A session just created.
 
@@ -45,6 +58,8 @@ class Rotation:
         issued_at: The time the new access token must carry as ``iat``.
         repeated: This was a repeat within the grace window (same successor again).
         cert_thumbprint: The certificate the session is bound to, or None.
+        audience: The ``aud`` chosen at login (RFC 8707), which its refreshes keep;
+            None for the server's default.
     """
 
     session_id: str
@@ -54,6 +69,7 @@ class Rotation:
     issued_at: float
     repeated: bool
     cert_thumbprint: str | None = None
+    audience: str | None = None
 
     def __repr__(self) -> str:
         return f"Rotation(session_id={self.session_id!r}, repeated={self.repeated!r})"

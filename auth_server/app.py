@@ -22,9 +22,16 @@ from auth_server.authority import TokenAuthority
 from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError, KeyStoreError
 from auth_server.hashing import HashingPool
+from auth_server.hsm import Pkcs11Custody, TokenSetupError
 from auth_server.http import build_http_app
 from auth_server.keys import SigningKeyStore
 from auth_server.notifications import KEYS, REVOCATIONS, ChangeListener
+from auth_server.oauth_http import add_oauth_routes
+from auth_server.oauth_wiring import (
+    ClientComponents,
+    build_client_components,
+    build_oauth_endpoint,
+)
 from auth_server.passphrase_policy import check_passphrase_policy, is_new_deployment
 from auth_server.passwords import PasswordHasher
 from auth_server.publisher import JwksPublisher
@@ -62,6 +69,8 @@ class Components:
     authority: TokenAuthority
     sessions: SessionStore
     throttle: LoginThrottle
+    issuer: TokenIssuer
+    client_side: ClientComponents
 
 
 def build_components(
@@ -92,19 +101,21 @@ def build_components(
         now=now,
     )
     throttle = LoginThrottle(database, config.throttle, now=now)
+    issuer = TokenIssuer(
+        keys,
+        issuer=config.issuer,
+        audience=config.audience,
+        ttl=config.access_token_ttl,
+        now=now,
+    )
     authority = TokenAuthority(
         users=users,
         sessions=sessions,
-        issuer=TokenIssuer(
-            keys,
-            issuer=config.issuer,
-            audience=config.audience,
-            ttl=config.access_token_ttl,
-            now=now,
-        ),
+        issuer=issuer,
         keys=keys,
         jwks_max_age=config.jwks_max_age,
         throttle=throttle,
+        audiences=config.audiences,
     )
     return Components(
         database=database,
@@ -113,7 +124,21 @@ def build_components(
         authority=authority,
         sessions=sessions,
         throttle=throttle,
+        issuer=issuer,
+        client_side=build_client_components(config, database, now=now),
     )
+
+
+def _open_custody(config: AuthServerConfig) -> Pkcs11Custody | None:
+    """The token of ``--key-store pkcs11`` (``None``: keys in the database)."""
+    if config.key_store != "pkcs11" or config.pkcs11 is None:
+        return None
+    try:
+        custody = Pkcs11Custody(config.pkcs11)
+        custody.check_algorithm(config.algorithm)
+    except TokenSetupError as exc:
+        raise StartupError(exc.message) from None
+    return custody
 
 
 def _open_keys(
@@ -136,14 +161,19 @@ def _open_keys(
         now=now,
         lifecycle=config.key_lifecycle,
         kdf=config.key_kdf,
+        custody=_open_custody(config),
     )
-    keys.ensure_signing_key()
-    secret = deployment_secrets.load_or_create(
-        database,
-        KeyEncryption(config.key_passphrase, config.key_kdf),
-        deployment_secrets.REFRESH_SUCCESSOR,
-        now=now,
-    )
+    try:
+        keys.ensure_signing_key()
+        secret = deployment_secrets.load_or_create(
+            database,
+            KeyEncryption(config.key_passphrase, config.key_kdf),
+            deployment_secrets.REFRESH_SUCCESSOR,
+            now=now,
+        )
+    except BaseException:
+        keys.close()
+        raise
     return keys, secret
 
 
@@ -199,7 +229,9 @@ class RunningAuthServer:
         if self.hashing is not None:
             await asyncio.to_thread(self.hashing.close)
         await self.http_runner.cleanup()
+        self.components.client_side.close()
         await asyncio.to_thread(self.components.database.dispose)
+        self.components.keys.close()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -247,6 +279,16 @@ async def start_auth_server(
         await publisher.stop()
         raise
 
+    oauth = build_oauth_endpoint(
+        config,
+        authority=components.authority,
+        issuer=components.issuer,
+        sessions=components.sessions,
+        client_side=components.client_side,
+        publisher=publisher,
+        revocations=revocations,
+        now=now,
+    )
     # Logins (argon2) run on their own bounded threads; everything else keeps
     # the default executor (issue 15).
     hasher = components.users.hasher
@@ -259,6 +301,7 @@ async def start_auth_server(
             revocations,
             hashing=hashing,
             max_login_request_size=config.max_login_request_size,
+            oauth=oauth,
         ),
         server,
     )
@@ -287,6 +330,13 @@ async def start_auth_server(
         algorithms=[config.algorithm],
         now=now,
         rate_limits=config.http_rate_limits,
+    )
+    add_oauth_routes(
+        app,
+        oauth,
+        issuer=config.issuer,
+        allow_insecure_http=config.allow_insecure_token_http,
+        tls_client_auth=config.client_ca is not None,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -352,6 +402,7 @@ async def _clean_up_periodically(
             while await calls.run(components.sessions.purge_expired) > 0:
                 pass
             await calls.run(components.throttle.purge)
+            await calls.run(components.client_side.purge)
         except Exception as exc:  # noqa: BLE001 - retried next interval
             reason = exc.message if isinstance(exc, AuthServerError) else type(exc).__name__
             _LOGGER.warning("cleanup of ended sessions failed: %s", reason)
@@ -376,7 +427,7 @@ def _tls_material(
         return None, None
     return (
         grpc_server_credentials(config.tls_cert, config.tls_key, config.client_ca),
-        http_server_context(config.tls_cert, config.tls_key),
+        http_server_context(config.tls_cert, config.tls_key, config.client_ca),
     )
 
 

@@ -9,9 +9,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from auth_server.errors import InvalidRefreshToken, InvalidRequest
+from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidScope, InvalidTarget
 from auth_server.keys import SigningKeyStore
-from auth_server.sessions import EndedSession, SessionStore
+from auth_server.sessions import EndedSession, SessionStore, SessionTerms
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
 from auth_server.users import UserStore, validate_scopes
@@ -35,6 +35,7 @@ class TokenGrant:
     scope: str
     user_id: str = ""
     session_id: str = ""
+    client_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +109,7 @@ class TokenAuthority:
         keys: SigningKeyStore,
         jwks_max_age: int,
         throttle: LoginThrottle | None = None,
+        audiences: Sequence[str] = (),
     ) -> None:
         self._users = users
         self._sessions = sessions
@@ -115,6 +117,25 @@ class TokenAuthority:
         self._keys = keys
         self._jwks_max_age = jwks_max_age
         self._throttle = throttle
+        # The audiences a user login may ask for (RFC 8707); the issuer's default first.
+        self._audiences = (issuer.audience, *(a for a in audiences if a != issuer.audience))
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """The audiences user tokens may carry; the first is the default."""
+        return self._audiences
+
+    def _audience(self, requested: str) -> str | None:
+        """The ``aud`` for a user token: ``None`` means the default.
+
+        Raises:
+            InvalidTarget: ``requested`` is not one of the configured audiences.
+        """
+        if not requested or requested == self._audiences[0]:
+            return None
+        if requested not in self._audiences:
+            raise InvalidTarget()
+        return requested
 
     def login(
         self,
@@ -124,6 +145,7 @@ class TokenAuthority:
         *,
         address: str = "",
         cert_thumbprint: str | None = None,
+        audience: str = "",
     ) -> TokenGrant:
         """Check credentials and issue a token pair for a new session.
 
@@ -135,17 +157,21 @@ class TokenAuthority:
                 for throttling and the audit trail.
             cert_thumbprint: The ``x5t#S256`` of the client's TLS certificate, which the
                 access token is then bound to (RFC 8705 ``cnf``), or ``None``.
+            audience: The ``aud`` wanted (RFC 8707); empty means the default.
 
         Raises:
             InvalidRequest: a field is empty, too long or not well formed.
+            InvalidTarget: ``audience`` is not one the server issues tokens for.
             LoginThrottled: too many recent failures; nothing was checked.
             InvalidCredentials: unknown user, wrong password or disabled user.
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
         """
         _check_size(username, "username", MAX_USERNAME_BYTES)
         _check_size(password, "password", MAX_PASSWORD_BYTES)
         if len(scope.encode()) > MAX_SCOPE_BYTES:
             raise InvalidRequest(f"scope is longer than {MAX_SCOPE_BYTES} bytes")
         wanted = validate_scopes(scope.split()) if scope.strip() else None
+        chosen = self._audience(audience)
         # Throttled before argon2 runs: a refused attempt costs a database round trip only.
         attempt = self._throttle.admit(username, address) if self._throttle else None
         # Audited by the servicer (login.failed / login.succeeded, with the peer).
@@ -155,8 +181,15 @@ class TokenAuthority:
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
+        # Before the session exists: a token outage must not leave sessions behind
+        # (each counts against --max-sessions-per-user) for logins that got no token.
+        self._keys.check_ready()
         session = self._sessions.create(
-            user.id, scope=granted, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+            user.id,
+            scope=granted,
+            access_ttl=self._issuer.ttl,
+            cert_thumbprint=cert_thumbprint,
+            audience=chosen,
         )
         token = self._issuer.issue(
             user,
@@ -164,6 +197,7 @@ class TokenAuthority:
             session_id=session.session_id,
             issued_at=session.issued_at,
             cert_thumbprint=cert_thumbprint,
+            audience=chosen,
         )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
         return TokenGrant(
@@ -176,22 +210,52 @@ class TokenAuthority:
             session_id=session.session_id,
         )
 
-    def refresh(self, refresh_token: str, *, cert_thumbprint: str | None = None) -> TokenGrant:
+    def refresh(
+        self,
+        refresh_token: str,
+        *,
+        cert_thumbprint: str | None = None,
+        audience: str = "",
+        scope: Sequence[str] = (),
+    ) -> TokenGrant:
         """Spend a refresh token: a new access token and the successor refresh token.
 
         Within the grace window a repeat of the just-spent token returns the
         same successor refresh token (and a fresh access token).
+
+        A session keeps the audience chosen at login; ``audience``, when given,
+        must be that one (RFC 8707 §2.2), else :class:`InvalidTarget`. Each scope
+        in ``scope`` must have been granted at login (RFC 6749 §6), else
+        :class:`InvalidScope`. Both are checked before the token is spent: a
+        refused request consumes nothing.
 
         Raises:
             InvalidRequest: the token is empty.
             InvalidRefreshToken: malformed, unknown, expired, spent or revoked
                 (:class:`~auth_server.errors.RefreshTokenReused` when a spent
                 token revoked its session just now).
+            KeyStoreUnavailable: the PKCS#11 token holding the keys does not answer.
             StorageError: the database is unavailable.
         """
         _check_refresh_token(refresh_token)
+        # Before the refresh token is spent: a client retrying through a token
+        # outage longer than the grace window would otherwise look like a reuse.
+        self._keys.check_ready()
+        if audience and audience not in self._audiences:
+            raise InvalidTarget()
+        default = self._audiences[0]
+
+        def within_terms(terms: SessionTerms) -> None:
+            if audience and audience != (terms.audience or default):
+                raise InvalidTarget()
+            if not set(scope) <= set(terms.scope):
+                raise InvalidScope()
+
         rotation = self._sessions.refresh(
-            refresh_token, access_ttl=self._issuer.ttl, cert_thumbprint=cert_thumbprint
+            refresh_token,
+            access_ttl=self._issuer.ttl,
+            cert_thumbprint=cert_thumbprint,
+            check=within_terms,
         )
         user = self._users.get_by_id(rotation.user_id)
         if user is None or user.disabled:
@@ -206,6 +270,7 @@ class TokenAuthority:
             session_id=rotation.session_id,
             issued_at=rotation.issued_at,
             cert_thumbprint=rotation.cert_thumbprint,
+            audience=rotation.audience,
         )
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from auth_server.hashing import HashingPolicy
+from auth_server.hsm import Pkcs11Settings
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import DEFAULT_ROTATION_INTERVAL, KeyLifecycle
@@ -26,6 +27,7 @@ DEFAULT_MAX_METADATA_SIZE = 16 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_LOGIN_REQUEST_SIZE = 4096
+KEY_STORES = ("db", "pkcs11")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -51,17 +53,23 @@ class AuthServerConfig:
         data_dir: Holds the SQLite database and a generated passphrase file.
         database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
         issuer: The ``iss`` of every token, an https URL (http only on loopback).
-        audience: The ``aud`` of every token.
+        audience: The default ``aud`` of user tokens (the first ``--audience``).
+        additional_audiences: Further audiences a login may ask for (RFC 8707),
+            the rest of a repeated ``--audience``.
         algorithm: Signing algorithm for new keys; changing it migrates through
             a pre-published next key like any rotation.
         rsa_bits: RSA modulus size of new RS256/PS256 keys (2048, or 3072 and more).
         access_token_ttl: Access token lifetime in seconds.
         jwks_max_age: ``Cache-Control: max-age`` of the JWKS, seconds.
-        key_passphrase: Encrypts private keys at rest. At least 16 characters
-            for a new deployment (:mod:`auth_server.passphrase_policy`).
+        key_passphrase: Encrypts private keys at rest (``key_store="db"``) and the
+            deployment secrets (both stores). At least 16 characters for a new
+            deployment (:mod:`auth_server.passphrase_policy`).
         allow_short_passphrase: Accept a shorter passphrase for a new deployment.
         key_kdf: The cost of deriving the key-encryption key (argon2id) for
             keys and secrets sealed from now on; stored ones keep their own.
+        key_store: Where new signing keys are made and kept: ``"db"`` (encrypted
+            in the database) or ``"pkcs11"`` (inside a token; needs ``pkcs11``).
+        pkcs11: The token of ``key_store="pkcs11"``.
         reflection: Serve gRPC server reflection.
         key_poll_interval: How often to look for key changes made by the CLI or
             other replicas, seconds.
@@ -96,6 +104,8 @@ class AuthServerConfig:
         max_concurrent_streams: Most calls in flight on one client connection.
         max_login_request_size: Largest serialized ``LoginRequest``, bytes
             (unknown fields included).
+        allow_insecure_token_http: Accept ``/oauth2/*`` requests (which carry
+            secrets and tokens) over plain HTTP from beyond loopback.
         http_rate_limits: Per-address token buckets of the HTTP route groups.
     """
 
@@ -105,6 +115,7 @@ class AuthServerConfig:
     database_url: str | None = None
     issuer: str
     audience: str
+    additional_audiences: tuple[str, ...] = ()
     algorithm: str = "RS256"
     rsa_bits: int = 2048
     access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
@@ -112,6 +123,8 @@ class AuthServerConfig:
     key_passphrase: bytes = field(repr=False)
     allow_short_passphrase: bool = False
     key_kdf: KdfParameters = field(default_factory=KdfParameters)
+    key_store: str = "db"
+    pkcs11: Pkcs11Settings | None = None
     reflection: bool = True
     key_poll_interval: float = 0.25
     key_rotation_interval: float = DEFAULT_ROTATION_INTERVAL
@@ -133,6 +146,7 @@ class AuthServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
+    allow_insecure_token_http: bool = False
     http_rate_limits: RateLimits = field(default_factory=RateLimits)
 
     def __post_init__(self) -> None:
@@ -145,8 +159,9 @@ class AuthServerConfig:
             raise ValueError("--issuer must use https unless it names a loopback host")
         if url.query or url.fragment:
             raise ValueError("--issuer must not have a query or fragment (RFC 8414 §2)")
-        if not self.audience:
+        if not self.audience or not all(self.additional_audiences):
             raise ValueError("--audience must not be empty")
+        object.__setattr__(self, "additional_audiences", tuple(self.additional_audiences))
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
         try:
@@ -159,6 +174,13 @@ class AuthServerConfig:
             )
         if not 1 <= self.jwks_max_age <= 86400:
             raise ValueError("--jwks-max-age must be between 1 and 86400 seconds")
+        if self.key_store not in KEY_STORES:
+            raise ValueError(f"--key-store must be one of {', '.join(KEY_STORES)}")
+        if self.key_store == "pkcs11" and self.pkcs11 is None:
+            raise ValueError(
+                "--key-store pkcs11 needs --pkcs11-module, --pkcs11-token-label"
+                " and --pkcs11-pin-file"
+            )
         # The length rule depends on the database (new deployment or not): it is
         # checked when storage opens (auth_server.passphrase_policy).
         if not self.key_passphrase:
@@ -200,6 +222,12 @@ class AuthServerConfig:
             activate_after=self.key_activate_after,
             retire_after=self.key_retire_after,
         )
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """Every audience user tokens may carry, the default first."""
+        rest = (a for a in self.additional_audiences if a != self.audience)
+        return (self.audience, *dict.fromkeys(rest))
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,4 +1,7 @@
-"""The HTTP face: the JWKS (RFC 7517) and OIDC discovery metadata, for verifiers that speak HTTP."""
+"""The HTTP face: the JWKS (RFC 7517) and discovery metadata (OIDC, RFC 8414), for HTTP clients.
+
+The OAuth endpoints (``/oauth2/*``) are added by :mod:`auth_server.oauth_http`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -15,6 +19,9 @@ from auth_server.ratelimit import RateLimiter, RateLimits, client_key, route_gro
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"  # RFC 8414 §3
+#: The largest request body read (the token endpoint's forms; assertions are <= 8 KiB).
+MAX_BODY_SIZE = 16 * 1024
 # RFC 5861. A cache may serve the set up to max-age + stale-while-revalidate old,
 # which the next key's pre-publication (2 x max-age) covers; while the issuer is
 # down it may serve it an hour longer, as the verifiers' own caches do.
@@ -131,7 +138,8 @@ def build_http_app(
             "username",
         ],
     }
-    app = web.Application(client_max_size=4096, middlewares=[_rate_limit])
+    # The OAuth forms are the largest bodies served (16 KiB, see oauth_http).
+    app = web.Application(client_max_size=MAX_BODY_SIZE, middlewares=[_rate_limit])
     app[_LIMITER] = RateLimiter(rate_limits or RateLimits())
     app[_PUBLISHER] = publisher
     app[_DISCOVERY] = discovery
@@ -139,4 +147,16 @@ def build_http_app(
     app.on_response_prepare.append(_drop_server_header)
     app.router.add_get(JWKS_PATH, _jwks)
     app.router.add_get(DISCOVERY_PATH, _discovery)
+    app.router.add_get(AS_METADATA_PATH, _discovery)
+    path = urlsplit(issuer).path.rstrip("/")
+    if path:
+        # RFC 8414 §3.1: an issuer with a path has its metadata at well-known + path.
+        app.router.add_get(AS_METADATA_PATH + path, _discovery)
     return app
+
+
+def extend_discovery(app: web.Application, fields: Mapping[str, Any]) -> None:
+    """Add or replace metadata fields of both discovery documents (before the app starts)."""
+    base: Mapping[str, Any] = app[_DISCOVERY]
+    document: Mapping[str, Any] = {**base, **fields}
+    app[_DISCOVERY] = document

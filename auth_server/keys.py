@@ -1,4 +1,4 @@
-"""Signing keys: stored encrypted in the database, rotated on a schedule, revoked and published.
+"""Signing keys: kept encrypted in the database or in a PKCS#11 token, rotated, revoked, published.
 
 A key's life: *next* (published, not yet signing) -> *current* (signs) ->
 *previous* (a newer key signs; still published so its tokens verify) ->
@@ -6,16 +6,19 @@ A key's life: *next* (published, not yet signing) -> *current* (signs) ->
 *Revoked* keys leave the published set at once, whatever their state, and
 their private key is destroyed. Every transition time is stored, so replicas
 on one database compute the same states and publish the same set; the policy
-that sets those times is :class:`auth_server.lifecycle.KeyLifecycle`.
+that sets those times is :class:`auth_server.lifecycle.KeyLifecycle`. Where
+the private keys live and how they sign is the custodian's business
+(:mod:`auth_server.custody`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -26,10 +29,11 @@ from auth_server import deployment_secrets, notifications
 from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
-from auth_server._keyrows import KeyInfo, SigningKey
+from auth_server._keyrows import KeyInfo, NewKey, SigningKey
 from auth_server.audit import audit_event
-from auth_server.errors import InvalidRequest, KeyStoreError
-from auth_server.jwk import ALGORITHMS, PrivateKey, check_rsa_bits, generate_private_key
+from auth_server.custody import DatabaseCustody, KeyCustody
+from auth_server.errors import InvalidRequest, KeyStoreError, KeyStoreUnavailable
+from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.kdf import KdfParameters
 from auth_server.lifecycle import (
     KeyLifecycle,
@@ -70,8 +74,8 @@ class SigningKeyStore:
     """The token authority's signing keys, shared through the database; thread-safe.
 
     Every method reads the database, so several stores (replicas) on one
-    database agree on the current key and the published set. Decrypted
-    private keys are cached in memory by ``kid``.
+    database agree on the current key and the published set. Loaded keys
+    (decrypted, or handles to token objects) are cached in memory by ``kid``.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class SigningKeyStore:
         now: Callable[[], float] = time.time,
         lifecycle: KeyLifecycle | None = None,
         kdf: KdfParameters | None = None,
+        custody: KeyCustody | None = None,
     ) -> None:
         """Create the store (no database access yet).
 
@@ -98,6 +103,9 @@ class SigningKeyStore:
                 defaults of :class:`KeyLifecycle` if not given.
             kdf: The cost of deriving the key-encryption key for keys sealed from
                 now on (the :class:`KdfParameters` defaults if not given).
+            custody: Makes and holds new keys; the database (sealed with
+                ``passphrase``) if not given. Keys already stored in the database
+                stay readable with ``passphrase`` whatever the custodian.
 
         Raises:
             ValueError: Empty passphrase, unknown algorithm or bad RSA size.
@@ -106,7 +114,9 @@ class SigningKeyStore:
             raise ValueError(f"unsupported algorithm {algorithm!r}")
         check_rsa_bits(rsa_bits)
         self._db = db
-        self._material = DecryptedKeys(db, passphrase, kdf=kdf)
+        token = None if custody is None or custody.name == "db" else custody
+        self._material = DecryptedKeys(db, passphrase, kdf=kdf, token=token)
+        self._custody: KeyCustody = custody or DatabaseCustody(lambda: self._material.sealer)
         self._algorithm = algorithm
         self._rsa_bits = rsa_bits
         self._now = now
@@ -119,6 +129,27 @@ class SigningKeyStore:
     def algorithm(self) -> str:
         """The algorithm of the keys this store creates."""
         return self._algorithm
+
+    @property
+    def key_store(self) -> str:
+        """Where new keys are kept: ``"db"`` or ``"pkcs11"``."""
+        return self._custody.name
+
+    def check_ready(self) -> None:
+        """Raise if the key store is known unable to sign now (a PKCS#11 token is down).
+
+        Callers check before changing state that only a signed token completes (a
+        refresh token spent, a session opened), so a token outage does not spend a
+        client's refresh token without an answer.
+
+        Raises:
+            KeyStoreUnavailable: The token does not answer.
+        """
+        self._custody.check_ready()
+
+    def close(self) -> None:
+        """Release the custodian's resources (PKCS#11 sessions); the store is unusable after."""
+        self._custody.close()
 
     @property
     def lifecycle(self) -> KeyLifecycle:
@@ -147,6 +178,7 @@ class SigningKeyStore:
         Raises:
             KeyStoreError: The current key cannot be decrypted (wrong
                 passphrase?) or is corrupted.
+            KeyStoreUnavailable: The PKCS#11 token does not answer.
             StorageError: The database is unavailable.
         """
         now = self._now()
@@ -154,20 +186,23 @@ class SigningKeyStore:
             current = pick_current(keyrows.select_live(conn, now), now)
         if current is not None:
             return self._material.load(current.kid)
-        private_key = self._generate()
+        new = self._generate()
         changes = Changes()
         try:
-            with self._db.transaction(lock=_LOCK_NAME) as conn:
+            with (
+                self._discarding_on_error(lambda: new),
+                self._db.transaction(lock=_LOCK_NAME) as conn,
+            ):
                 writer = self._writer(conn)
                 if pick_current(writer.live(), writer.now) is None:
-                    keyrows.check_passphrase(conn, self._material.sealer)
-                    writer.rotate(private_key, self._algorithm, writer.now, "first")
+                    self._check_new_keys(conn)
+                    writer.rotate(new, writer.now, "first")
                     changes = writer.changes
                     _announce(writer)
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
             changes = Changes()
-        self._committed(changes)
+        self._committed(changes, made=[new])
         return self.current()
 
     def current(self) -> SigningKey:
@@ -178,6 +213,7 @@ class SigningKeyStore:
 
         Raises:
             KeyStoreError: There is no such key, or it cannot be decrypted.
+            KeyStoreUnavailable: The PKCS#11 token holding it does not answer.
             StorageError: The database is unavailable.
         """
         now = self._now()
@@ -257,11 +293,11 @@ class SigningKeyStore:
             or not (math.isfinite(activate_after) and activate_after >= 0)
         ):
             raise InvalidRequest("activate_after must be a finite number of seconds >= 0")
-        private_key = self._generate()
-        with self._db.transaction(lock=_LOCK_NAME) as conn:
-            keyrows.check_passphrase(conn, self._material.sealer)
+        new = self._generate()
+        with self._discarding_on_error(lambda: new), self._db.transaction(lock=_LOCK_NAME) as conn:
+            self._check_new_keys(conn)
             writer = self._writer(conn)
-            kid = writer.rotate(private_key, self._algorithm, writer.now + activate_after, "manual")
+            kid = writer.rotate(new, writer.now + activate_after, "manual")
             _announce(writer)
         self._committed(writer.changes)
         return self._describe(kid)
@@ -289,8 +325,8 @@ class SigningKeyStore:
             live = keyrows.select_live(conn, now)
             current = pick_current(live, now)
             pending = [r for r in live if r.activates_at > now]
-            passphrase_ok = keyrows.probe_passphrase(conn, self._material.sealer) is not False
-        replacement: PrivateKey | None = None
+            passphrase_ok = self._probe(conn) is not False
+        replacement: NewKey | None = None
         # Decrypting the next keys now also caches them for the promotion below.
         usable_next = [r for r in pending if self._material.is_usable(r.kid)]
         if current is not None and current.kid == kid and passphrase_ok and not usable_next:
@@ -312,12 +348,8 @@ class SigningKeyStore:
                 if replace:
                     successor = writer.promote()
                     if successor is None:
-                        successor = writer.rotate(
-                            replacement or self._generate(),
-                            self._algorithm,
-                            writer.now,
-                            "revocation",
-                        )
+                        replacement = replacement or self._generate()
+                        successor = writer.rotate(replacement, writer.now, "revocation")
                 elif was_current:
                     _LOGGER.error(
                         "revoked the current key without a replacement: this passphrase"
@@ -336,7 +368,7 @@ class SigningKeyStore:
                     "" if successor is None else f"; key {successor} signs now",
                 )
                 _announce(writer)
-        self._committed(writer.changes)
+        self._committed(writer.changes, made=[] if replacement is None else [replacement])
         return self._describe(kid)
 
     def maintain(self) -> MaintenanceReport:
@@ -367,11 +399,11 @@ class SigningKeyStore:
             and not any(keyrows.is_spent(r, now) for r in records)
         ):
             return MaintenanceReport(activated=activated)
-        private_key = self._generate() if due is not None else None
-        with self._db.transaction(lock=_LOCK_NAME) as conn:
+        new = self._generate() if due is not None else None
+        with self._discarding_on_error(lambda: new), self._db.transaction(lock=_LOCK_NAME) as conn:
             writer = self._writer(conn)
             now = writer.now
-            if unusable and keyrows.probe_passphrase(conn, self._material.sealer, exclude=unusable):
+            if unusable and self._probe(conn, exclude=unusable):
                 for record in writer.live():
                     if record.kid in unusable:
                         writer.withdraw(record, "unusable")
@@ -382,9 +414,10 @@ class SigningKeyStore:
             records = keyrows.select_all(conn)
             due = rotation_due(records, now, self._lifecycle, self._algorithm)
             if due is not None:
-                keyrows.check_passphrase(conn, self._material.sealer)
+                self._check_new_keys(conn)
                 reason = rotation_reason(records, now, self._algorithm)
-                writer.rotate(private_key or self._generate(), self._algorithm, due, reason)
+                new = new or self._generate()
+                writer.rotate(new, due, reason)
                 records = keyrows.select_all(conn)
             for record in records:
                 retires_at = needs_retirement(record, now, self._lifecycle)
@@ -394,7 +427,7 @@ class SigningKeyStore:
                 if keyrows.is_spent(record, now):
                     writer.destroy(record)
             _announce(writer)
-        self._committed(writer.changes)
+        self._committed(writer.changes, made=[] if new is None else [new])
         return writer.changes.report(activated)
 
     def list_keys(self) -> list[KeyInfo]:
@@ -436,11 +469,13 @@ class SigningKeyStore:
         new = KeyEncryption(new_passphrase, old.kdf)
         new.prepare()  # the slow derivation, before the lock
         with self._db.transaction(lock=_LOCK_NAME) as conn:
-            found = conn.execute(
+            rows = conn.execute(
                 sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
                     keyrows.HAS_PRIVATE_KEY
                 )
             ).all()
+            # A token's keys are not encrypted with the passphrase.
+            found = [(kid, stored) for kid, stored in rows if self._database.holds(stored)]
             legacy = sum(keyrows.is_legacy(stored) for _, stored in found)
             for kid, stored in found:
                 keyrows.update(conn, kid, private_key=keyrows.reencrypt(kid, stored, old, new))
@@ -461,11 +496,58 @@ class SigningKeyStore:
             conn,
             now=self._now(),
             lifecycle=self._lifecycle,
-            sealer=self._material.sealer,
             usable=self._material.is_usable,
+            destroy=lambda kid: self._destroy_outside_row(conn, kid),
         )
 
-    def _committed(self, changes: Changes) -> None:
+    def _destroy_outside_row(self, conn: sa.Connection, kid: str) -> bool:
+        stored = conn.execute(
+            sa.select(signing_keys.c.private_key).where(signing_keys.c.kid == kid)
+        ).scalar()
+        if not stored or self._database.holds(stored):
+            return True  # emptying the row destroys it
+        try:
+            self._custody.destroy(stored)
+        except KeyStoreUnavailable:
+            _LOGGER.warning(
+                "cannot destroy the token object of signing key %s now (token unavailable);"
+                " retrying at the next maintenance pass",
+                kid,
+            )
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _discarding_on_error(self, new: Callable[[], NewKey | None]) -> Iterator[None]:
+        # A token key made for a change that did not commit must not stay in the token.
+        try:
+            yield
+        except BaseException:
+            made = new()
+            if made is not None:
+                self._custody.discard(made)
+            raise
+
+    @property
+    def _database(self) -> DatabaseCustody:
+        return DatabaseCustody(lambda: self._material.sealer)
+
+    def _check_new_keys(self, conn: sa.Connection) -> None:
+        # A database key must be one the other replicas can decrypt; a token key
+        # needs no passphrase (the token checked the PIN when the key was made).
+        if self._custody.name == "db":
+            keyrows.check_passphrase(conn, self._material.sealer)
+
+    def _probe(self, conn: sa.Connection, *, exclude: frozenset[str] = frozenset()) -> bool | None:
+        if self._custody.name == "db":
+            return keyrows.probe_passphrase(conn, self._material.sealer, exclude=exclude)
+        return True
+
+    def _committed(self, changes: Changes, *, made: Sequence[NewKey] = ()) -> None:
+        stored = {key.kid for key in changes.inserted}
+        for new in made:
+            if new.key.kid not in stored:  # made, then not needed (another replica was first)
+                self._custody.discard(new)
         self._material.committed(changes.inserted, changes.gone)
         for event, fields in changes.events:
             audit_event(event, **fields)
@@ -516,10 +598,9 @@ class SigningKeyStore:
             raise KeyStoreError("unknown signing key")
         return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
 
-    def _generate(self) -> PrivateKey:
-        # Slow work before the locked transaction: the KEK that will seal the key too.
-        self._material.sealer.prepare()
-        return generate_private_key(self._algorithm, rsa_bits=self._rsa_bits)
+    def _generate(self) -> NewKey:
+        # Slow work before the locked transaction (DatabaseCustody: the KEK that seals it too).
+        return self._custody.generate(self._algorithm, rsa_bits=self._rsa_bits)
 
 
 def _announce(writer: KeyWriter) -> None:

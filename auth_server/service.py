@@ -3,6 +3,8 @@
 RPC methods just raise; :func:`_status_on_error` turns any exception into the
 call's status in one place (:func:`_abort`): an :class:`AuthServerError`'s
 code and client-safe message, anything else ``INTERNAL`` with a fixed text.
+An :class:`OAuthError` (the ``Token`` RPC) also carries its RFC 6749 §5.2 code
+as the ``oauth-error`` trailing metadata entry.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
     InvalidRequest,
+    OAuthError,
+    OAuthServerError,
     RefreshTokenReused,
     RetryLater,
 )
 from auth_server.hashing import HashingPool
+from auth_server.oauth import OAuthEndpoint
+from auth_server.oauth_grpc import oauth_trailers, token_request
 from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
@@ -80,6 +86,9 @@ def _token_response(grant: TokenGrant) -> auth_pb2.TokenResponse:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the call with the status ``exc`` maps to: the one place errors meet the wire."""
+    if isinstance(exc, OAuthError):
+        # The RFC 6749 §5.2 code rides beside the status (and retry-after when throttled).
+        await context.abort(exc.code, exc.message, trailing_metadata=oauth_trailers(exc))
     if isinstance(exc, RetryLater):
         # Throttled or shed. RFC 9110 §10.2.3 semantics, as gRPC trailing metadata:
         # seconds to wait.
@@ -148,7 +157,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         *,
         hashing: HashingPool,
         max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
+        oauth: OAuthEndpoint | None = None,
     ) -> None:
+        self._oauth = oauth
         self._authority = authority
         self._hashing = hashing
         self._publisher = publisher
@@ -197,9 +208,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 request.scope,
                 address=client_address(peer),
                 cert_thumbprint=thumbprint,
+                audience=request.audience,
             ),
             time_left=_time_left(context),
         )
+
+    @_status_on_error
+    async def Token(
+        self,
+        request: auth_pb2.TokenRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.TokenRequest, auth_pb2.TokenResponse],
+    ) -> auth_pb2.TokenResponse:
+        # Size is bounded by --max-message-size; the core checks every field.
+        if self._oauth is None:
+            raise OAuthServerError()  # a server built without one: the INTERNAL it always was
+        grant = await self._oauth.token(token_request(request, context))
+        return _token_response(grant)
 
     @_status_on_error
     async def Refresh(

@@ -31,7 +31,13 @@ from sqlalchemy import exc
 
 from auth_server import _revocationrows as revocationrows
 from auth_server import _sessionrows as sessionrows
-from auth_server._session_types import EndedSession, NewSession, Rotation, SessionInfo
+from auth_server._session_types import (
+    EndedSession,
+    NewSession,
+    Rotation,
+    SessionInfo,
+    SessionTerms,
+)
 from auth_server._sessionrows import revoke_user_sessions
 from auth_server.audit import audit_event
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
@@ -58,6 +64,7 @@ __all__ = [
     "SessionInfo",
     "SessionPolicy",
     "SessionStore",
+    "SessionTerms",
     "audit_revoked",
     "revoke_user_sessions",
 ]
@@ -112,6 +119,7 @@ class SessionStore:
         scope: Iterable[str] = (),
         access_ttl: int = 0,
         cert_thumbprint: str | None = None,
+        audience: str | None = None,
     ) -> NewSession:
         """Start a session for a user, with a new random refresh token.
 
@@ -125,6 +133,8 @@ class SessionStore:
                 session knows until when a revocation must be remembered.
             cert_thumbprint: The client certificate of a login over mutual TLS;
                 the session's refreshes then need that certificate (RFC 8705 §4).
+            audience: The ``aud`` asked for at login (RFC 8707), which its refreshes
+                keep; ``None`` for the server's default.
 
         Returns:
             The session id, its refresh token and its end.
@@ -174,6 +184,7 @@ class SessionStore:
                         access_expires_at=int(now) + access_ttl,
                         scope=" ".join(scope),
                         cert_thumbprint=cert_thumbprint,
+                        audience=audience,
                     )
                 )
         except exc.IntegrityError as err:
@@ -189,7 +200,12 @@ class SessionStore:
         )
 
     def refresh(
-        self, refresh_token: str, *, access_ttl: int = 0, cert_thumbprint: str | None = None
+        self,
+        refresh_token: str,
+        *,
+        access_ttl: int = 0,
+        cert_thumbprint: str | None = None,
+        check: Callable[[SessionTerms], None] | None = None,
     ) -> Rotation:
         """Spend a refresh token and return its successor.
 
@@ -198,6 +214,10 @@ class SessionStore:
             access_ttl: Lifetime of the access token about to be issued.
             cert_thumbprint: The certificate the client presents now, if any; a
                 session bound at login refreshes only with the same one.
+            check: Called with the session's terms once the token is known to be
+                its current one (or a repeat within grace), before anything is
+                written: whatever it raises refuses the refresh and spends nothing.
+                A spent token outside the grace window revokes the session first.
 
         Raises:
             RefreshTokenReused: A spent token outside the grace window; the
@@ -254,6 +274,9 @@ class SessionStore:
                     ):
                         verdict, successor = "repeat", candidate
                         break
+            if check is not None and verdict != "reuse":
+                # Inside the transaction: raising here rolls back, the token stays good.
+                check(SessionTerms(scope=tuple((row.scope or "").split()), audience=row.audience))
             touch = {
                 "last_used_at": now,
                 "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),
@@ -284,6 +307,7 @@ class SessionStore:
             issued_at=now,
             repeated=verdict == "repeat",
             cert_thumbprint=row.cert_thumbprint,
+            audience=row.audience,
         )
 
     def logout(self, refresh_token: str) -> EndedSession:

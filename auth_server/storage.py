@@ -71,6 +71,8 @@ sessions = sa.Table(
     # x5t#S256 of the client certificate of a login over mutual TLS (RFC 8705): the
     # session's refresh tokens then work only with that certificate.
     sa.Column("cert_thumbprint", sa.String(64), nullable=True),
+    # The aud its access tokens carry (RFC 8707); NULL means the server's default.
+    sa.Column("audience", sa.Text, nullable=True),
     # The revocation sequence number of the transaction that revoked it
     # (revocation_counter): the publisher's cursor reads only rows past it.
     sa.Column("revoked_seq", sa.BigInteger, nullable=True),
@@ -166,6 +168,38 @@ deployment_secrets = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+# Service identities (OAuth clients, auth_server/clients.py). Exactly one way to
+# authenticate: public keys (``jwks`` or ``jwks_uri``), a TLS subject, or a secret
+# stored only as a SHA-256 hash (it is 256 random bits, so no slow hash is needed).
+clients = sa.Table(
+    "clients",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("auth_method", sa.String(32), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False, default=""),
+    sa.Column("audiences", sa.Text, nullable=False, default=""),
+    sa.Column("jwks", sa.Text, nullable=True),
+    sa.Column("jwks_uri", sa.Text, nullable=True),
+    sa.Column("tls_subject", sa.Text, nullable=True),
+    sa.Column("secret_hash", sa.String(64), nullable=True),
+    sa.Column("old_secret_hash", sa.String(64), nullable=True),
+    sa.Column("old_secret_expires_at", sa.Float, nullable=True),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+)
+
+# Client assertion ids already used (RFC 7523 §3 item 7), until their ``exp``:
+# shared by every replica, so an assertion is good for one token, anywhere.
+client_assertions = sa.Table(
+    "client_assertions",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # SHA-256 of client id and jti
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
 
 

@@ -27,11 +27,12 @@ __all__ = [
 ]
 
 
-def http_server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """An HTTPS server context (TLS 1.2+) for the JWKS and discovery documents.
+def http_server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """An HTTPS server context (TLS 1.2+) for the public documents and the OAuth endpoints.
 
-    The documents are public, so no client certificate is asked for here even
-    when the gRPC port requires one.
+    The documents are public, so a client certificate is never required here.
+    With ``client_ca`` one is *asked for* (and verified when sent), so the token
+    endpoint can offer ``tls_client_auth`` (RFC 8705 §2).
 
     Raises:
         TlsError: The certificate or key cannot be loaded.
@@ -44,4 +45,10 @@ def http_server_context(cert: Path, key: Path) -> ssl.SSLContext:
         raise TlsError(
             "cannot load {cert} {cert_path} with {key} {key_path}", cert_path=cert, key_path=key
         ) from exc
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError("cannot load {client_ca} {ca_path}", ca_path=client_ca) from exc
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context

@@ -8,10 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import jwt
-
-from auth_server.errors import InvalidCredentials, InvalidRequest
-from auth_server.keys import SigningKeyStore
+from auth_server.errors import InvalidCredentials, InvalidRequest, KeyStoreUnavailable
+from auth_server.jws import encode_compact
+from auth_server.keys import SigningKey, SigningKeyStore
 from auth_server.users import User, validate_scopes
 
 _LOGGER = logging.getLogger(__name__)
@@ -81,6 +80,11 @@ class TokenIssuer:
         """Access token lifetime in seconds."""
         return self._ttl
 
+    @property
+    def audience(self) -> str:
+        """The default ``aud``."""
+        return self._audience
+
     def issue(
         self,
         user: User,
@@ -89,6 +93,7 @@ class TokenIssuer:
         session_id: str,
         issued_at: float | None = None,
         cert_thumbprint: str | None = None,
+        audience: str | None = None,
     ) -> IssuedToken:
         """Sign an access token for ``user``.
 
@@ -100,6 +105,8 @@ class TokenIssuer:
                 its last token's expiry); the clock's time if not given.
             cert_thumbprint: The ``x5t#S256`` of the client certificate the token is
                 bound to (RFC 8705 §3.1, the ``cnf`` claim), or ``None``.
+            audience: The ``aud`` (RFC 8707), already checked by the caller; the
+                default audience if ``None``.
 
         Returns:
             The token and its metadata.
@@ -108,6 +115,7 @@ class TokenIssuer:
             InvalidRequest: A scope is malformed or not held by the user.
             InvalidCredentials: The user is disabled.
             KeyStoreError: No usable signing key.
+            KeyStoreUnavailable: The PKCS#11 token holding the key does not answer.
             StorageError: The database is unavailable.
         """
         granted = validate_scopes(scopes)
@@ -117,32 +125,67 @@ class TokenIssuer:
             raise InvalidRequest("requested scope is not granted to the user")
         if user.disabled:
             raise InvalidCredentials()
+        extra = {"sid": session_id, "username": user.username}
+        return self._sign(
+            user.id, granted, extra, issued_at, cert_thumbprint, audience or self._audience
+        )
+
+    def issue_for_client(
+        self,
+        client_id: str,
+        *,
+        scopes: Iterable[str],
+        audience: str,
+        cert_thumbprint: str | None = None,
+    ) -> IssuedToken:
+        """Sign a client-credentials access token (RFC 6749 §4.4; RFC 9068 §2.2).
+
+        ``sub`` and ``client_id`` are both the client id; there is no ``sid``
+        (no session) and no ``username``. The caller has checked the scopes and
+        the audience against what the client may have.
+        """
+        granted = validate_scopes(scopes)
+        extra = {"client_id": client_id}
+        return self._sign(client_id, granted, extra, None, cert_thumbprint, audience)
+
+    def _sign(
+        self,
+        subject: str,
+        granted: tuple[str, ...],
+        extra: dict[str, str],
+        issued_at: float | None,
+        cert_thumbprint: str | None,
+        audience: str,
+    ) -> IssuedToken:
         key = self._keys.current()
         issued_at = int(self._now() if issued_at is None else issued_at)
         expires_at = issued_at + self._ttl
         token_id = secrets.token_urlsafe(16)
         scope = " ".join(granted)
-        claims = {
+        claims: dict[str, object] = {
             "iss": self._issuer,
-            "sub": user.id,
-            "aud": self._audience,
+            "sub": subject,
+            "aud": audience,
             "exp": expires_at,
             "iat": issued_at,
             "nbf": issued_at,
             "jti": token_id,
-            "sid": session_id,
-            "username": user.username,
+            **extra,
             "scope": scope,
         }
         if cert_thumbprint is not None:
             claims["cnf"] = {"x5t#S256": cert_thumbprint}
-        token = jwt.encode(
-            claims,
-            key.private_key,
-            algorithm=key.algorithm,
-            headers={"kid": key.kid, "typ": TOKEN_TYPE},
-        )
-        _LOGGER.debug("issued token %s for user id %s with key %s", token_id, user.id, key.kid)
+        try:
+            token = _signed_compact(claims, key)
+        except KeyStoreUnavailable:
+            # Another replica may have revoked this key a moment ago and destroyed
+            # its token object: its successor (already current) signs instead.
+            successor = self._keys.current()
+            if successor.kid == key.kid:
+                raise
+            key = successor
+            token = _signed_compact(claims, key)
+        _LOGGER.debug("issued token %s for %s with key %s", token_id, subject, key.kid)
         return IssuedToken(
             access_token=token,
             expires_in=self._ttl,
@@ -150,3 +193,10 @@ class TokenIssuer:
             token_id=token_id,
             expires_at=expires_at,
         )
+
+
+def _signed_compact(claims: dict[str, object], key: SigningKey) -> str:
+    # Assembled here rather than by jwt.encode: a token's key cannot be handed to
+    # PyJWT, it can only be asked to sign (auth_server.jws).
+    header = {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}
+    return encode_compact(header, claims, key.sign)

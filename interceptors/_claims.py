@@ -90,6 +90,8 @@ class Principal:
         issued_at: ``iat``, seconds since the epoch.
         expires_at: ``exp``, seconds since the epoch.
         claims: Every claim of the token, read-only.
+        client_id: ``client_id`` (RFC 9068 §2.2): set on a service's client-credentials
+            token, where it equals ``subject``; ``None`` on a user's token.
     """
 
     subject: str
@@ -100,6 +102,19 @@ class Principal:
     issued_at: int
     expires_at: int
     claims: Mapping[str, Any] = field(repr=False)
+    client_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"service"`` for a client-credentials token (sub = client_id), else ``"user"``."""
+        return (
+            "service" if self.client_id is not None and self.client_id == self.subject else "user"
+        )
+
+    @property
+    def is_service(self) -> bool:
+        """Whether the caller is a service identity rather than a user."""
+        return self.kind == "service"
 
     def has_scopes(self, required: Iterable[str]) -> bool:
         """Tell whether the principal holds every scope in ``required``.
@@ -175,6 +190,7 @@ def check_claims_window(
     username = _optional_str(claims, "username")
     session_id = _optional_str(claims, "sid")
     token_id = _optional_str(claims, "jti")
+    client_id = _optional_str(claims, "client_id")
 
     principal = Principal(
         subject=subject,
@@ -185,6 +201,7 @@ def check_claims_window(
         issued_at=int(issued),
         expires_at=int(expires),
         claims=MappingProxyType(claims),
+        client_id=client_id,
     )
     return principal, not_before, expires
 

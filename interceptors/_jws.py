@@ -35,7 +35,8 @@ class ParsedJws(NamedTuple):
     it costs a third as much to make.
 
     Attributes:
-        kid: The ``kid`` header: which key to verify with.
+        kid: The ``kid`` header: which key to verify with; ``""`` only when the
+            header has none and the caller did not require one.
         alg: The ``alg`` header, already one the caller allows.
         claims: The decoded payload, a JSON object.
         signing_input: ``BASE64URL(header) "." BASE64URL(payload)`` as bytes.
@@ -56,6 +57,8 @@ def parse_compact(
     accepted_types: Collection[str],
     max_length: int,
     max_depth: int,
+    require_kid: bool = True,
+    require_typ: bool = True,
 ) -> ParsedJws:
     """Parse a compact JWS strictly; no key, no clock, no I/O.
 
@@ -66,6 +69,9 @@ def parse_compact(
         max_length: Longer tokens are refused before any decoding.
         max_depth: Deepest nesting of JSON arrays and objects in the header and the
             payload (the top-level object counts as 1).
+        require_kid: Refuse a header without ``kid`` (access tokens always name their key).
+        require_typ: Refuse a header without ``typ``; a ``typ`` that is present must
+            be accepted either way.
 
     Returns:
         The header's ``kid`` and ``alg``, the claims, and the signature with its input.
@@ -81,6 +87,8 @@ def parse_compact(
         accepted_types=accepted_types,
         max_length=max_length,
         max_depth=max_depth,
+        require_kid=require_kid,
+        require_typ=require_typ,
     )
     return parser(token)
 
@@ -96,7 +104,15 @@ class CompactParser:
     again the same way. Thread-safe (single dictionary operations only).
     """
 
-    __slots__ = ("_accepted_types", "_algorithms", "_headers", "_max_depth", "_max_length")
+    __slots__ = (
+        "_accepted_types",
+        "_algorithms",
+        "_headers",
+        "_max_depth",
+        "_max_length",
+        "_require_kid",
+        "_require_typ",
+    )
 
     def __init__(
         self,
@@ -105,8 +121,12 @@ class CompactParser:
         accepted_types: Collection[str],
         max_length: int,
         max_depth: int,
+        require_kid: bool = True,
+        require_typ: bool = True,
     ) -> None:
         """Bind the settings; see :func:`parse_compact` for what each means."""
+        self._require_kid = require_kid
+        self._require_typ = require_typ
         self._algorithms = frozenset(algorithms)
         self._accepted_types = frozenset(accepted_types)
         self._max_length = max_length
@@ -158,7 +178,9 @@ class CompactParser:
         if alg not in self._algorithms:
             raise InvalidSignature("alg header not allowed by policy")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+        if "kid" not in header and not self._require_kid:
+            kid = ""
+        elif not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
             raise MalformedToken("kid header missing, empty, too long or not a string")
         # RFC 7515 §4.1.11: we understand no extension, so any "crit" is a rejection.
         if "crit" in header:
@@ -166,9 +188,11 @@ class CompactParser:
         if header.get("b64", True) is not True:
             raise MalformedToken("unencoded payload (b64) is not accepted")
         typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in self._accepted_types:
-            raise InvalidClaims("typ header is not the access token type")
-        return kid, alg
+        if "typ" not in header and not self._require_typ:
+            pass
+        elif not isinstance(typ, str) or typ.lower() not in self._accepted_types:
+            raise InvalidClaims("typ header is not an accepted type")
+        return str(kid), alg
 
 
 def _b64decode(segment: str, name: str) -> bytes:

@@ -9,6 +9,21 @@ Errors (gRPC status codes) shared by every RPC:
                      the message never says which
   RESOURCE_EXHAUSTED login is throttled (see the `retry-after` trailing metadata)
   UNAVAILABLE        the service is starting or shutting down; retry
+
+Token (the OAuth 2.0 token endpoint over gRPC) also reports the RFC 6749 §5.2
+error code machine-readably, in the trailing metadata entry `oauth-error`
+(e.g. `oauth-error: invalid_client`), with the status code:
+  invalid_request          INVALID_ARGUMENT
+  invalid_client           UNAUTHENTICATED
+  invalid_grant            UNAUTHENTICATED
+  unauthorized_client      PERMISSION_DENIED
+  unsupported_grant_type   INVALID_ARGUMENT
+  invalid_scope            PERMISSION_DENIED
+  invalid_target           PERMISSION_DENIED   (RFC 8707)
+  temporarily_unavailable  RESOURCE_EXHAUSTED  (throttled; `retry-after` seconds too)
+                           or UNAVAILABLE      (storage down)
+  server_error             INTERNAL
+Login reports `oauth-error: invalid_target` too, for an audience it may not have.
 """
 
 from collections import abc as _abc
@@ -33,6 +48,7 @@ class LoginRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """The account name. Required, at most 256 bytes."""
     password: _builtins.str
@@ -41,20 +57,88 @@ class LoginRequest(_message.Message):
     """Optional: the scopes wanted (space-separated, RFC 6749 §3.3). Empty means
     every scope the user holds; otherwise the token gets the intersection.
     """
+    audience: _builtins.str
+    """Optional: the audience (aud) wanted, one of the server's --audience values
+    (RFC 8707); empty means the first. Refreshes keep it. Another value fails
+    with PERMISSION_DENIED and `oauth-error: invalid_target`.
+    """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         password: _builtins.str = ...,
         scope: _builtins.str = ...,
+        audience: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "password", b"password", "scope", b"scope", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoginRequest: _TypeAlias = LoginRequest  # noqa: Y015
+
+@_typing.final
+class TokenRequest(_message.Message):
+    """TokenRequest holds the RFC 6749 token request parameters, by their OAuth names."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_TYPE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    CLIENT_ASSERTION_TYPE_FIELD_NUMBER: _builtins.int
+    CLIENT_ASSERTION_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    grant_type: _builtins.str
+    """"client_credentials" or "refresh_token". Required. ("password" is never
+    offered here: use Login.)
+    """
+    scope: _builtins.str
+    """Space-separated scopes wanted (RFC 6749 §3.3). Empty: every scope the
+    client may have. A scope it may not have fails with invalid_scope.
+    """
+    audience: _builtins.str
+    """The audience wanted (RFC 8693 name); empty: the client's first allowed one.
+    One it may not have fails with invalid_target.
+    """
+    resource: _builtins.str
+    """The same as an RFC 8707 resource indicator; if both are set they must be equal."""
+    client_id: _builtins.str
+    """The client id. Required for a secret and for tls_client_auth; with an
+    assertion, optional (it must then equal the assertion's sub).
+    """
+    client_secret: _builtins.str
+    """The client secret (client_secret_post)."""
+    client_assertion_type: _builtins.str
+    """"urn:ietf:params:oauth:client-assertion-type:jwt-bearer" with client_assertion."""
+    client_assertion: _builtins.str
+    """A JWS signed by the client's key (RFC 7523 §2.2); good for one request."""
+    refresh_token: _builtins.str
+    """For grant_type refresh_token."""
+    def __init__(
+        self,
+        *,
+        grant_type: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        audience: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
+        client_assertion_type: _builtins.str = ...,
+        client_assertion: _builtins.str = ...,
+        refresh_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_assertion", b"client_assertion", "client_assertion_type", b"client_assertion_type", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "refresh_token", b"refresh_token", "resource", b"resource", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRequest: _TypeAlias = TokenRequest  # noqa: Y015
 
 @_typing.final
 class TokenResponse(_message.Message):
@@ -77,7 +161,9 @@ class TokenResponse(_message.Message):
     expires_in: _builtins.int
     """Seconds until the access token expires."""
     refresh_token: _builtins.str
-    """Opaque token for Refresh and Logout. Empty when the server issues none."""
+    """Opaque token for Refresh and Logout. Empty when the server issues none
+    (always for client_credentials).
+    """
     scope: _builtins.str
     """The granted scopes, space-separated."""
     def __init__(

@@ -41,6 +41,11 @@ class AuthServiceStub:
                 request_serializer=protos_dot_auth__pb2.LoginRequest.SerializeToString,
                 response_deserializer=protos_dot_auth__pb2.TokenResponse.FromString,
                 _registered_method=True)
+        self.Token = channel.unary_unary(
+                '/ssot.auth.v1.AuthService/Token',
+                request_serializer=protos_dot_auth__pb2.TokenRequest.SerializeToString,
+                response_deserializer=protos_dot_auth__pb2.TokenResponse.FromString,
+                _registered_method=True)
         self.Refresh = channel.unary_unary(
                 '/ssot.auth.v1.AuthService/Refresh',
                 request_serializer=protos_dot_auth__pb2.RefreshRequest.SerializeToString,
@@ -78,6 +83,20 @@ class AuthServiceServicer:
         Errors: INVALID_ARGUMENT (empty or oversized username/password),
         UNAUTHENTICATED (unknown user, wrong password or disabled user: one
         message for all three), RESOURCE_EXHAUSTED (throttled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Token(self, request, context):
+        """Token is the OAuth 2.0 token endpoint (RFC 6749 §3.2) for service
+        identities ("clients"), the same as HTTP POST /oauth2/token. Grants:
+        client_credentials (RFC 6749 §4.4: sub = client_id = the client id, no
+        refresh token) and refresh_token. The client authenticates with exactly one
+        of: client_assertion (private_key_jwt, RFC 7523: aud = the issuer
+        identifier, a string), mutual TLS + client_id (tls_client_auth, RFC 8705;
+        the token is then bound to the certificate), or client_id + client_secret.
+        Errors: see the `oauth-error` table at the top of this file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +167,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_auth__pb2.LoginRequest.FromString,
                     response_serializer=protos_dot_auth__pb2.TokenResponse.SerializeToString,
             ),
+            'Token': grpc.unary_unary_rpc_method_handler(
+                    servicer.Token,
+                    request_deserializer=protos_dot_auth__pb2.TokenRequest.FromString,
+                    response_serializer=protos_dot_auth__pb2.TokenResponse.SerializeToString,
+            ),
             'Refresh': grpc.unary_unary_rpc_method_handler(
                     servicer.Refresh,
                     request_deserializer=protos_dot_auth__pb2.RefreshRequest.FromString,
@@ -202,6 +226,33 @@ class AuthService:
             target,
             '/ssot.auth.v1.AuthService/Login',
             protos_dot_auth__pb2.LoginRequest.SerializeToString,
+            protos_dot_auth__pb2.TokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Token(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ssot.auth.v1.AuthService/Token',
+            protos_dot_auth__pb2.TokenRequest.SerializeToString,
             protos_dot_auth__pb2.TokenResponse.FromString,
             options,
             channel_credentials,

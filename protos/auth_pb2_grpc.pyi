@@ -9,6 +9,21 @@ Errors (gRPC status codes) shared by every RPC:
                      the message never says which
   RESOURCE_EXHAUSTED login is throttled (see the `retry-after` trailing metadata)
   UNAVAILABLE        the service is starting or shutting down; retry
+
+Token (the OAuth 2.0 token endpoint over gRPC) also reports the RFC 6749 §5.2
+error code machine-readably, in the trailing metadata entry `oauth-error`
+(e.g. `oauth-error: invalid_client`), with the status code:
+  invalid_request          INVALID_ARGUMENT
+  invalid_client           UNAUTHENTICATED
+  invalid_grant            UNAUTHENTICATED
+  unauthorized_client      PERMISSION_DENIED
+  unsupported_grant_type   INVALID_ARGUMENT
+  invalid_scope            PERMISSION_DENIED
+  invalid_target           PERMISSION_DENIED   (RFC 8707)
+  temporarily_unavailable  RESOURCE_EXHAUSTED  (throttled; `retry-after` seconds too)
+                           or UNAVAILABLE      (storage down)
+  server_error             INTERNAL
+Login reports `oauth-error: invalid_target` too, for an audience it may not have.
 """
 
 from collections import abc as _abc
@@ -48,6 +63,16 @@ class AuthServiceStub:
     Errors: INVALID_ARGUMENT (empty or oversized username/password),
     UNAUTHENTICATED (unknown user, wrong password or disabled user: one
     message for all three), RESOURCE_EXHAUSTED (throttled).
+    """
+    Token: _grpc.UnaryUnaryMultiCallable[_auth_pb2.TokenRequest, _auth_pb2.TokenResponse]
+    """Token is the OAuth 2.0 token endpoint (RFC 6749 §3.2) for service
+    identities ("clients"), the same as HTTP POST /oauth2/token. Grants:
+    client_credentials (RFC 6749 §4.4: sub = client_id = the client id, no
+    refresh token) and refresh_token. The client authenticates with exactly one
+    of: client_assertion (private_key_jwt, RFC 7523: aud = the issuer
+    identifier, a string), mutual TLS + client_id (tls_client_auth, RFC 8705;
+    the token is then bound to the certificate), or client_id + client_secret.
+    Errors: see the `oauth-error` table at the top of this file.
     """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.TokenResponse]
     """Refresh spends a refresh token and returns a new access/refresh pair for
@@ -99,6 +124,16 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Errors: INVALID_ARGUMENT (empty or oversized username/password),
     UNAUTHENTICATED (unknown user, wrong password or disabled user: one
     message for all three), RESOURCE_EXHAUSTED (throttled).
+    """
+    Token: _aio.UnaryUnaryMultiCallable[_auth_pb2.TokenRequest, _auth_pb2.TokenResponse]  # type: ignore[assignment]
+    """Token is the OAuth 2.0 token endpoint (RFC 6749 §3.2) for service
+    identities ("clients"), the same as HTTP POST /oauth2/token. Grants:
+    client_credentials (RFC 6749 §4.4: sub = client_id = the client id, no
+    refresh token) and refresh_token. The client authenticates with exactly one
+    of: client_assertion (private_key_jwt, RFC 7523: aud = the issuer
+    identifier, a string), mutual TLS + client_id (tls_client_auth, RFC 8705;
+    the token is then bound to the certificate), or client_id + client_secret.
+    Errors: see the `oauth-error` table at the top of this file.
     """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.TokenResponse]  # type: ignore[assignment]
     """Refresh spends a refresh token and returns a new access/refresh pair for
@@ -153,6 +188,22 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (empty or oversized username/password),
         UNAUTHENTICATED (unknown user, wrong password or disabled user: one
         message for all three), RESOURCE_EXHAUSTED (throttled).
+        """
+
+    @_abc_1.abstractmethod
+    def Token(
+        self,
+        request: _auth_pb2.TokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.TokenResponse, _abc.Awaitable[_auth_pb2.TokenResponse]]:
+        """Token is the OAuth 2.0 token endpoint (RFC 6749 §3.2) for service
+        identities ("clients"), the same as HTTP POST /oauth2/token. Grants:
+        client_credentials (RFC 6749 §4.4: sub = client_id = the client id, no
+        refresh token) and refresh_token. The client authenticates with exactly one
+        of: client_assertion (private_key_jwt, RFC 7523: aud = the issuer
+        identifier, a string), mutual TLS + client_id (tls_client_auth, RFC 8705;
+        the token is then bound to the certificate), or client_id + client_secret.
+        Errors: see the `oauth-error` table at the top of this file.
         """
 
     @_abc_1.abstractmethod

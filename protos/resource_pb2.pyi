@@ -35,19 +35,27 @@ class User(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The token's `sub` claim: a stable user id."""
+    """The token's `sub` claim: a stable user id, or a service's client id."""
     username: _builtins.str
-    """The token's `username` claim."""
+    """The token's `username` claim (empty for a service)."""
+    kind: _builtins.str
+    """"user", or "service" for a client-credentials token (service identity)."""
+    client_id: _builtins.str
+    """The token's `client_id` claim (RFC 9068 §2.2); set for a service only."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         username: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

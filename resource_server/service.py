@@ -24,7 +24,12 @@ class InvalidArgument(Exception):
 
 
 def _user(principal: Principal) -> resource_pb2.User:
-    return resource_pb2.User(user_id=principal.subject, username=principal.username)
+    return resource_pb2.User(
+        user_id=principal.subject,
+        username=principal.username,
+        kind=principal.kind,
+        client_id=principal.client_id or "",
+    )
 
 
 class ResourceLogic:

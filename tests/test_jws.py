@@ -108,6 +108,26 @@ def test_the_accepted_types_are_the_callers() -> None:
         parse(compact(), accepted_types=custom)
 
 
+def test_kid_and_typ_may_be_made_optional_but_are_checked_when_present() -> None:
+    # How the auth service parses RFC 7523 client assertions.
+    loose = {"require_kid": False, "require_typ": False}
+    bare = compact(header(kid=DROP, typ=DROP))
+
+    assert parse(bare, **loose).kid == ""
+    for wrong_kid in ("", None, 7, "k" * 257):
+        with pytest.raises(MalformedToken):
+            parse(compact(header(kid=wrong_kid)), **loose)
+    with pytest.raises(InvalidClaims):
+        parse(compact(header(typ=None)), **loose)
+    with pytest.raises(InvalidClaims):
+        parse(compact(header(typ="JWT")), **loose)
+    # The defaults (the verifier's) still require both.
+    with pytest.raises(MalformedToken):
+        parse(compact(header(kid=DROP)))
+    with pytest.raises(InvalidClaims):
+        parse(compact(header(typ=DROP)))
+
+
 def test_the_allowed_algorithms_are_the_callers() -> None:
     assert parse(compact(header(alg="ES256")), algorithms=frozenset({"ES256"})).alg == "ES256"
     with pytest.raises(InvalidSignature):

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from auth_server.errors import InvalidRefreshToken, RefreshTokenReused, UserNotFound
 from auth_server.passwords import Argon2Parameters, PasswordHasher
 from auth_server.refresh_tokens import legacy_refresh_secret
-from auth_server.sessions import REVOCATION_RETENTION, SessionStore
+from auth_server.sessions import REVOCATION_RETENTION, SessionStore, SessionTerms
 from auth_server.storage import Database, sessions, spent_refresh_tokens
 from auth_server.users import User, UserStore
 from helpers import Clock, run_concurrently
@@ -59,6 +59,36 @@ def test_many_threads_refreshing_one_token_leave_one_branch(
         assert len(set(results)) == 1
         (successor,) = set(results)
         assert store.refresh(successor).refresh_token
+
+
+class _Refused(Exception):
+    pass
+
+
+def test_a_check_that_refuses_spends_nothing_but_a_reuse_still_revokes(
+    database: Database, store: SessionStore, alice: User, clock: Clock
+) -> None:
+    token = store.create(alice.id, scope=["read"], audience="orders-api").refresh_token
+    seen: list[SessionTerms] = []
+
+    def refuse(terms: SessionTerms) -> None:
+        seen.append(terms)
+        raise _Refused
+
+    with pytest.raises(_Refused):
+        store.refresh(token, check=refuse)
+    assert seen == [SessionTerms(scope=("read",), audience="orders-api")]
+    with database.transaction() as conn:
+        assert conn.execute(sa.select(spent_refresh_tokens)).first() is None
+
+    successor = store.refresh(token, check=seen.append).refresh_token  # still the current one
+    clock.advance(store.policy.refresh_grace + 1)
+    seen.clear()
+    with pytest.raises(RefreshTokenReused):  # a reuse is never the check's to refuse
+        store.refresh(token, check=refuse)
+    assert seen == []
+    with pytest.raises(InvalidRefreshToken):
+        store.refresh(successor)
 
 
 def test_the_successor_depends_on_the_secret_only(database: Database, alice: User) -> None:

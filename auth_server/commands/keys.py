@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from auth_server.commands._common import CommandError, IdArgumentParser, open_database
+from auth_server.commands._keystore import add_key_store_arguments, open_custody
 from auth_server.commands.serve import duration
 from auth_server.commands.settings import (
     add_passphrase_argument,
@@ -100,6 +101,8 @@ def register(commands: Any) -> None:
     for sub in (klist, rotate, revoke, rewrap):
         add_storage_arguments(sub)
         add_passphrase_argument(sub)
+    for sub in (klist, rotate, revoke):
+        add_key_store_arguments(sub)
 
 
 def _open_store(
@@ -112,6 +115,9 @@ def _open_store(
         access_token_ttl=env_value("ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL, type=int),
         rotation_interval=0,
     )
+    algorithm = getattr(ns, "algorithm", "RS256")
+    # `keys list` reads rows only, `keys rewrap` the database keys only: no token.
+    custody = None if ns.keys_command in ("list", "rewrap") else open_custody(ns, algorithm)
     database = open_database(ns)
     try:
         if creates:
@@ -123,10 +129,11 @@ def _open_store(
         return SigningKeyStore(
             database,
             passphrase,
-            algorithm=getattr(ns, "algorithm", "RS256"),
+            algorithm=algorithm,
             rsa_bits=getattr(ns, "rsa_bits", 2048),
             lifecycle=lifecycle,
             kdf=key_kdf(ns),
+            custody=custody,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

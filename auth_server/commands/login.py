@@ -24,20 +24,30 @@ from protos import auth_pb2, auth_pb2_grpc
 def register(commands: Any) -> None:
     login = commands.add_parser("login", help="log in and print the token response as JSON")
     login.add_argument("name")
-    add_env_argument(login, "--target", default=DEFAULT_GRPC_ADDRESS, help="auth service address")
+    add_connection_arguments(login)
     login.add_argument("--scope", default="", help="space-separated scopes to ask for")
+    login.add_argument(
+        "--audience", default="", help="the audience (aud) to ask for; default: the server's"
+    )
     add_password_argument(login)
-    add_client_tls_arguments(login)
     login.set_defaults(run=_cmd_login)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--target`` and the TLS flags of a command that calls the auth service."""
+    add_env_argument(parser, "--target", default=DEFAULT_GRPC_ADDRESS, help="auth service address")
+    add_client_tls_arguments(parser)
 
 
 def _cmd_login(ns: argparse.Namespace) -> int:
     password = read_password(ns, confirm=False)
-    with _open_channel(ns) as channel:
+    with open_channel(ns) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
             response = stub.Login(
-                auth_pb2.LoginRequest(username=ns.name, password=password, scope=ns.scope),
+                auth_pb2.LoginRequest(
+                    username=ns.name, password=password, scope=ns.scope, audience=ns.audience
+                ),
                 timeout=15,
             )
         except grpc.RpcError as exc:
@@ -59,7 +69,8 @@ def _cmd_login(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _open_channel(ns: argparse.Namespace) -> grpc.Channel:
+def open_channel(ns: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``--target``, with TLS when a TLS flag asks for it."""
     if not wants_tls(ns):
         return grpc.insecure_channel(ns.target)
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from auth_server._gc import tune_gc_for_streams
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError
+from auth_server.commands._keystore import add_key_store_arguments, pkcs11_settings
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,
@@ -35,7 +37,12 @@ from auth_server.passwords import Argon2Parameters
 from auth_server.ratelimit import RateLimit, RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
-from interceptors._cli import add_env_argument, add_server_tls_arguments, run_until_signalled
+from interceptors._cli import (
+    add_env_argument,
+    add_server_tls_arguments,
+    env_value,
+    run_until_signalled,
+)
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -49,6 +56,7 @@ def register(commands: Any) -> None:
 def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     add_storage_arguments(parser)
     add_passphrase_argument(parser)
+    add_key_store_arguments(parser)
     add_env_argument(
         parser,
         "--grpc",
@@ -64,7 +72,19 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         default_help=DEFAULT_HTTP_ADDRESS,
     )
     add_env_argument(parser, "--issuer", required=required, help="token issuer URL, the iss claim")
-    add_env_argument(parser, "--audience", required=required, help="token audience, the aud claim")
+    # Repeatable, so not add_env_argument: argparse would append the flags to the
+    # variable's list, where the flags must replace it. SSOT_AUDIENCE may list several,
+    # separated by spaces or commas; the first is the default.
+    audience = str(env_value("AUDIENCE", "")).replace(",", " ").split() or None
+    parser.add_argument(
+        "--audience",
+        action="append",
+        default=None,
+        required=required and audience is None,
+        help="token audience, the aud claim; repeat for more audiences a login may ask for"
+        " (RFC 8707), the first is the default (SSOT_AUDIENCE, space- or comma-separated)",
+    )
+    parser.set_defaults(env_audience=audience)
     add_env_argument(
         parser,
         "--algorithm",
@@ -98,6 +118,13 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         default_help=DEFAULT_JWKS_MAX_AGE,
     )
     add_key_schedule_arguments(parser)
+    add_env_argument(
+        parser,
+        "--allow-insecure-token-http",
+        action="store_true",
+        help="accept /oauth2/* requests (secrets, tokens) over plain HTTP from beyond loopback;"
+        " only behind a TLS-terminating proxy",
+    )
     add_env_argument(
         parser,
         "--no-reflection",
@@ -308,8 +335,20 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> AuthServerConfig:
+def audiences_of(ns: argparse.Namespace) -> list[str]:
+    """The ``--audience`` values given (else ``SSOT_AUDIENCE``'s), the default first."""
+    given: list[str] | None = ns.audience
+    return list(given if given else (ns.env_audience or []))
+
+
+def server_config(
+    ns: argparse.Namespace, *, issuer: str, audience: str | Sequence[str]
+) -> AuthServerConfig:
     data_dir = prepare_data_dir(ns.data_dir)
+    audiences = [audience] if isinstance(audience, str) else list(audience)
+    if not audiences:
+        raise CommandError("give at least one --audience")
+    pkcs11 = pkcs11_settings(ns)
     try:
         return AuthServerConfig(
             grpc_address=ns.grpc,
@@ -317,7 +356,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             data_dir=data_dir,
             database_url=ns.database_url,
             issuer=issuer,
-            audience=audience,
+            audience=audiences[0],
+            additional_audiences=tuple(audiences[1:]),
             algorithm=ns.algorithm,
             rsa_bits=ns.rsa_bits,
             access_token_ttl=ns.access_token_ttl,
@@ -325,6 +365,8 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             key_passphrase=resolve_passphrase(ns, data_dir, create=True),
             allow_short_passphrase=ns.allow_short_passphrase,
             key_kdf=key_kdf(ns),
+            key_store=ns.key_store,
+            pkcs11=pkcs11,
             reflection=not ns.no_reflection,
             listen_for_changes=not ns.no_listen,
             key_rotation_interval=ns.key_rotation_interval,
@@ -356,6 +398,7 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
             max_message_size=ns.max_message_size,
             max_concurrent_streams=ns.max_concurrent_streams,
             max_login_request_size=ns.max_login_request_size,
+            allow_insecure_token_http=ns.allow_insecure_token_http,
             http_rate_limits=RateLimits(
                 groups={
                     "documents": RateLimit(rate=ns.http_rate_limit, burst=ns.http_rate_burst),
@@ -371,7 +414,7 @@ def server_config(ns: argparse.Namespace, *, issuer: str, audience: str) -> Auth
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    config = server_config(ns, issuer=ns.issuer, audience=ns.audience)
+    config = server_config(ns, issuer=ns.issuer, audience=audiences_of(ns))
     # A process of its own: thousands of push streams would otherwise see full
     # collections run in the middle of pushes (auth_server._gc). Not done in
     # start_auth_server, which also runs inside other programs (and tests).

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from auth_server.app import start_auth_server
-from auth_server.commands.serve import add_server_arguments, server_config
+from auth_server.commands.serve import add_server_arguments, audiences_of, server_config
 from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
 from interceptors._cli import add_env_argument, run_until_signalled
@@ -59,8 +59,9 @@ def _ensure_demo_user(users: UserStore, password_file: str) -> str | None:
 
 def run_demo(ns: argparse.Namespace) -> int:
     issuer = ns.issuer or DEMO_ISSUER
-    audience = ns.audience or DEMO_AUDIENCE
-    config = server_config(ns, issuer=issuer, audience=audience)
+    audiences = audiences_of(ns) or [DEMO_AUDIENCE]
+    audience = audiences[0]
+    config = server_config(ns, issuer=issuer, audience=audiences)
     password_file = str(config.data_dir / DEMO_PASSWORD_FILE)
     link_ca = (ns.ca_cert or config.client_ca or config.tls_cert) if config.tls_cert else None
 
