@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
-from auth_server import deployment_secrets
+from auth_server import deployment_secrets, notifications
 from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
@@ -198,6 +198,7 @@ class SigningKeyStore:
                     self._check_new_keys(conn)
                     writer.rotate(new, writer.now, "first")
                     changes = writer.changes
+                    _announce(writer)
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
             changes = Changes()
@@ -297,6 +298,7 @@ class SigningKeyStore:
             self._check_new_keys(conn)
             writer = self._writer(conn)
             kid = writer.rotate(new, writer.now + activate_after, "manual")
+            _announce(writer)
         self._committed(writer.changes)
         return self._describe(kid)
 
@@ -365,6 +367,7 @@ class SigningKeyStore:
                     kid,
                     "" if successor is None else f"; key {successor} signs now",
                 )
+                _announce(writer)
         self._committed(writer.changes, made=[] if replacement is None else [replacement])
         return self._describe(kid)
 
@@ -423,6 +426,7 @@ class SigningKeyStore:
             for record in keyrows.select_all(conn):
                 if keyrows.is_spent(record, now):
                     writer.destroy(record)
+            _announce(writer)
         self._committed(writer.changes, made=[] if new is None else [new])
         return writer.changes.report(activated)
 
@@ -597,3 +601,10 @@ class SigningKeyStore:
     def _generate(self) -> NewKey:
         # Slow work before the locked transaction (DatabaseCustody: the KEK that seals it too).
         return self._custody.generate(self._algorithm, rsa_bits=self._rsa_bits)
+
+
+def _announce(writer: KeyWriter) -> None:
+    # Other replicas (and this one, beside its own listener call) re-read the
+    # key set once this transaction commits (auth_server.notifications).
+    if writer.changes.changed:
+        notifications.notify_change(writer.conn, notifications.KEYS)

@@ -11,6 +11,9 @@ Use these:
     ``RevocationList`` to assemble a verifier yourself.
     Client side: ``TokenManager``, ``AsyncTokenManager`` (``for_service`` with
     ``PrivateKeyJwt`` or ``ClientSecret`` for a service identity), ``BearerClientInterceptor``.
+    Calling on behalf of the user (RFC 8693 exchange): ``IdentityPropagator``,
+    ``AsyncIdentityPropagator`` with ``PrivateKeyJwtAuth`` or ``ClientSecretAuth``;
+    ``current_bearer_token``.
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
@@ -25,7 +28,7 @@ Catch these:
     ``AuthError`` and its subclasses (a refused call, a failed key source, each
     carrying its gRPC status; ``KeySourceError``/``KeySetError`` and
     ``RevocationStreamError`` stay inside the cache and the list),
-    ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    ``TokenClientError``/``TokenRequestError``/``NoCallerToken`` (the client helpers).
     The trees are drawn in ``interceptors._errors``.
 
 The audit trail writer is the public leaf module :mod:`interceptors.audit`.
@@ -36,10 +39,11 @@ from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._cache import CacheSettings, CacheStats, KeyCache
 from interceptors._claims import Principal, TokenPolicy
 from interceptors._client_interceptors import BearerClientInterceptor
-from interceptors._context import current_principal
+from interceptors._context import current_bearer_token, current_principal
 from interceptors._errors import (
     AuthError,
     CertificateMismatch,
+    DelegationRefused,
     ExpiredToken,
     ImmatureToken,
     InsufficientScope,
@@ -51,6 +55,7 @@ from interceptors._errors import (
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    NoCallerToken,
     RevocationStreamError,
     RevocationsUnavailable,
     RevokedToken,
@@ -58,8 +63,10 @@ from interceptors._errors import (
     TokenRequestError,
     UnknownKey,
 )
+from interceptors._exchange_core import ClientSecretAuth, PrivateKeyJwtAuth
 from interceptors._keyset import KeySet, VerificationKey
 from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._propagation import AsyncIdentityPropagator, IdentityPropagator
 from interceptors._revocation import (
     RevocationBatch,
     RevocationList,
@@ -93,6 +100,7 @@ __all__ = [
     "HEALTH_METHODS",
     "REFLECTION_METHODS",
     "AsyncAuthInterceptor",
+    "AsyncIdentityPropagator",
     "AsyncTokenManager",
     "AuthError",
     "AuthInterceptor",
@@ -103,11 +111,14 @@ __all__ = [
     "CertBinding",
     "CertificateMismatch",
     "ClientSecret",
+    "ClientSecretAuth",
+    "DelegationRefused",
     "DiscoverySource",
     "ExpiredToken",
     "FetchResult",
     "GrpcJwksSource",
     "HttpJwksSource",
+    "IdentityPropagator",
     "ImmatureToken",
     "InsufficientScope",
     "InvalidClaims",
@@ -124,8 +135,10 @@ __all__ = [
     "MalformedToken",
     "MethodPolicy",
     "MissingToken",
+    "NoCallerToken",
     "Principal",
     "PrivateKeyJwt",
+    "PrivateKeyJwtAuth",
     "RevocationBatch",
     "RevocationChecker",
     "RevocationList",
@@ -148,5 +161,6 @@ __all__ = [
     "WatermarkChecker",
     "bearer_token",
     "cert_thumbprint",
+    "current_bearer_token",
     "current_principal",
 ]
