@@ -61,6 +61,10 @@ class DecryptedKeys:
         self._keys: dict[str, SigningKey] = {}
         self._unusable: set[str] = set()
         self._lock = threading.Lock()
+        # One load at a time: opening a sealed key derives its key-encryption key
+        # (argon2id, 64 MiB by default), and after a rotation every thread that
+        # signs would otherwise derive it at once.
+        self._loading = threading.Lock()
 
     @property
     def sealer(self) -> KeyEncryption:
@@ -79,6 +83,14 @@ class DecryptedKeys:
             cached = self._keys.get(kid)
         if cached is not None:
             return cached
+        with self._loading:
+            with self._lock:
+                cached = self._keys.get(kid)
+            if cached is not None:
+                return cached  # another thread loaded it while this one waited
+            return self._load(kid)
+
+    def _load(self, kid: str) -> SigningKey:
         with self._db.transaction() as conn:
             row = conn.execute(
                 sa.select(
