@@ -37,7 +37,8 @@ Module map (``_name``: private to its group):
 * process -- ``app`` (build and start the servers), ``config`` (AuthServerConfig),
   ``cli``, ``commands/`` (one module per ``ssot-auth`` command, plus ``settings``:
   data dir, key passphrase and password flags, shared by the commands).
-* cross-cutting -- ``storage`` (tables, Database), ``errors`` (the exception tree,
+* cross-cutting -- ``storage`` (Database: engine, transactions, the replicas' lock;
+  re-exports the tables), ``schema`` (the tables), ``errors`` (the exception tree,
   each error with its gRPC status), ``audit``, ``tls``.
 
 Where keys rotate (five places, in the order a rotation passes through them):
