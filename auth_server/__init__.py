@@ -34,7 +34,8 @@ Module map (``_name``: private to its group):
   ``http`` (JWKS and discovery documents), ``authority`` (TokenAuthority, the
   network-free core both call), ``broadcast`` (PolledBroadcaster, the
   poll-and-push shape under both publishers).
-* process -- ``app`` (build and start the servers), ``config`` (AuthServerConfig),
+* process -- ``components`` (build the plain objects from the settings), ``app``
+  (start and stop the servers around them), ``config`` (AuthServerConfig),
   ``cli``, ``commands/`` (one module per ``ssot-auth`` command, plus ``settings``:
   data dir, key passphrase and password flags, shared by the commands).
 * cross-cutting -- ``storage`` (Database: engine, transactions, the replicas' lock;
