@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import sqlalchemy as sa
 
 from auth_server import _keyrows as keyrows
+from auth_server import notifications
 from auth_server._keychanges import Changes, KeyWriter
 from auth_server._keymaterial import DecryptedKeys
 from auth_server._keyrows import KeyInfo, NewKey
@@ -151,3 +152,11 @@ class KeyTransactions:
         """Make a new key with the store's algorithm, before the locked transaction."""
         # Slow work before the locked transaction (DatabaseCustody: the KEK that seals it too).
         return self.custody.generate(self.algorithm, rsa_bits=self.rsa_bits)
+
+
+def announce(writer: KeyWriter) -> None:
+    """Inside the locked transaction: tell every replica to re-read the key set after commit."""
+    # Other replicas (and this one, beside its own listener call) re-read the
+    # key set once this transaction commits (auth_server.notifications).
+    if writer.changes.changed:
+        notifications.notify_change(writer.conn, notifications.KEYS)

@@ -18,7 +18,7 @@ from auth_server import deployment_secrets
 from auth_server._envelope import KeyEncryption
 from auth_server._keychanges import MaintenanceReport
 from auth_server._keyrows import NewKey
-from auth_server._keytxn import LOCK_NAME, KeyTransactions
+from auth_server._keytxn import LOCK_NAME, KeyTransactions, announce
 from auth_server.audit import audit_event
 from auth_server.errors import KeyStoreError
 from auth_server.lifecycle import (
@@ -93,6 +93,7 @@ class KeyUpkeep:
                     kid,
                     "" if successor is None else f"; key {successor} signs now",
                 )
+                announce(writer)
         self._tx.committed(writer.changes, made=[] if replacement is None else [replacement])
 
     def maintain(self) -> MaintenanceReport:
@@ -140,6 +141,7 @@ class KeyUpkeep:
             for record in keyrows.select_all(conn):
                 if keyrows.is_spent(record, now):
                     writer.destroy(record)
+            announce(writer)
         self._tx.committed(writer.changes, made=[] if new is None else [new])
         return writer.changes.report(activated)
 

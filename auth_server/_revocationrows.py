@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from auth_server import notifications
 from auth_server.storage import revocation_counter, revocation_watermarks, sessions
 
 #: Ids per ``IN (...)`` list: SQLite's bound-parameter limit is 999 on older builds.
@@ -72,7 +73,10 @@ def next_seq(conn: sa.Connection) -> int:
     """Take the next revocation number; its row stays locked until the transaction ends.
 
     Call it after every other row the transaction changes is locked (see the module doc).
+    On PostgreSQL it also tells every auth server to read the list again once the
+    transaction commits (:mod:`auth_server.notifications`).
     """
+    notifications.notify_change(conn, notifications.REVOCATIONS)
     conn.execute(
         revocation_counter.update()
         .where(revocation_counter.c.id == 1)

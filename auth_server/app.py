@@ -27,6 +27,7 @@ from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError
 from auth_server.hashing import HashingPool
 from auth_server.http import build_http_app
+from auth_server.notifications import KEYS, REVOCATIONS, ChangeListener
 from auth_server.oauth_http import add_oauth_routes
 from auth_server.oauth_wiring import build_oauth_endpoint
 from auth_server.publisher import JwksPublisher
@@ -61,6 +62,7 @@ class RunningAuthServer:
     cleanup_task: asyncio.Task[None] | None = None
     cleanup_calls: ThreadCalls = field(default_factory=ThreadCalls)
     hashing: HashingPool | None = None
+    listener: ChangeListener | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -86,6 +88,8 @@ class RunningAuthServer:
                 await self.cleanup_task
         # A purge cancelled above may still run in its thread; the engine is disposed last.
         await self.cleanup_calls.drain()
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
         await self.publisher.stop()
         if self.revocations is not None:
             await self.revocations.stop()
@@ -117,7 +121,11 @@ async def start_auth_server(
     except TlsError as exc:
         raise StartupError(exc.naming(SERVER_TLS_FLAGS)) from None
     components = await asyncio.to_thread(build_components, config, now=now)
-    publisher = JwksPublisher(components.authority.jwks, poll_interval=config.key_poll_interval)
+    publisher = JwksPublisher(
+        components.authority.jwks,
+        poll_interval=config.key_poll_interval,
+        listening_poll_interval=config.listening_poll_interval,
+    )
     await publisher.start()
     # Changes this process makes are published at once; others' within the poll interval.
     components.keys.subscribe(publisher.request_refresh)
@@ -129,6 +137,7 @@ async def start_auth_server(
         components.sessions.revocations.read,
         retention=REVOCATION_RETENTION,
         poll_interval=config.revocation_poll_interval,
+        listening_poll_interval=config.listening_poll_interval,
         now=now,
     )
     try:
@@ -146,6 +155,7 @@ async def start_auth_server(
         client_side=components.client_side,
         publisher=publisher,
         revocations=revocations,
+        database=components.database,
         now=now,
     )
     # Logins (argon2) run on their own bounded threads; everything else keeps
@@ -222,6 +232,13 @@ async def start_auth_server(
         f"{host}:{http_port}",
         config.issuer,
     )
+    listener = None
+    if config.listen_for_changes and components.database.dialect_name == "postgresql":
+        # Other replicas and the CLI are heard at once; the polls stay as the fallback.
+        listener = ChangeListener(
+            components.database.engine, {KEYS: (publisher,), REVOCATIONS: (revocations,)}
+        )
+        listener.start()
     cleanup_calls = ThreadCalls()
     return RunningAuthServer(
         config=config,
@@ -235,6 +252,7 @@ async def start_auth_server(
         http_port=http_port,
         revocations=revocations,
         hashing=hashing,
+        listener=listener,
         cleanup_task=asyncio.create_task(
             _clean_up_periodically(components, config.cleanup_interval, cleanup_calls),
             name="cleanup",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import ClassVar, Generic, TypeVar
 
 from auth_server._threads import ThreadCalls
@@ -32,6 +32,9 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_POLL_INTERVAL = 0.25
+#: Seconds between reads while a LISTEN connection wakes the broadcaster on every
+#: change (:mod:`auth_server.notifications`): the poll is then only the safety net.
+DEFAULT_LISTENING_POLL_INTERVAL = 2.0
 
 
 class PolledBroadcaster(Generic[T]):
@@ -45,7 +48,11 @@ class PolledBroadcaster(Generic[T]):
     what: ClassVar[str] = "value"
 
     def __init__(
-        self, load: Callable[[], T], *, poll_interval: float = DEFAULT_POLL_INTERVAL
+        self,
+        load: Callable[[], T],
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        listening_poll_interval: float = DEFAULT_LISTENING_POLL_INTERVAL,
     ) -> None:
         """Create the broadcaster (nothing is read until :meth:`start`).
 
@@ -53,6 +60,9 @@ class PolledBroadcaster(Generic[T]):
             load: Reads the value from storage (blocking; run in a worker thread).
                 It may raise; the poll loop then keeps the last value.
             poll_interval: Seconds between reads.
+            listening_poll_interval: Seconds between reads while
+                :meth:`set_listening` says changes are announced (never
+                shorter than ``poll_interval``).
 
         Raises:
             ValueError: ``poll_interval`` is not positive.
@@ -61,6 +71,9 @@ class PolledBroadcaster(Generic[T]):
             raise ValueError("poll_interval must be positive")
         self._load = load
         self._poll_interval = poll_interval
+        self._listening_poll_interval = max(poll_interval, listening_poll_interval)
+        self._listening = False
+        self._watchers = 0
         self._value: T | None = None
         # Bumped on every change watchers must hear of; a watcher remembers the last it saw.
         self._version = 0
@@ -82,6 +95,18 @@ class PolledBroadcaster(Generic[T]):
         if self._value is None:
             raise RuntimeError(f"{type(self).__name__}.start() has not run")
         return self._value
+
+    @property
+    def watchers(self) -> int:
+        """How many watch streams follow the value now."""
+        return self._watchers
+
+    def set_listening(self, listening: bool) -> None:
+        """Say whether every change is announced (poll slowly) or not (poll at the interval).
+
+        Safe from any thread; :class:`auth_server.notifications.ChangeListener` calls it.
+        """
+        self._listening = listening
 
     async def start(self) -> None:
         """Read the first value (errors propagate), then poll in the background."""
@@ -146,7 +171,7 @@ class PolledBroadcaster(Generic[T]):
     def _announce(self, value: T) -> None:
         """Log a change that is about to be pushed (nothing by default)."""
 
-    async def updates(self) -> AsyncIterator[tuple[T | None, T]]:
+    async def updates(self) -> AsyncGenerator[tuple[T | None, T], None]:
         """Yield ``(None, value)`` now, then ``(last yielded, value)`` after each change.
 
         Ends once the broadcaster stops; a watcher that has been sent nothing
@@ -154,21 +179,28 @@ class PolledBroadcaster(Generic[T]):
         """
         sent: T | None = None
         seen = -1
-        while True:
-            async with self._changed:
-                while self._value is None or self._version == seen:
-                    if self._stopped and (sent is not None or self._value is None):
-                        return
-                    await self._changed.wait()
-                current, seen = self._value, self._version
-            yield sent, current
-            sent = current
+        self._watchers += 1
+        try:
+            while True:
+                async with self._changed:
+                    while self._value is None or self._version == seen:
+                        if self._stopped and (sent is not None or self._value is None):
+                            return
+                        await self._changed.wait()
+                    current, seen = self._value, self._version
+                yield sent, current
+                sent = current
+        finally:
+            self._watchers -= 1
 
     async def _poll(self) -> None:
         failing = False
-        while True:
+        # Python 3.11's wait_for can swallow a cancellation that lands as the wake
+        # fires (gh-86296), so the loop also ends on the flag stop() sets first.
+        while not self._stopped:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                interval = self._listening_poll_interval if self._listening else self._poll_interval
+                await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
                 await self.refresh()

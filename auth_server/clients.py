@@ -58,6 +58,11 @@ class Client:
         auth_method: One of :data:`AUTH_METHODS`.
         scopes: The scopes it may ask for, sorted.
         audiences: The audiences it may ask for; the first is its default.
+        exchange_audiences: Token exchange (RFC 8693) policy: audience it may exchange a
+            token *to* -> the scopes such a token may carry at most (``None``: no cap
+            beyond the subject token's scopes).
+        exchange_services: Whether a client-credentials token may be exchanged (the
+            subject is then a service, not a user).
         jwks: Its registered public JWK Set (``private_key_jwt``), or ``None``.
         jwks_uri: Where its public keys are fetched (``private_key_jwt``), or ``None``.
         tls_subject: The certificate subject DN it must present (``tls_client_auth``).
@@ -79,6 +84,16 @@ class Client:
     last_used_at: float | None = None
     old_secret_expires_at: float | None = None
     secret_hashes: tuple[str, ...] = field(default=(), repr=False)
+    exchange_audiences: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    exchange_services: bool = False
+
+    def exchange_scope_cap(self, audience: str) -> frozenset[str] | None:
+        """The scopes an exchange to ``audience`` may carry (``None``: no cap beyond the subject's).
+
+        Raises:
+            KeyError: The client may not exchange tokens to ``audience``.
+        """
+        return self.exchange_audiences[audience]
 
     def as_json(self) -> dict[str, Any]:
         """What ``clients show``/``list --json`` print: no secret or hash."""
@@ -94,6 +109,13 @@ class Client:
             "created_at": self.created_at,
             "last_used_at": self.last_used_at,
             "old_secret_expires_at": self.old_secret_expires_at,
+            "token_exchange": {
+                "audiences": {
+                    aud: None if cap is None else sorted(cap)
+                    for aud, cap in self.exchange_audiences.items()
+                },
+                "client_credentials_subjects": self.exchange_services,
+            },
         }
 
 
@@ -133,6 +155,30 @@ def validate_audiences(audiences: Iterable[str]) -> tuple[str, ...]:
         if audience not in result:
             result.append(audience)
     return tuple(result)
+
+
+def parse_exchange_audiences(specs: Iterable[str]) -> dict[str, frozenset[str] | None]:
+    """Parse token-exchange targets: ``AUD`` or ``AUD=scope1,scope2`` (scopes capped).
+
+    Raises:
+        InvalidRequest: An audience or scope is malformed.
+    """
+    result: dict[str, frozenset[str] | None] = {}
+    for spec in specs:
+        audience, sep, scope_list = spec.partition("=")
+        validate_audiences([audience])
+        if "=" in scope_list:
+            raise InvalidRequest("an exchange audience is AUD or AUD=scope,scope")
+        cap = frozenset(validate_scopes(scope_list.split(","))) if sep else None
+        result[audience] = cap
+    return result
+
+
+def _exchange_text(policy: Mapping[str, frozenset[str] | None]) -> str | None:
+    parts = [
+        aud if cap is None else f"{aud}={','.join(sorted(cap))}" for aud, cap in policy.items()
+    ]
+    return " ".join(parts) or None
 
 
 def validate_jwks(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,6 +232,8 @@ class ClientStore:
         jwks_uri: str | None = None,
         tls_subject: str | None = None,
         secret: bool = False,
+        exchange_audiences: Iterable[str] = (),
+        exchange_services: bool = False,
     ) -> tuple[Client, str | None]:
         """Register a client with exactly one way to authenticate.
 
@@ -208,6 +256,8 @@ class ClientStore:
             "scopes": " ".join(validate_scopes(scopes)),
             "audiences": " ".join(allowed),
             "disabled": False,
+            "exchange_audiences": _exchange_text(parse_exchange_audiences(exchange_audiences)),
+            "exchange_services": bool(exchange_services),
         }
         issued: str | None = None
         if jwks is not None:
@@ -308,6 +358,18 @@ class ClientStore:
             return self._update(client_id, jwks=json.dumps(validate_jwks(jwks)), jwks_uri=None)
         return self._update(client_id, jwks=None, jwks_uri=validate_jwks_uri(jwks_uri or ""))
 
+    def set_exchange(
+        self, client_id: str, *, audiences: Iterable[str], services: bool = False
+    ) -> Client:
+        """Replace a client's token-exchange policy (``AUD`` or ``AUD=scope,scope`` each).
+
+        Raises:
+            ClientNotFound: No client has that id.
+            InvalidRequest: A target is malformed.
+        """
+        text = _exchange_text(parse_exchange_audiences(audiences))
+        return self._update(client_id, exchange_audiences=text, exchange_services=bool(services))
+
     def remove(self, client_id: str) -> None:
         """Delete a client.
 
@@ -380,4 +442,14 @@ def _to_client(record: Mapping[Any, Any]) -> Client:
         last_used_at=record.get("last_used_at"),
         old_secret_expires_at=record.get("old_secret_expires_at"),
         secret_hashes=tuple(h for h in hashes if h),
+        exchange_audiences=_parse_stored_exchange(record.get("exchange_audiences")),
+        exchange_services=bool(record.get("exchange_services")),
     )
+
+
+def _parse_stored_exchange(text: str | None) -> dict[str, frozenset[str] | None]:
+    result: dict[str, frozenset[str] | None] = {}
+    for spec in (text or "").split():
+        audience, sep, scope_list = spec.partition("=")
+        result[audience] = frozenset(scope_list.split(",")) if sep else None
+    return result

@@ -87,6 +87,12 @@ class AuthServerConfig:
         throttle: Login throttling thresholds.
         revocation_poll_interval: How often to look for sessions revoked by
             the CLI or other replicas, seconds.
+        listen_for_changes: On PostgreSQL, hold one ``LISTEN`` connection so
+            revocations and key changes made by other replicas or the CLI are
+            heard at once (:mod:`auth_server.notifications`); off for a pooler
+            that cannot carry ``LISTEN`` (PgBouncer in transaction mode).
+        listening_poll_interval: The key and revocation polls' interval while
+            that connection is up (the polls are then only the fallback), seconds.
         cleanup_interval: How often ended sessions and stale throttle counters
             are deleted, seconds.
         tls_cert, tls_key: Serve gRPC and HTTP over TLS with this certificate chain
@@ -130,6 +136,8 @@ class AuthServerConfig:
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
     revocation_poll_interval: float = 0.25
+    listen_for_changes: bool = True
+    listening_poll_interval: float = 2.0
     cleanup_interval: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -193,6 +201,8 @@ class AuthServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.max_login_request_size > self.max_message_size:
             raise ValueError("--max-login-request-size cannot exceed --max-message-size")
+        if self.listening_poll_interval <= 0:
+            raise ValueError("listening_poll_interval must be positive")
         if self.revocation_poll_interval <= 0 or self.cleanup_interval <= 0:
             raise ValueError("revocation_poll_interval and cleanup_interval must be positive")
         if self.key_check_interval <= 0:

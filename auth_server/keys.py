@@ -25,7 +25,7 @@ from auth_server import _keyrows as keyrows
 from auth_server._keychanges import Changes, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
 from auth_server._keyrows import KeyInfo, SigningKey
-from auth_server._keytxn import LOCK_NAME, KeyTransactions
+from auth_server._keytxn import LOCK_NAME, KeyTransactions, announce
 from auth_server._keyupkeep import KeyUpkeep
 from auth_server.custody import DatabaseCustody, KeyCustody
 from auth_server.errors import InvalidRequest, KeyStoreError
@@ -187,6 +187,7 @@ class SigningKeyStore:
                     self._tx.check_new_keys(conn)
                     writer.rotate(new, writer.now, "first")
                     changes = writer.changes
+                    announce(writer)
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
             changes = Changes()
@@ -289,6 +290,7 @@ class SigningKeyStore:
             self._tx.check_new_keys(conn)
             writer = self._tx.writer(conn)
             kid = writer.rotate(new, writer.now + activate_after, "manual")
+            announce(writer)
         self._tx.committed(writer.changes)
         return self._tx.describe(kid)
 

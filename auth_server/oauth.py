@@ -6,8 +6,9 @@ returns a result or raises an :class:`~auth_server.errors.OAuthError` carrying t
 RFC 6749 §5.2 code; the faces only render them. Blocking work runs in worker
 threads; a revocation is pushed to verifiers before the call returns.
 
-Grants: ``client_credentials`` (RFC 6749 §4.4) and ``refresh_token`` (§6). The
-resource-owner password grant is the gRPC ``Login`` only (RFC 9700 §2.4).
+Grants: ``client_credentials`` (RFC 6749 §4.4), ``refresh_token`` (§6) and token
+exchange (RFC 8693, :mod:`auth_server.token_exchange`). The resource-owner
+password grant is the gRPC ``Login`` only (RFC 9700 §2.4).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from auth_server.errors import (
 )
 from auth_server.refresh_tokens import checked_hash
 from auth_server.sessions import SessionStore
+from auth_server.token_exchange import TOKEN_EXCHANGE, ExchangeRequest, TokenExchange
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
 from auth_server.users import validate_scopes
@@ -47,7 +49,7 @@ _T = TypeVar("_T")
 
 CLIENT_CREDENTIALS = "client_credentials"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
-GRANT_TYPES = (CLIENT_CREDENTIALS, REFRESH_TOKEN)
+GRANT_TYPES = (CLIENT_CREDENTIALS, REFRESH_TOKEN, TOKEN_EXCHANGE)
 #: The scope a client needs to call the introspection endpoint (RFC 7662 §2.1).
 INTROSPECT_SCOPE = "ssot.introspect"
 MAX_SCOPE_BYTES = 2048
@@ -71,6 +73,9 @@ class TokenRequest:
         audience: The ``aud`` wanted (RFC 8693 ``audience``); empty means the default.
         resource: The same, as an RFC 8707 ``resource`` indicator.
         refresh_token: For the ``refresh_token`` grant (never log it).
+        subject_token: For token exchange (RFC 8693 §2.1; never log it).
+        subject_token_type: Its type URN.
+        requested_token_type: The type URN wanted, or empty.
         credentials: What the request presented to authenticate its client.
         address: The caller's address, for throttling and the audit trail.
     """
@@ -80,6 +85,9 @@ class TokenRequest:
     audience: str = ""
     resource: str = ""
     refresh_token: str = field(default="", repr=False)
+    subject_token: str = field(default="", repr=False)
+    subject_token_type: str = ""
+    requested_token_type: str = ""
     credentials: ClientCredentials = field(default_factory=ClientCredentials)
     address: str = ""
 
@@ -97,6 +105,7 @@ class OAuthEndpoint:
         sessions: SessionStore,
         inspector: TokenInspector,
         push_revocations: Callable[[], Awaitable[None]] | None = None,
+        exchange: TokenExchange | None = None,
     ) -> None:
         self._authority = authority
         self._clients = clients
@@ -105,6 +114,7 @@ class OAuthEndpoint:
         self._sessions = sessions
         self._inspector = inspector
         self._push = push_revocations
+        self._exchange = exchange
 
     # -- the async faces' entry points ------------------------------------------------------
 
@@ -175,6 +185,18 @@ class OAuthEndpoint:
             return self._client_credentials(request)
         if request.grant_type == REFRESH_TOKEN:
             return self._refresh(request)
+        if request.grant_type == TOKEN_EXCHANGE and self._exchange is not None:
+            return self._exchange.exchange(
+                ExchangeRequest(
+                    subject_token=request.subject_token,
+                    subject_token_type=request.subject_token_type,
+                    requested_token_type=request.requested_token_type,
+                    audience=request.audience or request.resource,
+                    scope=request.scope,
+                    credentials=request.credentials,
+                    address=request.address,
+                )
+            )
         if request.grant_type == "password":
             raise UnsupportedGrantType("the password grant is offered only as the gRPC Login")
         raise UnsupportedGrantType()

@@ -39,6 +39,9 @@ def token_request(
         audience=request.audience,
         resource=request.resource,
         refresh_token=request.refresh_token,
+        subject_token=request.subject_token,
+        subject_token_type=request.subject_token_type,
+        requested_token_type=request.requested_token_type,
         credentials=credentials,
         address=client_address(context.peer()),
     )

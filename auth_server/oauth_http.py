@@ -35,6 +35,7 @@ from auth_server.errors import (
 from auth_server.http import MAX_BODY_SIZE, extend_discovery
 from auth_server.oauth import GRANT_TYPES, OAuthEndpoint, TokenRequest
 from auth_server.throttle import client_address
+from auth_server.token_exchange import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -116,11 +117,17 @@ async def _token(request: web.Request) -> web.Response:
                 audience=form.get("audience", ""),
                 resource=form.get("resource", ""),
                 refresh_token=form.get("refresh_token", ""),
+                subject_token=form.get("subject_token", ""),
+                subject_token_type=form.get("subject_token_type", ""),
+                requested_token_type=form.get("requested_token_type", ""),
                 credentials=creds,
                 address=_address(request),
             )
         )
-        return _json(200, _token_body(grant))
+        body = _token_body(grant)
+        if form.get("grant_type") == TOKEN_EXCHANGE:
+            body["issued_token_type"] = ACCESS_TOKEN_TYPE  # RFC 8693 §2.2.1: required
+        return _json(200, body)
 
     return await _guarded(request, handle)
 

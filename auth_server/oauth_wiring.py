@@ -20,6 +20,7 @@ from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationPublisher
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
+from auth_server.token_exchange import TokenExchange, session_revoked_in
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
 from interceptors import Principal
@@ -84,6 +85,7 @@ def build_oauth_endpoint(
     client_side: ClientComponents,
     publisher: JwksPublisher,
     revocations: RevocationPublisher,
+    database: Database,
     now: Callable[[], float] = time.time,
 ) -> OAuthEndpoint:
     """The token/revocation/introspection core over the running publishers."""
@@ -101,6 +103,14 @@ def build_oauth_endpoint(
         is_revoked=functools.partial(_refused, revocations),
         now=now,
     )
+    exchange = TokenExchange(
+        authenticator=client_side.authenticator,
+        clients=client_side.clients,
+        issuer=issuer,
+        inspector=inspector,
+        session_revoked=session_revoked_in(database),
+        now=now,
+    )
     return OAuthEndpoint(
         authority=authority,
         clients=client_side.clients,
@@ -109,4 +119,5 @@ def build_oauth_endpoint(
         sessions=sessions,
         inspector=inspector,
         push_revocations=push,
+        exchange=exchange,
     )

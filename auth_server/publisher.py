@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -39,5 +40,7 @@ class JwksPublisher(PolledBroadcaster[JwksSnapshot]):
 
     async def watch(self) -> AsyncIterator[JwksSnapshot]:
         """Yield the current set, then every new one until the publisher stops."""
-        async for _, snapshot in self.updates():
-            yield snapshot
+        # aclosing: a stream that ends stops following at once, not when collected.
+        async with contextlib.aclosing(self.updates()) as updates:
+            async for _, snapshot in updates:
+                yield snapshot

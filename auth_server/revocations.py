@@ -19,6 +19,7 @@ then only what is new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -30,7 +31,11 @@ from auth_server._revocation_state import (
     RevocationState,
 )
 from auth_server._revocationrows import RevocationRead, Watermark
-from auth_server.broadcast import DEFAULT_POLL_INTERVAL, PolledBroadcaster
+from auth_server.broadcast import (
+    DEFAULT_LISTENING_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    PolledBroadcaster,
+)
 
 __all__ = [
     "FullList",
@@ -60,6 +65,7 @@ class RevocationPublisher(PolledBroadcaster[int]):
         *,
         retention: float,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        listening_poll_interval: float = DEFAULT_LISTENING_POLL_INTERVAL,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         log_entries: int = DEFAULT_LOG_ENTRIES,
         now: Callable[[], float] = time.time,
@@ -71,17 +77,28 @@ class RevocationPublisher(PolledBroadcaster[int]):
                 :meth:`auth_server.revocation_store.RevocationStore.read`.
             retention: Seconds an entry stays on the list past its ``expires_at``.
             poll_interval: Seconds between reads.
+            listening_poll_interval: Seconds between reads while changes are
+                announced (:meth:`~PolledBroadcaster.set_listening`).
             chunk_bytes: Target size of one stream message.
             log_entries: Recent changes kept for watchers that fall behind.
             now: Clock, epoch seconds.
         """
-        super().__init__(self._read_changes, poll_interval=poll_interval)
+        super().__init__(
+            self._read_changes,
+            poll_interval=poll_interval,
+            listening_poll_interval=listening_poll_interval,
+        )
         self._read = read
         self._cursor: int | None = None
         self.state = RevocationState(
             retention=retention, now=now, chunk_bytes=chunk_bytes, log_entries=log_entries
         )
         self._building: asyncio.Future[FullList] | None = None
+        # The messages from one version to the newest, shared by every watcher
+        # that had that version: a push to N streams cuts (and encodes) each
+        # delta once, not N times. Only deltas to the newest version are kept.
+        self._deltas: dict[int, list[RevocationBatch] | None] = {}
+        self._deltas_upto = -1
 
     def _read_changes(self) -> int:
         # Runs in a worker thread, one read at a time (PolledBroadcaster).
@@ -95,16 +112,28 @@ class RevocationPublisher(PolledBroadcaster[int]):
 
     async def watch(self) -> AsyncIterator[RevocationBatch]:
         """Yield the full list (in parts), then each batch of new entries, until stopped."""
-        async for sent, current in self.updates():
-            batches = None if sent is None else self.state.changes(sent, current)
-            while batches is None:
-                full = await self.full_list()
-                for batch in full.batches:
+        # aclosing: a stream that ends stops following at once, not when collected.
+        async with contextlib.aclosing(self.updates()) as updates:
+            async for sent, current in updates:
+                batches = None if sent is None else self._changes(sent, current)
+                while batches is None:
+                    full = await self.full_list()
+                    for batch in full.batches:
+                        yield batch
+                    # What changed while the full list was being built or sent.
+                    batches = self.state.changes(full.version, current)
+                for batch in batches:
                     yield batch
-                # What changed while the full list was being built or sent.
-                batches = self.state.changes(full.version, current)
-            for batch in batches:
-                yield batch
+
+    def _changes(self, after: int, upto: int) -> list[RevocationBatch] | None:
+        """``state.changes(after, upto)``, computed once per pair while ``upto`` is newest."""
+        if upto != self._deltas_upto:
+            if upto < self._deltas_upto:
+                return self.state.changes(after, upto)  # a watcher behind: not shared
+            self._deltas, self._deltas_upto = {}, upto
+        if after not in self._deltas:
+            self._deltas[after] = self.state.changes(after, upto)
+        return self._deltas[after]
 
     async def full_list(self) -> FullList:
         """The whole list in parts: shared while current, otherwise built once (off the loop)."""

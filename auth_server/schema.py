@@ -190,6 +190,11 @@ clients = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("last_used_at", sa.Float, nullable=True),
+    # Token exchange (RFC 8693) policy: the audiences the client may exchange a
+    # user's token *to*, each optionally capped to scopes ("aud" or "aud=s1,s2",
+    # space-separated); and whether a client-credentials token may be a subject.
+    sa.Column("exchange_audiences", sa.Text, nullable=True),
+    sa.Column("exchange_services", sa.Boolean, nullable=True),
 )
 
 # Client assertion ids already used (RFC 7523 §3 item 7), until their ``exp``:

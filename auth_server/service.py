@@ -49,8 +49,8 @@ def jwks_message(snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
 
 
 def revocation_message(batch: RevocationBatch) -> auth_pb2.RevocationUpdate:
-    # The parts of a full list are shared by every watcher that joins while it
-    # is current: encode each once.
+    # A batch is shared by every watcher it goes to (the parts of a full list,
+    # and each delta: RevocationPublisher._changes): build each message once.
     cached = batch.memo.get("pb")
     if isinstance(cached, auth_pb2.RevocationUpdate):
         return cached
@@ -70,8 +70,7 @@ def revocation_message(batch: RevocationBatch) -> auth_pb2.RevocationUpdate:
             for subject, mark in batch.watermarks.items()
         ],
     )
-    if batch.full or batch.continues or len(batch.sessions) > 1000:
-        batch.memo["pb"] = message
+    batch.memo["pb"] = message
     return message
 
 
@@ -166,6 +165,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._publisher = publisher
         self._revocations = revocations
         self._max_login_request_size = max_login_request_size
+        # The message of the newest key set, built once for every WatchJwks stream.
+        self._jwks: tuple[JwksSnapshot, auth_pb2.JwkSet] | None = None
 
     @_status_on_error
     async def Login(
@@ -288,7 +289,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         request: auth_pb2.GetJwksRequest,
         context: grpc.aio.ServicerContext[auth_pb2.GetJwksRequest, auth_pb2.JwkSet],
     ) -> auth_pb2.JwkSet:
-        return jwks_message(self._publisher.snapshot)
+        return self._jwks_message(self._publisher.snapshot)
 
     async def WatchJwks(
         self,
@@ -296,4 +297,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         context: grpc.aio.ServicerContext[auth_pb2.WatchJwksRequest, auth_pb2.JwkSet],
     ) -> AsyncIterator[auth_pb2.JwkSet]:
         async for snapshot in self._publisher.watch():
-            yield jwks_message(snapshot)
+            yield self._jwks_message(snapshot)
+
+    def _jwks_message(self, snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
+        cached = self._jwks
+        if cached is None or cached[0] is not snapshot:
+            cached = self._jwks = (snapshot, jwks_message(snapshot))
+        return cached[1]

@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from auth_server.errors import InvalidCredentials, InvalidRequest, KeyStoreUnavailable
+from auth_server.errors import (
+    InvalidCredentials,
+    InvalidGrant,
+    InvalidRequest,
+    KeyStoreUnavailable,
+)
 from auth_server.jws import encode_compact
 from auth_server.keys import SigningKey, SigningKeyStore
 from auth_server.users import User, validate_scopes
@@ -148,18 +153,48 @@ class TokenIssuer:
         extra = {"client_id": client_id}
         return self._sign(client_id, granted, extra, None, cert_thumbprint, audience)
 
+    def issue_exchanged(
+        self,
+        subject: str,
+        *,
+        scopes: Iterable[str],
+        audience: str,
+        not_after: int,
+        extra: dict[str, object],
+        cert_thumbprint: str | None = None,
+    ) -> IssuedToken:
+        """Sign a token from an RFC 8693 exchange; it expires at ``not_after`` at the latest.
+
+        ``extra`` holds the claims carried over from the subject token (``sid``,
+        ``username``, ``client_id``) and the new ``act``; the caller has checked them.
+
+        Raises:
+            InvalidGrant: ``not_after`` is already past.
+        """
+        granted = validate_scopes(scopes)
+        return self._sign(
+            subject, granted, extra, None, cert_thumbprint, audience, not_after=not_after
+        )
+
     def _sign(
         self,
         subject: str,
         granted: tuple[str, ...],
-        extra: dict[str, str],
+        extra: Mapping[str, object],
         issued_at: float | None,
         cert_thumbprint: str | None,
         audience: str,
+        *,
+        not_after: int | None = None,
     ) -> IssuedToken:
         key = self._keys.current()
         issued_at = int(self._now() if issued_at is None else issued_at)
         expires_at = issued_at + self._ttl
+        if not_after is not None and not_after < expires_at:
+            # A derived token never outlives the token it was derived from.
+            if not_after <= issued_at:
+                raise InvalidGrant()
+            expires_at = not_after
         token_id = secrets.token_urlsafe(16)
         scope = " ".join(granted)
         claims: dict[str, object] = {
@@ -188,7 +223,7 @@ class TokenIssuer:
         _LOGGER.debug("issued token %s for %s with key %s", token_id, subject, key.kid)
         return IssuedToken(
             access_token=token,
-            expires_in=self._ttl,
+            expires_in=expires_at - issued_at,
             scope=scope,
             token_id=token_id,
             expires_at=expires_at,

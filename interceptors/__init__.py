@@ -10,6 +10,9 @@ Use these:
     ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
     ``RevocationList`` to assemble a verifier yourself.
     Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
+    Calling on behalf of the user (RFC 8693 exchange): ``IdentityPropagator``,
+    ``AsyncIdentityPropagator`` with ``PrivateKeyJwtAuth`` or ``ClientSecretAuth``;
+    ``current_bearer_token``.
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
@@ -24,7 +27,7 @@ Catch these:
     ``AuthError`` and its subclasses (a refused call, a failed key source, each
     carrying its gRPC status; ``KeySourceError``/``KeySetError`` and
     ``RevocationStreamError`` stay inside the cache and the list),
-    ``TokenClientError``/``TokenRequestError`` (the client helpers).
+    ``TokenClientError``/``TokenRequestError``/``NoCallerToken`` (the client helpers).
     The trees are drawn in ``interceptors._errors``.
 
 The audit trail writer is the public leaf module :mod:`interceptors.audit`.
@@ -35,10 +38,11 @@ from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._cache import CacheSettings, CacheStats, KeyCache
 from interceptors._claims import Principal, TokenPolicy
 from interceptors._client_interceptors import BearerClientInterceptor
-from interceptors._context import current_principal
+from interceptors._context import current_bearer_token, current_principal
 from interceptors._errors import (
     AuthError,
     CertificateMismatch,
+    DelegationRefused,
     ExpiredToken,
     ImmatureToken,
     InsufficientScope,
@@ -50,6 +54,7 @@ from interceptors._errors import (
     KeysUnavailable,
     MalformedToken,
     MissingToken,
+    NoCallerToken,
     RevocationStreamError,
     RevocationsUnavailable,
     RevokedToken,
@@ -57,8 +62,10 @@ from interceptors._errors import (
     TokenRequestError,
     UnknownKey,
 )
+from interceptors._exchange_core import ClientSecretAuth, PrivateKeyJwtAuth
 from interceptors._keyset import KeySet, VerificationKey
 from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._propagation import AsyncIdentityPropagator, IdentityPropagator
 from interceptors._revocation import (
     RevocationBatch,
     RevocationList,
@@ -91,6 +98,7 @@ __all__ = [
     "HEALTH_METHODS",
     "REFLECTION_METHODS",
     "AsyncAuthInterceptor",
+    "AsyncIdentityPropagator",
     "AsyncTokenManager",
     "AuthError",
     "AuthInterceptor",
@@ -100,11 +108,14 @@ __all__ = [
     "CacheStats",
     "CertBinding",
     "CertificateMismatch",
+    "ClientSecretAuth",
+    "DelegationRefused",
     "DiscoverySource",
     "ExpiredToken",
     "FetchResult",
     "GrpcJwksSource",
     "HttpJwksSource",
+    "IdentityPropagator",
     "ImmatureToken",
     "InsufficientScope",
     "InvalidClaims",
@@ -121,7 +132,9 @@ __all__ = [
     "MalformedToken",
     "MethodPolicy",
     "MissingToken",
+    "NoCallerToken",
     "Principal",
+    "PrivateKeyJwtAuth",
     "RevocationBatch",
     "RevocationChecker",
     "RevocationList",
@@ -144,5 +157,6 @@ __all__ = [
     "WatermarkChecker",
     "bearer_token",
     "cert_thumbprint",
+    "current_bearer_token",
     "current_principal",
 ]

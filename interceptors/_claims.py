@@ -92,6 +92,9 @@ class Principal:
         claims: Every claim of the token, read-only.
         client_id: ``client_id`` (RFC 9068 §2.2): set on a service's client-credentials
             token, where it equals ``subject``; ``None`` on a user's token.
+        actors: The delegation chain of an exchanged token (RFC 8693 §4.1 ``act``),
+            outermost first: ``actors[0]`` is the service that called with it, the rest
+            acted before it. Empty when the subject called directly.
     """
 
     subject: str
@@ -103,6 +106,7 @@ class Principal:
     expires_at: int
     claims: Mapping[str, Any] = field(repr=False)
     client_id: str | None = None
+    actors: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -191,6 +195,9 @@ def check_claims_window(
     session_id = _optional_str(claims, "sid")
     token_id = _optional_str(claims, "jti")
     client_id = _optional_str(claims, "client_id")
+    # Most tokens carry no ``act``: one dict lookup, the chain parsed only when present.
+    act = claims.get("act")
+    actors = () if act is None else _actor_chain(act)
 
     principal = Principal(
         subject=subject,
@@ -202,8 +209,24 @@ def check_claims_window(
         expires_at=int(expires),
         claims=MappingProxyType(claims),
         client_id=client_id,
+        actors=actors,
     )
     return principal, not_before, expires
+
+
+def _actor_chain(act: object) -> tuple[str, ...]:
+    """The ``sub`` of each nested ``act`` object (RFC 8693 §4.1), outermost first."""
+    chain: list[str] = []
+    # The JSON depth limit of the parse already bounds the nesting.
+    while act is not None:
+        if not isinstance(act, Mapping):
+            raise InvalidClaims("act is not an object")
+        actor = act.get("sub")
+        if not isinstance(actor, str) or not actor:
+            raise InvalidClaims("act has no sub")
+        chain.append(actor)
+        act = act.get("act")
+    return tuple(chain)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float:

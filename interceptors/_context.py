@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 # one authenticated call (grpc does not promise that ``intercept_service`` and the
 # handler share a context: grpc/grpc#37881).
 PRINCIPAL: ContextVar[Principal] = ContextVar("ssot_auth_principal")
+# The raw bearer token of that call, set beside PRINCIPAL, for identity propagation
+# (RFC 8693 exchange). It is a credential: never log it or put it in an error.
+BEARER: ContextVar[str] = ContextVar("ssot_auth_bearer")
 
 
 def current_principal() -> Principal:
@@ -28,3 +31,18 @@ def current_principal() -> Principal:
         return PRINCIPAL.get()
     except LookupError:
         raise LookupError("no authenticated principal in this context") from None
+
+
+def current_bearer_token() -> str:
+    """Return the access token the current authenticated call was made with.
+
+    It is what :class:`~interceptors.IdentityPropagator` exchanges for a token to
+    another service. It is a credential: never log it, store it or send it on as is.
+
+    Raises:
+        LookupError: Outside a call that the auth interceptor authenticated.
+    """
+    try:
+        return BEARER.get()
+    except LookupError:
+        raise LookupError("no authenticated call in this context") from None

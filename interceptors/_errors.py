@@ -16,6 +16,7 @@ a stable audit identifier (``reason``, the ``token.rejected`` event's field)::
     │   ├── CertificateMismatch
     │   └── RevokedToken
     ├── InsufficientScope            PERMISSION_DENIED
+    ├── DelegationRefused            PERMISSION_DENIED  a delegated token from an actor not allowed
     ├── KeysUnavailable              UNAVAILABLE        retryable
     ├── RevocationsUnavailable       UNAVAILABLE        retryable; fail closed, list out of sync
     ├── KeySourceError               UNAVAILABLE        a key source failed (key cache only)
@@ -27,7 +28,8 @@ has no status: nothing here goes on a wire, and a server handler that catches
 ``AuthError`` never catches its own outgoing client's failure::
 
     TokenClientError
-    └── TokenRequestError            no usable token from the auth service
+    ├── TokenRequestError            no usable token from the auth service
+    └── NoCallerToken                a propagated call made outside an authenticated handler
 
 Two texts, never confused (gRPC's own word for the wire text is "details"):
 
@@ -169,6 +171,14 @@ class InsufficientScope(AuthError):
     reason = "insufficient_scope"
 
 
+class DelegationRefused(AuthError):
+    """The token is delegated (RFC 8693 ``act``) and the method does not accept its actors."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    message = "delegated token not accepted"
+    reason = "delegation_refused"
+
+
 class KeysUnavailable(AuthError):
     """No usable key set could be loaded, so the token cannot be checked now.
 
@@ -233,3 +243,13 @@ class TokenRequestError(TokenClientError):
     """
 
     message = "token request failed"
+
+
+class NoCallerToken(TokenClientError):
+    """A call that propagates the caller's identity was made outside an authenticated handler.
+
+    It fails closed: the call is not sent, rather than sent with the service's own
+    identity or none.
+    """
+
+    message = "no authenticated caller to act for: propagate only inside a protected handler"

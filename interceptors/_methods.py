@@ -57,6 +57,11 @@ class MethodPolicy:
         required_scopes: Method name -> scopes the token must all carry.
         public_health: Whether the grpc.health.v1 methods need no token.
         public_reflection: Whether server reflection needs no token.
+        delegated_actors: Method name -> the services allowed to act for a user on it
+            (RFC 8693 ``act``): a delegated token is accepted only when every actor in its
+            chain is listed; an empty set refuses delegated tokens. Methods not listed
+            accept delegated tokens from any actor (the token's audience already
+            limits who could have obtained them).
 
     Raises:
         ValueError: On a malformed method name or scope, or a method that is both
@@ -67,6 +72,7 @@ class MethodPolicy:
     required_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
     public_health: bool = True
     public_reflection: bool = True
+    delegated_actors: Mapping[str, frozenset[str]] = field(default_factory=dict)
     _public: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +94,13 @@ class MethodPolicy:
         object.__setattr__(self, "public_methods", public)
         object.__setattr__(self, "required_scopes", scoped)
         object.__setattr__(self, "_public", everything_public)
+        actors = MappingProxyType(
+            {
+                _check_method(method): _check_scopes(method, names)
+                for method, names in self.delegated_actors.items()
+            }
+        )
+        object.__setattr__(self, "delegated_actors", actors)
 
     def is_public(self, method: str) -> bool:
         """Tell whether ``method`` may be called without a token."""
@@ -96,3 +109,7 @@ class MethodPolicy:
     def scopes_for(self, method: str) -> frozenset[str]:
         """Return the scopes a token needs to call ``method`` (empty: any valid token)."""
         return self.required_scopes.get(method, _EMPTY)
+
+    def actors_for(self, method: str) -> frozenset[str] | None:
+        """The actors allowed on ``method`` (empty: no delegated token), or ``None``: any."""
+        return self.delegated_actors.get(method)

@@ -20,9 +20,10 @@ import grpc.aio
 
 from interceptors._binding import CERT_BINDINGS, CertBinding, check_cert_binding
 from interceptors._claims import Principal
-from interceptors._context import PRINCIPAL
+from interceptors._context import BEARER, PRINCIPAL
 from interceptors._errors import (
     AuthError,
+    DelegationRefused,
     InsufficientScope,
     InvalidToken,
     MalformedToken,
@@ -92,6 +93,14 @@ def _require_scopes(principal: Principal, scopes: frozenset[str]) -> None:
         raise InsufficientScope(f"missing scopes {sorted(scopes - principal.scopes)!r}")
 
 
+def _require_actors(principal: Principal, allowed: frozenset[str] | None) -> None:
+    if allowed is None or not principal.actors:
+        return
+    strangers = set(principal.actors) - allowed
+    if strangers:
+        raise DelegationRefused(f"actors not allowed on this method: {sorted(strangers)!r}")
+
+
 def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     """Record why a call is refused and pick the error to send (never the library's text)."""
     if isinstance(exc, AuthError):
@@ -114,24 +123,27 @@ def _peer(context: Any) -> str:
 
 
 class _PrincipalScope:
-    """Holds ``current_principal()`` set while the wrapped handler's code runs."""
+    """Holds ``current_principal()`` (and the raw token) set while the wrapped handler runs."""
 
-    __slots__ = ("_principal", "_token")
+    __slots__ = ("_bearer", "_bearer_reset", "_principal", "_token")
 
-    def __init__(self, principal: Principal) -> None:
+    def __init__(self, principal: Principal, bearer: str) -> None:
         self._principal = principal
+        self._bearer = bearer
 
     def __enter__(self) -> None:
         self._token = PRINCIPAL.set(self._principal)
+        self._bearer_reset = BEARER.set(self._bearer)
 
     def __exit__(self, *exc_info: object) -> None:
+        BEARER.reset(self._bearer_reset)
         PRINCIPAL.reset(self._token)
 
 
 class _MethodCheck:
     """The token and scope check for one protected method, in a sync and an async face."""
 
-    __slots__ = ("_binding", "_method", "_scopes", "_verifier")
+    __slots__ = ("_actors", "_binding", "_method", "_scopes", "_verifier")
 
     def __init__(
         self,
@@ -139,34 +151,39 @@ class _MethodCheck:
         method: str,
         scopes: frozenset[str],
         binding: CertBinding | None,
+        actors: frozenset[str] | None = None,
     ) -> None:
         self._verifier = verifier
         self._method = method
         self._scopes = scopes
         self._binding = binding
+        self._actors = actors
 
     def _authorize(self, principal: Principal, context: Any) -> None:
         if self._binding is not None:
             check_cert_binding(principal, context.auth_context(), self._binding)
         _require_scopes(principal, self._scopes)
+        _require_actors(principal, self._actors)
 
     def admit(self, context: grpc.ServicerContext) -> _PrincipalScope:
         try:
-            principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+            token = bearer_token(context.invocation_metadata())
+            principal = self._verifier.verify(token)
             self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
             error = _rejection(exc, self._method, _peer(context))
             context.abort(error.code, error.message)
-        return _PrincipalScope(principal)
+        return _PrincipalScope(principal, token)
 
     async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
         try:
-            principal = await self._verifier.averify(bearer_token(context.invocation_metadata()))
+            token = bearer_token(context.invocation_metadata())
+            principal = await self._verifier.averify(token)
             self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
             error = _rejection(exc, self._method, _peer(context))
             await context.abort(error.code, error.message)
-        return _PrincipalScope(principal)
+        return _PrincipalScope(principal, token)
 
 
 def _wrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
@@ -266,7 +283,13 @@ class _HandlerWrapper:
     def _wrap(self, handler: _Handler, method: str) -> _Handler | None:
         if self._policy.is_public(method):
             return handler
-        check = _MethodCheck(self._verifier, method, self._policy.scopes_for(method), self._binding)
+        check = _MethodCheck(
+            self._verifier,
+            method,
+            self._policy.scopes_for(method),
+            self._binding,
+            self._policy.actors_for(method),
+        )
         for attribute, factory, streams_out in _KINDS:
             behaviour: _Behaviour | None = getattr(handler, attribute)
             if behaviour is None:

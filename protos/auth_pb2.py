@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0cssot.auth.v1\"S\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\"\xcf\x01\n\x0cTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x15\n\rclient_secret\x18\x06 \x01(\t\x12\x1d\n\x15\x63lient_assertion_type\x18\x07 \x01(\t\x12\x18\n\x10\x63lient_assertion\x18\x08 \x01(\t\x12\x15\n\rrefresh_token\x18\t \x01(\t\"s\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"-\n\x17WatchRevocationsRequest\x12\x12\n\nwatermarks\x18\x01 \x01(\x08\"8\n\x0eRevokedSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"Q\n\x13RevocationWatermark\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x15\n\rissued_before\x18\x02 \x01(\x03\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"\xa4\x01\n\x10RevocationUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12.\n\x08sessions\x18\x02 \x03(\x0b\x32\x1c.ssot.auth.v1.RevokedSession\x12\x1b\n\x13\x66ull_list_continues\x18\x03 \x01(\x08\x12\x35\n\nwatermarks\x18\x04 \x03(\x0b\x32!.ssot.auth.v1.RevocationWatermark\"\x10\n\x0eGetJwksRequest\"\x12\n\x10WatchJwksRequest\"r\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\t\x12\x0b\n\x03use\x18\x03 \x01(\t\x12\x0b\n\x03\x61lg\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\t\x12\t\n\x01\x65\x18\x06 \x01(\t\x12\x0b\n\x03\x63rv\x18\x07 \x01(\t\x12\t\n\x01x\x18\x08 \x01(\t\x12\t\n\x01y\x18\t \x01(\t\"P\n\x06JwkSet\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.ssot.auth.v1.Jwk\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t2\xfd\x03\n\x0b\x41uthService\x12@\n\x05Login\x12\x1a.ssot.auth.v1.LoginRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12@\n\x05Token\x12\x1a.ssot.auth.v1.TokenRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12\x44\n\x07Refresh\x12\x1c.ssot.auth.v1.RefreshRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12\x43\n\x06Logout\x12\x1b.ssot.auth.v1.LogoutRequest\x1a\x1c.ssot.auth.v1.LogoutResponse\x12[\n\x10WatchRevocations\x12%.ssot.auth.v1.WatchRevocationsRequest\x1a\x1e.ssot.auth.v1.RevocationUpdate0\x01\x12=\n\x07GetJwks\x12\x1c.ssot.auth.v1.GetJwksRequest\x1a\x14.ssot.auth.v1.JwkSet\x12\x43\n\tWatchJwks\x12\x1e.ssot.auth.v1.WatchJwksRequest\x1a\x14.ssot.auth.v1.JwkSet0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0cssot.auth.v1\"S\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\"\xa0\x02\n\x0cTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x15\n\rclient_secret\x18\x06 \x01(\t\x12\x1d\n\x15\x63lient_assertion_type\x18\x07 \x01(\t\x12\x18\n\x10\x63lient_assertion\x18\x08 \x01(\t\x12\x15\n\rrefresh_token\x18\t \x01(\t\x12\x15\n\rsubject_token\x18\n \x01(\t\x12\x1a\n\x12subject_token_type\x18\x0b \x01(\t\x12\x1c\n\x14requested_token_type\x18\x0c \x01(\t\"s\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"-\n\x17WatchRevocationsRequest\x12\x12\n\nwatermarks\x18\x01 \x01(\x08\"8\n\x0eRevokedSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"Q\n\x13RevocationWatermark\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x15\n\rissued_before\x18\x02 \x01(\x03\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"\xa4\x01\n\x10RevocationUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12.\n\x08sessions\x18\x02 \x03(\x0b\x32\x1c.ssot.auth.v1.RevokedSession\x12\x1b\n\x13\x66ull_list_continues\x18\x03 \x01(\x08\x12\x35\n\nwatermarks\x18\x04 \x03(\x0b\x32!.ssot.auth.v1.RevocationWatermark\"\x10\n\x0eGetJwksRequest\"\x12\n\x10WatchJwksRequest\"r\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\t\x12\x0b\n\x03use\x18\x03 \x01(\t\x12\x0b\n\x03\x61lg\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\t\x12\t\n\x01\x65\x18\x06 \x01(\t\x12\x0b\n\x03\x63rv\x18\x07 \x01(\t\x12\t\n\x01x\x18\x08 \x01(\t\x12\t\n\x01y\x18\t \x01(\t\"P\n\x06JwkSet\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.ssot.auth.v1.Jwk\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t2\xfd\x03\n\x0b\x41uthService\x12@\n\x05Login\x12\x1a.ssot.auth.v1.LoginRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12@\n\x05Token\x12\x1a.ssot.auth.v1.TokenRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12\x44\n\x07Refresh\x12\x1c.ssot.auth.v1.RefreshRequest\x1a\x1b.ssot.auth.v1.TokenResponse\x12\x43\n\x06Logout\x12\x1b.ssot.auth.v1.LogoutRequest\x1a\x1c.ssot.auth.v1.LogoutResponse\x12[\n\x10WatchRevocations\x12%.ssot.auth.v1.WatchRevocationsRequest\x1a\x1e.ssot.auth.v1.RevocationUpdate0\x01\x12=\n\x07GetJwks\x12\x1c.ssot.auth.v1.GetJwksRequest\x1a\x14.ssot.auth.v1.JwkSet\x12\x43\n\tWatchJwks\x12\x1e.ssot.auth.v1.WatchJwksRequest\x1a\x14.ssot.auth.v1.JwkSet0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGINREQUEST']._serialized_start=35
   _globals['_LOGINREQUEST']._serialized_end=118
   _globals['_TOKENREQUEST']._serialized_start=121
-  _globals['_TOKENREQUEST']._serialized_end=328
-  _globals['_TOKENRESPONSE']._serialized_start=330
-  _globals['_TOKENRESPONSE']._serialized_end=445
-  _globals['_REFRESHREQUEST']._serialized_start=447
-  _globals['_REFRESHREQUEST']._serialized_end=486
-  _globals['_LOGOUTREQUEST']._serialized_start=488
-  _globals['_LOGOUTREQUEST']._serialized_end=526
-  _globals['_LOGOUTRESPONSE']._serialized_start=528
-  _globals['_LOGOUTRESPONSE']._serialized_end=544
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=546
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=591
-  _globals['_REVOKEDSESSION']._serialized_start=593
-  _globals['_REVOKEDSESSION']._serialized_end=649
-  _globals['_REVOCATIONWATERMARK']._serialized_start=651
-  _globals['_REVOCATIONWATERMARK']._serialized_end=732
-  _globals['_REVOCATIONUPDATE']._serialized_start=735
-  _globals['_REVOCATIONUPDATE']._serialized_end=899
-  _globals['_GETJWKSREQUEST']._serialized_start=901
-  _globals['_GETJWKSREQUEST']._serialized_end=917
-  _globals['_WATCHJWKSREQUEST']._serialized_start=919
-  _globals['_WATCHJWKSREQUEST']._serialized_end=937
-  _globals['_JWK']._serialized_start=939
-  _globals['_JWK']._serialized_end=1053
-  _globals['_JWKSET']._serialized_start=1055
-  _globals['_JWKSET']._serialized_end=1135
-  _globals['_AUTHSERVICE']._serialized_start=1138
-  _globals['_AUTHSERVICE']._serialized_end=1647
+  _globals['_TOKENREQUEST']._serialized_end=409
+  _globals['_TOKENRESPONSE']._serialized_start=411
+  _globals['_TOKENRESPONSE']._serialized_end=526
+  _globals['_REFRESHREQUEST']._serialized_start=528
+  _globals['_REFRESHREQUEST']._serialized_end=567
+  _globals['_LOGOUTREQUEST']._serialized_start=569
+  _globals['_LOGOUTREQUEST']._serialized_end=607
+  _globals['_LOGOUTRESPONSE']._serialized_start=609
+  _globals['_LOGOUTRESPONSE']._serialized_end=625
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=627
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=672
+  _globals['_REVOKEDSESSION']._serialized_start=674
+  _globals['_REVOKEDSESSION']._serialized_end=730
+  _globals['_REVOCATIONWATERMARK']._serialized_start=732
+  _globals['_REVOCATIONWATERMARK']._serialized_end=813
+  _globals['_REVOCATIONUPDATE']._serialized_start=816
+  _globals['_REVOCATIONUPDATE']._serialized_end=980
+  _globals['_GETJWKSREQUEST']._serialized_start=982
+  _globals['_GETJWKSREQUEST']._serialized_end=998
+  _globals['_WATCHJWKSREQUEST']._serialized_start=1000
+  _globals['_WATCHJWKSREQUEST']._serialized_end=1018
+  _globals['_JWK']._serialized_start=1020
+  _globals['_JWK']._serialized_end=1134
+  _globals['_JWKSET']._serialized_start=1136
+  _globals['_JWKSET']._serialized_end=1216
+  _globals['_AUTHSERVICE']._serialized_start=1219
+  _globals['_AUTHSERVICE']._serialized_end=1728
 # @@protoc_insertion_point(module_scope)

@@ -93,9 +93,12 @@ class TokenRequest(_message.Message):
     CLIENT_ASSERTION_TYPE_FIELD_NUMBER: _builtins.int
     CLIENT_ASSERTION_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBJECT_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBJECT_TOKEN_TYPE_FIELD_NUMBER: _builtins.int
+    REQUESTED_TOKEN_TYPE_FIELD_NUMBER: _builtins.int
     grant_type: _builtins.str
-    """"client_credentials" or "refresh_token". Required. ("password" is never
-    offered here: use Login.)
+    """"client_credentials", "refresh_token" or the RFC 8693 token-exchange URN.
+    Required. ("password" is never offered here: use Login.)
     """
     scope: _builtins.str
     """Space-separated scopes wanted (RFC 6749 §3.3). Empty: every scope the
@@ -119,6 +122,16 @@ class TokenRequest(_message.Message):
     """A JWS signed by the client's key (RFC 7523 §2.2); good for one request."""
     refresh_token: _builtins.str
     """For grant_type refresh_token."""
+    subject_token: _builtins.str
+    """Token exchange (RFC 8693 §2.1, grant_type
+    "urn:ietf:params:oauth:grant-type:token-exchange"): an access token this
+    server issued, whose audience is the authenticated acting client. The new
+    token names the same user and session, with act = {"sub": <client>}.
+    """
+    subject_token_type: _builtins.str
+    """"urn:ietf:params:oauth:token-type:access_token" (the only type accepted)."""
+    requested_token_type: _builtins.str
+    """Empty or "urn:ietf:params:oauth:token-type:access_token"."""
     def __init__(
         self,
         *,
@@ -131,10 +144,13 @@ class TokenRequest(_message.Message):
         client_assertion_type: _builtins.str = ...,
         client_assertion: _builtins.str = ...,
         refresh_token: _builtins.str = ...,
+        subject_token: _builtins.str = ...,
+        subject_token_type: _builtins.str = ...,
+        requested_token_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_assertion", b"client_assertion", "client_assertion_type", b"client_assertion_type", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "refresh_token", b"refresh_token", "resource", b"resource", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_assertion", b"client_assertion", "client_assertion_type", b"client_assertion_type", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "refresh_token", b"refresh_token", "requested_token_type", b"requested_token_type", "resource", b"resource", "scope", b"scope", "subject_token", b"subject_token", "subject_token_type", b"subject_token_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

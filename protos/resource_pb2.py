@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/resource.proto\x12\x10ssot.resource.v1\"J\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\"\x1d\n\x1bGetProtectedResourceRequest\"U\n\x1cGetProtectedResourceResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"\x16\n\x14GetPublicInfoRequest\"8\n\x15GetPublicInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"\x17\n\x15GetAdminReportRequest\"^\n\x16GetAdminReportResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\x12\r\n\x05scope\x18\x03 \x01(\t\"$\n\x13StreamEventsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"?\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"<\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x06\x61uthor\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"J\n\x13UploadNotesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User2\xb2\x04\n\x0fResourceService\x12u\n\x14GetProtectedResource\x12-.ssot.resource.v1.GetProtectedResourceRequest\x1a..ssot.resource.v1.GetProtectedResourceResponse\x12`\n\rGetPublicInfo\x12&.ssot.resource.v1.GetPublicInfoRequest\x1a\'.ssot.resource.v1.GetPublicInfoResponse\x12\x63\n\x0eGetAdminReport\x12\'.ssot.resource.v1.GetAdminReportRequest\x1a(.ssot.resource.v1.GetAdminReportResponse\x12P\n\x0cStreamEvents\x12%.ssot.resource.v1.StreamEventsRequest\x1a\x17.ssot.resource.v1.Event0\x01\x12N\n\x0bUploadNotes\x12\x16.ssot.resource.v1.Note\x1a%.ssot.resource.v1.UploadNotesResponse(\x01\x12?\n\tEchoNotes\x12\x16.ssot.resource.v1.Note\x1a\x16.ssot.resource.v1.Note(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/resource.proto\x12\x10ssot.resource.v1\"Z\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tors\x18\x05 \x03(\t\"\x1d\n\x1bGetProtectedResourceRequest\"U\n\x1cGetProtectedResourceResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"\x16\n\x14GetPublicInfoRequest\"8\n\x15GetPublicInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"\x17\n\x15GetAdminReportRequest\"^\n\x16GetAdminReportResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\x12\r\n\x05scope\x18\x03 \x01(\t\"$\n\x13StreamEventsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"?\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x05\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"<\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x06\x61uthor\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User\"J\n\x13UploadNotesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.ssot.resource.v1.User2\xa8\x05\n\x0fResourceService\x12u\n\x14GetProtectedResource\x12-.ssot.resource.v1.GetProtectedResourceRequest\x1a..ssot.resource.v1.GetProtectedResourceResponse\x12t\n\x13GetResourceOnBehalf\x12-.ssot.resource.v1.GetProtectedResourceRequest\x1a..ssot.resource.v1.GetProtectedResourceResponse\x12`\n\rGetPublicInfo\x12&.ssot.resource.v1.GetPublicInfoRequest\x1a\'.ssot.resource.v1.GetPublicInfoResponse\x12\x63\n\x0eGetAdminReport\x12\'.ssot.resource.v1.GetAdminReportRequest\x1a(.ssot.resource.v1.GetAdminReportResponse\x12P\n\x0cStreamEvents\x12%.ssot.resource.v1.StreamEventsRequest\x1a\x17.ssot.resource.v1.Event0\x01\x12N\n\x0bUploadNotes\x12\x16.ssot.resource.v1.Note\x1a%.ssot.resource.v1.UploadNotesResponse(\x01\x12?\n\tEchoNotes\x12\x16.ssot.resource.v1.Note\x1a\x16.ssot.resource.v1.Note(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.resource_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USER']._serialized_start=43
-  _globals['_USER']._serialized_end=117
-  _globals['_GETPROTECTEDRESOURCEREQUEST']._serialized_start=119
-  _globals['_GETPROTECTEDRESOURCEREQUEST']._serialized_end=148
-  _globals['_GETPROTECTEDRESOURCERESPONSE']._serialized_start=150
-  _globals['_GETPROTECTEDRESOURCERESPONSE']._serialized_end=235
-  _globals['_GETPUBLICINFOREQUEST']._serialized_start=237
-  _globals['_GETPUBLICINFOREQUEST']._serialized_end=259
-  _globals['_GETPUBLICINFORESPONSE']._serialized_start=261
-  _globals['_GETPUBLICINFORESPONSE']._serialized_end=317
-  _globals['_GETADMINREPORTREQUEST']._serialized_start=319
-  _globals['_GETADMINREPORTREQUEST']._serialized_end=342
-  _globals['_GETADMINREPORTRESPONSE']._serialized_start=344
-  _globals['_GETADMINREPORTRESPONSE']._serialized_end=438
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=440
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=476
-  _globals['_EVENT']._serialized_start=478
-  _globals['_EVENT']._serialized_end=541
-  _globals['_NOTE']._serialized_start=543
-  _globals['_NOTE']._serialized_end=603
-  _globals['_UPLOADNOTESRESPONSE']._serialized_start=605
-  _globals['_UPLOADNOTESRESPONSE']._serialized_end=679
-  _globals['_RESOURCESERVICE']._serialized_start=682
-  _globals['_RESOURCESERVICE']._serialized_end=1244
+  _globals['_USER']._serialized_end=133
+  _globals['_GETPROTECTEDRESOURCEREQUEST']._serialized_start=135
+  _globals['_GETPROTECTEDRESOURCEREQUEST']._serialized_end=164
+  _globals['_GETPROTECTEDRESOURCERESPONSE']._serialized_start=166
+  _globals['_GETPROTECTEDRESOURCERESPONSE']._serialized_end=251
+  _globals['_GETPUBLICINFOREQUEST']._serialized_start=253
+  _globals['_GETPUBLICINFOREQUEST']._serialized_end=275
+  _globals['_GETPUBLICINFORESPONSE']._serialized_start=277
+  _globals['_GETPUBLICINFORESPONSE']._serialized_end=333
+  _globals['_GETADMINREPORTREQUEST']._serialized_start=335
+  _globals['_GETADMINREPORTREQUEST']._serialized_end=358
+  _globals['_GETADMINREPORTRESPONSE']._serialized_start=360
+  _globals['_GETADMINREPORTRESPONSE']._serialized_end=454
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=456
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=492
+  _globals['_EVENT']._serialized_start=494
+  _globals['_EVENT']._serialized_end=557
+  _globals['_NOTE']._serialized_start=559
+  _globals['_NOTE']._serialized_end=619
+  _globals['_UPLOADNOTESRESPONSE']._serialized_start=621
+  _globals['_UPLOADNOTESRESPONSE']._serialized_end=695
+  _globals['_RESOURCESERVICE']._serialized_start=698
+  _globals['_RESOURCESERVICE']._serialized_end=1378
 # @@protoc_insertion_point(module_scope)

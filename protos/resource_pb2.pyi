@@ -14,8 +14,10 @@ Errors shared by every protected method:
                      seen yet; retry
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -37,6 +39,7 @@ class User(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    ACTORS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The token's `sub` claim: a stable user id, or a service's client id."""
     username: _builtins.str
@@ -45,6 +48,12 @@ class User(_message.Message):
     """"user", or "service" for a client-credentials token (service identity)."""
     client_id: _builtins.str
     """The token's `client_id` claim (RFC 9068 §2.2); set for a service only."""
+    @_builtins.property
+    def actors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services acting for the subject (RFC 8693 `act` chain of an exchanged
+        token), the one that called first; empty when the subject called directly.
+        """
+
     def __init__(
         self,
         *,
@@ -52,10 +61,11 @@ class User(_message.Message):
         username: _builtins.str = ...,
         kind: _builtins.str = ...,
         client_id: _builtins.str = ...,
+        actors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "client_id", b"client_id", "kind", b"kind", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class ResourceServiceStub:
                 request_serializer=protos_dot_resource__pb2.GetProtectedResourceRequest.SerializeToString,
                 response_deserializer=protos_dot_resource__pb2.GetProtectedResourceResponse.FromString,
                 _registered_method=True)
+        self.GetResourceOnBehalf = channel.unary_unary(
+                '/ssot.resource.v1.ResourceService/GetResourceOnBehalf',
+                request_serializer=protos_dot_resource__pb2.GetProtectedResourceRequest.SerializeToString,
+                response_deserializer=protos_dot_resource__pb2.GetProtectedResourceResponse.FromString,
+                _registered_method=True)
         self.GetPublicInfo = channel.unary_unary(
                 '/ssot.resource.v1.ResourceService/GetPublicInfo',
                 request_serializer=protos_dot_resource__pb2.GetPublicInfoRequest.SerializeToString,
@@ -71,6 +76,17 @@ class ResourceServiceServicer:
 
     def GetProtectedResource(self, request, context):
         """The seed's protected endpoint: says who called. Needs a valid token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResourceOnBehalf(self, request, context):
+        """Needs a token. Calls the downstream service this one is configured with
+        (`ssot-resource serve --downstream`) on behalf of the caller: with a token
+        exchanged for the downstream's audience (RFC 8693), naming the same user and
+        this service as the actor; returns the downstream's answer (its `user`
+        lists `actors`). FAILED_PRECONDITION when no downstream is configured.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +134,11 @@ def add_ResourceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetProtectedResource': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProtectedResource,
+                    request_deserializer=protos_dot_resource__pb2.GetProtectedResourceRequest.FromString,
+                    response_serializer=protos_dot_resource__pb2.GetProtectedResourceResponse.SerializeToString,
+            ),
+            'GetResourceOnBehalf': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResourceOnBehalf,
                     request_deserializer=protos_dot_resource__pb2.GetProtectedResourceRequest.FromString,
                     response_serializer=protos_dot_resource__pb2.GetProtectedResourceResponse.SerializeToString,
             ),
@@ -172,6 +193,33 @@ class ResourceService:
             request,
             target,
             '/ssot.resource.v1.ResourceService/GetProtectedResource',
+            protos_dot_resource__pb2.GetProtectedResourceRequest.SerializeToString,
+            protos_dot_resource__pb2.GetProtectedResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResourceOnBehalf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ssot.resource.v1.ResourceService/GetResourceOnBehalf',
             protos_dot_resource__pb2.GetProtectedResourceRequest.SerializeToString,
             protos_dot_resource__pb2.GetProtectedResourceResponse.FromString,
             options,

@@ -44,6 +44,13 @@ class ResourceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ResourceServiceAsyncStub: ...
     GetProtectedResource: _grpc.UnaryUnaryMultiCallable[_resource_pb2.GetProtectedResourceRequest, _resource_pb2.GetProtectedResourceResponse]
     """The seed's protected endpoint: says who called. Needs a valid token."""
+    GetResourceOnBehalf: _grpc.UnaryUnaryMultiCallable[_resource_pb2.GetProtectedResourceRequest, _resource_pb2.GetProtectedResourceResponse]
+    """Needs a token. Calls the downstream service this one is configured with
+    (`ssot-resource serve --downstream`) on behalf of the caller: with a token
+    exchanged for the downstream's audience (RFC 8693), naming the same user and
+    this service as the actor; returns the downstream's answer (its `user`
+    lists `actors`). FAILED_PRECONDITION when no downstream is configured.
+    """
     GetPublicInfo: _grpc.UnaryUnaryMultiCallable[_resource_pb2.GetPublicInfoRequest, _resource_pb2.GetPublicInfoResponse]
     """Public: needs no token. Tells the service's name and the issuer it trusts."""
     GetAdminReport: _grpc.UnaryUnaryMultiCallable[_resource_pb2.GetAdminReportRequest, _resource_pb2.GetAdminReportResponse]
@@ -64,6 +71,13 @@ class ResourceServiceAsyncStub(ResourceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetProtectedResource: _aio.UnaryUnaryMultiCallable[_resource_pb2.GetProtectedResourceRequest, _resource_pb2.GetProtectedResourceResponse]  # type: ignore[assignment]
     """The seed's protected endpoint: says who called. Needs a valid token."""
+    GetResourceOnBehalf: _aio.UnaryUnaryMultiCallable[_resource_pb2.GetProtectedResourceRequest, _resource_pb2.GetProtectedResourceResponse]  # type: ignore[assignment]
+    """Needs a token. Calls the downstream service this one is configured with
+    (`ssot-resource serve --downstream`) on behalf of the caller: with a token
+    exchanged for the downstream's audience (RFC 8693), naming the same user and
+    this service as the actor; returns the downstream's answer (its `user`
+    lists `actors`). FAILED_PRECONDITION when no downstream is configured.
+    """
     GetPublicInfo: _aio.UnaryUnaryMultiCallable[_resource_pb2.GetPublicInfoRequest, _resource_pb2.GetPublicInfoResponse]  # type: ignore[assignment]
     """Public: needs no token. Tells the service's name and the issuer it trusts."""
     GetAdminReport: _aio.UnaryUnaryMultiCallable[_resource_pb2.GetAdminReportRequest, _resource_pb2.GetAdminReportResponse]  # type: ignore[assignment]
@@ -87,6 +101,19 @@ class ResourceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resource_pb2.GetProtectedResourceResponse, _abc.Awaitable[_resource_pb2.GetProtectedResourceResponse]]:
         """The seed's protected endpoint: says who called. Needs a valid token."""
+
+    @_abc_1.abstractmethod
+    def GetResourceOnBehalf(
+        self,
+        request: _resource_pb2.GetProtectedResourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_pb2.GetProtectedResourceResponse, _abc.Awaitable[_resource_pb2.GetProtectedResourceResponse]]:
+        """Needs a token. Calls the downstream service this one is configured with
+        (`ssot-resource serve --downstream`) on behalf of the caller: with a token
+        exchanged for the downstream's audience (RFC 8693), naming the same user and
+        this service as the actor; returns the downstream's answer (its `user`
+        lists `actors`). FAILED_PRECONDITION when no downstream is configured.
+        """
 
     @_abc_1.abstractmethod
     def GetPublicInfo(

@@ -34,6 +34,7 @@ from interceptors.tls import (
     server_credentials,
 )
 from protos import resource_pb2_grpc
+from resource_server.downstream import DownstreamSettings, aio_downstream, sync_downstream
 from resource_server.service import (
     PUBLIC_METHODS,
     REQUIRED_SCOPES,
@@ -89,6 +90,8 @@ class ResourceServerConfig:
             been out of sync for longer than this many seconds. ``None`` (the
             default) fails open: tokens revoked while the stream is down pass
             until their ``exp``.
+        downstream: Where ``GetResourceOnBehalf`` calls on the caller's behalf (token
+            exchange), or ``None``.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -115,11 +118,15 @@ class ResourceServerConfig:
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     revocations_fail_closed: float | None = None
+    downstream: DownstreamSettings | None = None
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
         if sum(chosen) != 1:
             raise ValueError("give exactly one of --jwks-url, --auth-target, --discover")
+        if self.downstream is not None and self.downstream.client_id != self.audience:
+            # The auth service exchanges only tokens addressed to the acting client.
+            raise ValueError("--client-id must equal --audience (the tokens this service gets)")
         if self.revocations_fail_closed is not None:
             if self.auth_target is None:
                 raise ValueError("--revocations-fail-closed needs --auth-target")
@@ -261,7 +268,13 @@ def build_server(
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
-        ResourceServicer(ResourceLogic(issuer=config.issuer)), server
+        ResourceServicer(
+            ResourceLogic(issuer=config.issuer),
+            None
+            if config.downstream is None
+            else sync_downstream(config.downstream, config.issuer),
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -284,7 +297,11 @@ async def start_aio_server(
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
-        AsyncResourceServicer(ResourceLogic(issuer=config.issuer)), server
+        AsyncResourceServicer(
+            ResourceLogic(issuer=config.issuer),
+            config.downstream and aio_downstream(config.downstream, config.issuer),
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -44,6 +44,7 @@ from resource_server.app import (
     open_verifier,
     start_aio_server,
 )
+from resource_server.downstream import DownstreamSettings
 
 PROG = "ssot-resource"
 _LOGGER = logging.getLogger("ssot_resource")
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list has synced, and once it has been out of sync for longer than SECONDS "
         "(default: fail open, revoked tokens pass until exp while the stream is down)",
     )
+    _add_downstream_arguments(serve)
     _add_tls_arguments(serve)
     _add_limit_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
@@ -193,6 +195,37 @@ _LIMITS = (
 )
 
 
+def _add_downstream_arguments(serve: argparse.ArgumentParser) -> None:
+    add_env_argument(
+        serve,
+        "--downstream",
+        metavar="HOST:PORT",
+        help="GetResourceOnBehalf calls this service as the caller (token exchange)",
+    )
+    add_env_argument(serve, "--downstream-audience", help="the downstream service's audience")
+    add_env_argument(
+        serve, "--client-id", help="this service's client id at the auth service (= --audience)"
+    )
+    add_env_argument(
+        serve,
+        "--client-key-file",
+        type=Path,
+        help="PEM private key of the client (private_key_jwt) for the exchange",
+    )
+
+
+def _downstream(ns: argparse.Namespace) -> DownstreamSettings | None:
+    if not ns.downstream:
+        return None
+    return DownstreamSettings(
+        target=ns.downstream,
+        audience=ns.downstream_audience or "",
+        auth_target=ns.auth_target or "",
+        client_id=ns.client_id or "",
+        client_key_file=ns.client_key_file or Path(),
+    )
+
+
 def _add_limit_arguments(serve: argparse.ArgumentParser) -> None:
     for flag, default, what in _LIMITS:
         add_env_argument(serve, flag, type=int, default=default, help=what, default_help=default)
@@ -226,6 +259,7 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             max_json_depth=ns.max_json_depth,
             max_token_lifetime=ns.max_token_lifetime,
             revocations_fail_closed=ns.revocations_fail_closed,
+            downstream=_downstream(ns),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

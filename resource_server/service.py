@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from interceptors import Principal, current_principal
+from interceptors import Principal, TokenClientError, current_principal
 from protos import resource_pb2, resource_pb2_grpc
 
 SERVICE_NAME = resource_pb2.DESCRIPTOR.services_by_name["ResourceService"].full_name
@@ -17,6 +17,18 @@ ADMIN_SCOPE = "resource.admin"
 REQUIRED_SCOPES = {_PREFIX + "GetAdminReport": frozenset({ADMIN_SCOPE})}
 PROTECTED_MESSAGE = "This is a protected resource"
 MAX_EVENTS = 1000
+
+
+_DOWNSTREAM_TIMEOUT = 10.0
+
+
+def _downstream_refusal(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status to answer when the downstream call (or the exchange before it) failed."""
+    code = getattr(exc, "code", lambda: None)()
+    details = getattr(exc, "details", lambda: None)()
+    if not isinstance(code, grpc.StatusCode):
+        return grpc.StatusCode.UNAVAILABLE, "downstream call failed"
+    return code, f"downstream: {details or code.name.lower()}"
 
 
 class InvalidArgument(Exception):
@@ -29,6 +41,7 @@ def _user(principal: Principal) -> resource_pb2.User:
         username=principal.username,
         kind=principal.kind,
         client_id=principal.client_id or "",
+        actors=principal.actors,
     )
 
 
@@ -60,11 +73,38 @@ class ResourceLogic:
         return resource_pb2.Note(text=note.text, author=_user(who))
 
 
-class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
-    """Sync ``ssot.resource.v1.ResourceService``; the interceptor has checked the token."""
+_NO_DOWNSTREAM = "no downstream service is configured (ssot-resource serve --downstream)"
 
-    def __init__(self, logic: ResourceLogic) -> None:
+
+class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
+    """Sync ``ssot.resource.v1.ResourceService``; the interceptor has checked the token.
+
+    ``downstream`` is a stub on a channel carrying an
+    :class:`~interceptors.IdentityPropagator`, for ``GetResourceOnBehalf``.
+    """
+
+    def __init__(
+        self, logic: ResourceLogic, downstream: resource_pb2_grpc.ResourceServiceStub | None = None
+    ) -> None:
         self._logic = logic
+        self._downstream = downstream
+
+    def GetResourceOnBehalf(
+        self, request: Any, context: Any
+    ) -> resource_pb2.GetProtectedResourceResponse:
+        downstream = self._downstream
+        if downstream is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _NO_DOWNSTREAM)
+            raise AssertionError("abort raises")  # pragma: no cover
+        try:
+            answer: resource_pb2.GetProtectedResourceResponse = downstream.GetProtectedResource(
+                request, timeout=_DOWNSTREAM_TIMEOUT
+            )
+        except grpc.RpcError as exc:
+            context.abort(*_downstream_refusal(exc))
+        except TokenClientError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        return answer
 
     def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:
         return self._logic.public_info()
@@ -102,10 +142,27 @@ class ResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
 
 
 class AsyncResourceServicer(resource_pb2_grpc.ResourceServiceServicer):
-    """The same service for ``grpc.aio`` servers."""
+    """The same service for ``grpc.aio`` servers (``downstream`` on a ``grpc.aio`` channel)."""
 
-    def __init__(self, logic: ResourceLogic) -> None:
+    def __init__(self, logic: ResourceLogic, downstream: Any = None) -> None:
+        # ``downstream``: a ResourceServiceStub on a grpc.aio channel (its calls are awaitable).
         self._logic = logic
+        self._downstream = downstream
+
+    async def GetResourceOnBehalf(
+        self, request: Any, context: Any
+    ) -> resource_pb2.GetProtectedResourceResponse:
+        if self._downstream is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _NO_DOWNSTREAM)
+        try:
+            answer: resource_pb2.GetProtectedResourceResponse = (
+                await self._downstream.GetProtectedResource(request, timeout=_DOWNSTREAM_TIMEOUT)
+            )
+        except grpc.RpcError as exc:
+            await context.abort(*_downstream_refusal(exc))
+        except TokenClientError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        return answer
 
     async def GetPublicInfo(self, request: Any, context: Any) -> resource_pb2.GetPublicInfoResponse:
         return self._logic.public_info()

@@ -473,7 +473,11 @@ def test_discovery_lists_the_oauth_endpoints(auth: AuthHarness) -> None:
         assert doc["token_endpoint"] == ISSUER + "/oauth2/token"
         assert doc["revocation_endpoint"] == ISSUER + "/oauth2/revoke"
         assert doc["introspection_endpoint"] == ISSUER + "/oauth2/introspect"
-        assert doc["grant_types_supported"] == ["client_credentials", "refresh_token"]
+        assert doc["grant_types_supported"] == [
+            "client_credentials",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ]
         assert "private_key_jwt" in doc["token_endpoint_auth_methods_supported"]
         assert "HS256" not in doc["token_endpoint_auth_signing_alg_values_supported"]
 

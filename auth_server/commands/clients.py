@@ -33,6 +33,7 @@ def register(commands: Any) -> None:
         required=True,
         help="allow an audience (repeatable); the first is the client's default",
     )
+    _add_exchange_arguments(add)
     _add_key_arguments(add, secret=True)
     add.set_defaults(run=_cmd_add)
     listing = clients.add_parser("list", help="list clients")
@@ -63,8 +64,30 @@ def register(commands: Any) -> None:
     set_keys.add_argument("name")
     _add_key_arguments(set_keys, secret=False)
     set_keys.set_defaults(run=_cmd_set_keys)
+    exchange = clients.add_parser(
+        "set-exchange", help="replace the audiences a client may exchange user tokens to"
+    )
+    exchange.add_argument("name")
+    _add_exchange_arguments(exchange)
+    exchange.set_defaults(run=_cmd_set_exchange)
     for sub in clients.choices.values():
         add_storage_arguments(sub)
+
+
+def _add_exchange_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exchange-audience",
+        action="append",
+        default=[],
+        metavar="AUD[=SCOPE,...]",
+        help="let the client exchange a user's token for one to AUD (RFC 8693), optionally"
+        " capped to these scopes (repeatable)",
+    )
+    parser.add_argument(
+        "--exchange-service-tokens",
+        action="store_true",
+        help="also accept client-credentials tokens as the subject of an exchange",
+    )
 
 
 def _add_key_arguments(parser: argparse.ArgumentParser, *, secret: bool) -> None:
@@ -125,6 +148,8 @@ def _cmd_add(ns: argparse.Namespace) -> int:
         jwks_uri=ns.jwks_uri,
         tls_subject=ns.tls_subject,
         secret=ns.secret,
+        exchange_audiences=ns.exchange_audience,
+        exchange_services=ns.exchange_service_tokens,
     )
     print(f"created client {client.id} ({_summary(client)})")
     if secret is not None:
@@ -182,4 +207,13 @@ def _cmd_rotate(ns: argparse.Namespace) -> int:
 def _cmd_set_keys(ns: argparse.Namespace) -> int:
     client = _store(ns).set_keys(ns.name, jwks=_jwks(ns), jwks_uri=ns.jwks_uri)
     print(f"keys replaced for client {client.id}")
+    return 0
+
+
+def _cmd_set_exchange(ns: argparse.Namespace) -> int:
+    client = _store(ns).set_exchange(
+        ns.name, audiences=ns.exchange_audience, services=ns.exchange_service_tokens
+    )
+    targets = " ".join(client.exchange_audiences) or "none"
+    print(f"client {client.id} may exchange tokens to: {targets}")
     return 0

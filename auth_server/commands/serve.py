@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from auth_server._gc import tune_gc_for_streams
 from auth_server.app import start_auth_server
 from auth_server.commands._common import CommandError
 from auth_server.commands._keystore import add_key_store_arguments, pkcs11_settings
@@ -129,6 +130,13 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         "--no-reflection",
         action="store_true",
         help="do not serve gRPC server reflection",
+    )
+    add_env_argument(
+        parser,
+        "--no-listen",
+        action="store_true",
+        help="on PostgreSQL, hear other replicas and the CLI by polling only, without a LISTEN"
+        " connection (for a pooler in transaction mode, which cannot carry LISTEN)",
     )
     _add_session_arguments(parser)
     _add_throttle_arguments(parser)
@@ -360,6 +368,7 @@ def server_config(
             key_store=ns.key_store,
             pkcs11=pkcs11,
             reflection=not ns.no_reflection,
+            listen_for_changes=not ns.no_listen,
             key_rotation_interval=ns.key_rotation_interval,
             key_activate_after=ns.key_activate_after,
             key_retire_after=ns.key_retire_after,
@@ -406,6 +415,10 @@ def server_config(
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     config = server_config(ns, issuer=ns.issuer, audience=audiences_of(ns))
+    # A process of its own: thousands of push streams would otherwise see full
+    # collections run in the middle of pushes (auth_server._gc). Not done in
+    # start_auth_server, which also runs inside other programs (and tests).
+    tune_gc_for_streams()
 
     async def serve(stop: asyncio.Event) -> None:
         server = await start_auth_server(config)

@@ -1,0 +1,106 @@
+"""The example's downstream call: ``GetResourceOnBehalf`` reaches another service as the user.
+
+``ssot-resource serve --downstream HOST:PORT --downstream-audience AUD --client-id ID
+--client-key-file PEM`` makes this service an OAuth client of the auth service
+(registered with ``ssot-auth clients add ID ... --exchange-audience AUD``): in
+a handler, its calls to the downstream carry the caller's token exchanged for
+``AUD`` (RFC 8693) by an :class:`~interceptors.IdentityPropagator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from interceptors import AsyncIdentityPropagator, IdentityPropagator, PrivateKeyJwtAuth
+from protos import resource_pb2_grpc
+
+_MAX_KEY_FILE = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownstreamSettings:
+    """Where ``GetResourceOnBehalf`` goes, and how this service authenticates for the exchange.
+
+    Attributes:
+        target: The downstream service, ``HOST:PORT``.
+        audience: Its audience: the exchanged token's ``aud``.
+        auth_target: The auth service's gRPC ``HOST:PORT`` (the ``Token`` RPC).
+        client_id: This service's client id (also the audience its callers' tokens name).
+        client_key_file: PEM private key whose public half is registered for the client
+            (its only key: the assertion names no ``kid``).
+    """
+
+    target: str
+    audience: str
+    auth_target: str
+    client_id: str
+    client_key_file: Path
+
+    def __post_init__(self) -> None:
+        if not (self.target and self.audience and self.auth_target and self.client_id):
+            raise ValueError(
+                "--downstream needs --downstream-audience, --client-id, --client-key-file"
+                " and --auth-target"
+            )
+
+
+def client_auth(settings: DownstreamSettings, issuer: str) -> PrivateKeyJwtAuth:
+    """RFC 7523 assertions signed with the key in ``client_key_file``.
+
+    Raises:
+        ValueError: The file is unreadable, too large, or not a supported private key.
+    """
+    try:
+        data = settings.client_key_file.read_bytes()[: _MAX_KEY_FILE + 1]
+    except OSError as exc:
+        raise ValueError(f"cannot read --client-key-file: {exc.strerror}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise ValueError("--client-key-file is too large")
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("--client-key-file is not an unencrypted PEM private key") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        algorithm = "RS256"
+    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
+        algorithm = "ES256"
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        algorithm = "EdDSA"
+    else:
+        raise ValueError("--client-key-file must hold an RSA, P-256 or Ed25519 key")
+    return PrivateKeyJwtAuth(
+        client_id=settings.client_id, private_key=key, kid=None, issuer=issuer, algorithm=algorithm
+    )
+
+
+def sync_downstream(
+    settings: DownstreamSettings, issuer: str
+) -> resource_pb2_grpc.ResourceServiceStub:
+    """A stub whose calls carry the current caller's exchanged token (sync channels)."""
+    propagator = IdentityPropagator(
+        grpc.insecure_channel(settings.auth_target),
+        audience=settings.audience,
+        client_auth=client_auth(settings, issuer),
+    )
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(settings.target), propagator.interceptor()
+    )
+    return resource_pb2_grpc.ResourceServiceStub(channel)
+
+
+def aio_downstream(
+    settings: DownstreamSettings, issuer: str
+) -> resource_pb2_grpc.ResourceServiceStub:
+    """The same on ``grpc.aio`` channels (call from the server's event loop)."""
+    propagator = AsyncIdentityPropagator(
+        grpc.aio.insecure_channel(settings.auth_target),
+        audience=settings.audience,
+        client_auth=client_auth(settings, issuer),
+    )
+    channel = grpc.aio.insecure_channel(settings.target, interceptors=propagator.interceptors())
+    return resource_pb2_grpc.ResourceServiceStub(channel)
