@@ -201,8 +201,10 @@ def validate_jwks(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _key_set_problem(exc: KeySetError) -> str:
-    # The error's internal text names the refused member, never key material.
-    return str(exc) or "invalid"
+    # The log text names the refused member or kid, never key material; the
+    # operator registering the set is the one reading it. (str(exc) is only the
+    # verifier's generic wire text.)
+    return exc.log_detail or "invalid"
 
 
 def hash_secret(secret: str) -> str:

@@ -84,10 +84,17 @@ async def _rate_limit(
         if wait > 0:
             # RFC 6585 §4; Retry-After in whole seconds, rounded up (RFC 9110 §10.2.3).
             retry_after = str(max(1, math.ceil(wait)))
+            # OAuth clients read `error` as an RFC 6749 §5.2 code, and "rate_limited" is not
+            # one; temporarily_unavailable is the registered code for "try again later".
+            error = (
+                "temporarily_unavailable"
+                if request.path.startswith("/oauth2/")
+                else ("rate_limited")
+            )
             return web.Response(
                 status=429,
                 body=json.dumps(
-                    {"error": "rate_limited", "error_description": "too many requests"},
+                    {"error": error, "error_description": "too many requests"},
                     separators=(",", ":"),
                 ).encode(),
                 content_type="application/json",

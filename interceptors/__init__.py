@@ -9,7 +9,8 @@ Use these:
     ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``), ``current_principal``,
     ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
     ``RevocationList`` to assemble a verifier yourself.
-    Client side: ``TokenManager``, ``AsyncTokenManager``, ``BearerClientInterceptor``.
+    Client side: ``TokenManager``, ``AsyncTokenManager`` (``for_service`` with
+    ``PrivateKeyJwt`` or ``ClientSecret`` for a service identity), ``BearerClientInterceptor``.
     Calling on behalf of the user (RFC 8693 exchange): ``IdentityPropagator``,
     ``AsyncIdentityPropagator`` with ``PrivateKeyJwtAuth`` or ``ClientSecretAuth``;
     ``current_bearer_token``.
@@ -75,6 +76,7 @@ from interceptors._revocation import (
 )
 from interceptors._revocation_entries import Watermark
 from interceptors._server_interceptors import AsyncAuthInterceptor, AuthInterceptor, bearer_token
+from interceptors._service_identity import ClientSecret, PrivateKeyJwt
 from interceptors._sources import (
     DiscoverySource,
     FetchResult,
@@ -108,6 +110,7 @@ __all__ = [
     "CacheStats",
     "CertBinding",
     "CertificateMismatch",
+    "ClientSecret",
     "ClientSecretAuth",
     "DelegationRefused",
     "DiscoverySource",
@@ -134,6 +137,7 @@ __all__ = [
     "MissingToken",
     "NoCallerToken",
     "Principal",
+    "PrivateKeyJwt",
     "PrivateKeyJwtAuth",
     "RevocationBatch",
     "RevocationChecker",

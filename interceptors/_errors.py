@@ -239,10 +239,32 @@ class TokenRequestError(TokenClientError):
     """The auth service gave no usable token, or there is no credential left to ask with.
 
     Failed ``Login``/``Refresh`` RPCs are not wrapped in this error: they surface as the
-    auth service's own :class:`grpc.RpcError`, so its status code can be inspected.
+    auth service's own :class:`grpc.RpcError`, so its status code can be inspected. A
+    failed ``Token`` RPC (a service identity's client-credentials request) is: the RFC
+    6749 §5.2 code the auth service sent in its ``oauth-error`` trailer is then
+    :attr:`oauth_error`, the status :attr:`code`, and the RPC error is ``__cause__``.
+
+    Attributes:
+        oauth_error: The RFC 6749 §5.2 error code (``invalid_client``, ...), or ``None``.
+        code: The gRPC status of the failed ``Token`` RPC, or ``None``.
+        retry_after: Seconds the auth service asked to wait (throttled), or ``None``.
     """
 
     message = "token request failed"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        oauth_error: str | None = None,
+        code: grpc.StatusCode | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        """Create the error; the keywords describe a refused ``Token`` RPC."""
+        super().__init__(detail)
+        self.oauth_error = oauth_error
+        self.code = code
+        self.retry_after = retry_after
 
 
 class NoCallerToken(TokenClientError):

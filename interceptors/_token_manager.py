@@ -28,11 +28,24 @@ interceptors and call credentials that attach the token live in
 - Concurrent callers share one renewal (single flight): twenty threads or
   tasks asking at once cause one ``Login``.
 
+A service identity uses :meth:`TokenManager.for_service` instead, with
+:class:`~interceptors.PrivateKeyJwt` (its own private key signs a fresh RFC 7523
+assertion, ``aud`` = the issuer, for every request) or
+:class:`~interceptors.ClientSecret`. The manager then asks the ``Token`` RPC for a
+client-credentials grant (no refresh token: each renewal is a new grant), with the
+same renewal ahead of expiry and the same single flight::
+
+    identity = PrivateKeyJwt(client_id="billing-worker", key="billing.pem",
+                             issuer="https://auth.example", audience="orders-api")
+    tokens = TokenManager.for_service(auth, identity)
+
 Errors: a failed ``Login``/``Refresh`` surfaces as the :class:`grpc.RpcError`
 the auth service returned, unchanged, so its status code is there to inspect.
-An answer that holds no usable token (no ``access_token``, ``expires_in <= 0``,
-a ``token_type`` other than Bearer), or a manager with no credential left to
-ask with, raises :class:`~interceptors.TokenRequestError`, a
+A refused ``Token`` RPC raises :class:`~interceptors.TokenRequestError` with the
+auth service's RFC 6749 code in ``oauth_error`` (``"invalid_client"``, ...) and the
+status in ``code``. An answer that holds no usable token (no ``access_token``,
+``expires_in <= 0``, a ``token_type`` other than Bearer), or a manager with no
+credential left to ask with, raises :class:`~interceptors.TokenRequestError`, a
 :class:`~interceptors.TokenClientError` and deliberately not an ``AuthError``:
 a server handler catching ``AuthError`` must not catch its own outgoing
 client's failure. Neither ever carries the password or a token; the managers'
@@ -46,6 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import NoReturn
 
 import grpc
 from grpc import aio
@@ -57,7 +71,17 @@ from interceptors._client_interceptors import (
     bearer_call_credentials,
     bearer_metadata,
 )
-from interceptors._token_core import LoginStep, Step, TokenCore, check_timeout, status_code
+from interceptors._service_identity import ServiceCredentials
+from interceptors._token_core import (
+    ClientCredentialsCore,
+    LoginStep,
+    RefreshStep,
+    Step,
+    TokenCore,
+    check_timeout,
+    status_code,
+    token_endpoint_error,
+)
 from protos import auth_pb2, auth_pb2_grpc
 
 
@@ -95,7 +119,7 @@ class TokenManager:
         now: Callable[[], float] = time.time,
     ) -> None:
         check_timeout(timeout)
-        self._core = TokenCore(
+        core = TokenCore(
             username=username,
             password=password,
             refresh_token=refresh_token,
@@ -103,16 +127,52 @@ class TokenManager:
             refresh_margin=refresh_margin,
             now=now,
         )
-        self._stub = auth_pb2_grpc.AuthServiceStub(auth_channel)
+        self._setup(auth_channel, core, timeout)
+
+    @classmethod
+    def for_service(
+        cls,
+        auth_channel: grpc.Channel,
+        credentials: ServiceCredentials,
+        *,
+        refresh_margin: float = 60.0,
+        timeout: float = 10.0,
+        now: Callable[[], float] = time.time,
+    ) -> TokenManager:
+        """A manager for a service identity: client-credentials tokens from the ``Token`` RPC.
+
+        Args:
+            auth_channel: A channel to the auth service (none of this manager's
+                credentials or interceptors on it).
+            credentials: :class:`~interceptors.PrivateKeyJwt` or
+                :class:`~interceptors.ClientSecret`, with the scope and audience to ask for.
+            refresh_margin: As for the constructor.
+            timeout: Deadline in seconds for each ``Token`` RPC.
+            now: The clock, in seconds since the epoch (also the assertions' ``iat``).
+
+        Raises:
+            ValueError: unusable credentials (an unreadable key file, an algorithm that does
+                not fit the key, ...), a negative margin or a non-positive timeout.
+        """
+        check_timeout(timeout)
+        self = cls.__new__(cls)
+        core = ClientCredentialsCore(
+            credentials=credentials, refresh_margin=refresh_margin, now=now
+        )
+        self._setup(auth_channel, core, timeout)
+        return self
+
+    def _setup(
+        self, channel: grpc.Channel, core: TokenCore | ClientCredentialsCore, timeout: float
+    ) -> None:
+        self._core: TokenCore | ClientCredentialsCore = core
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._timeout = timeout
         self._lock = threading.Lock()
         self._flight: Future[str] | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"TokenManager(username={self._core.username!r}, scope={self._core.scope!r}, "
-            f"has_token={self._core.has_token})"
-        )
+        return f"TokenManager({_describe(self._core)})"
 
     def token(self) -> str:
         """Return a valid access token, logging in or renewing it first when needed.
@@ -121,7 +181,8 @@ class TokenManager:
 
         Raises:
             grpc.RpcError: the auth service refused or failed the request.
-            TokenRequestError: the answer held no usable token, or no credential is left.
+            TokenRequestError: the answer held no usable token, no credential is left, or
+                (a service identity) the ``Token`` RPC failed: see ``oauth_error``.
         """
         with self._lock:
             token = self._core.fresh_token()
@@ -182,10 +243,11 @@ class TokenManager:
             try:
                 response = self._send(step)
             except grpc.RpcError as exc:
+                failed = step
                 with self._lock:
                     step = self._core.after_failure(step, status_code(exc))
                 if step is None:
-                    raise
+                    _raise_failure(failed, exc)
                 continue
             with self._lock:
                 return self._core.accept(response)
@@ -194,7 +256,9 @@ class TokenManager:
     def _send(self, step: Step) -> auth_pb2.TokenResponse:
         if isinstance(step, LoginStep):
             return self._stub.Login(step.request, timeout=self._timeout)
-        return self._stub.Refresh(step.request, timeout=self._timeout)
+        if isinstance(step, RefreshStep):
+            return self._stub.Refresh(step.request, timeout=self._timeout)
+        return self._stub.Token(step.request, timeout=self._timeout)
 
 
 class AsyncTokenManager:
@@ -220,7 +284,7 @@ class AsyncTokenManager:
         now: Callable[[], float] = time.time,
     ) -> None:
         check_timeout(timeout)
-        self._core = TokenCore(
+        core = TokenCore(
             username=username,
             password=password,
             refresh_token=refresh_token,
@@ -228,22 +292,45 @@ class AsyncTokenManager:
             refresh_margin=refresh_margin,
             now=now,
         )
-        self._stub = auth_pb2_grpc.AuthServiceStub(auth_channel)
+        self._setup(auth_channel, core, timeout)
+
+    @classmethod
+    def for_service(
+        cls,
+        auth_channel: aio.Channel,
+        credentials: ServiceCredentials,
+        *,
+        refresh_margin: float = 60.0,
+        timeout: float = 10.0,
+        now: Callable[[], float] = time.time,
+    ) -> AsyncTokenManager:
+        """The asyncio face of :meth:`TokenManager.for_service`: same arguments and behaviour."""
+        check_timeout(timeout)
+        self = cls.__new__(cls)
+        core = ClientCredentialsCore(
+            credentials=credentials, refresh_margin=refresh_margin, now=now
+        )
+        self._setup(auth_channel, core, timeout)
+        return self
+
+    def _setup(
+        self, channel: aio.Channel, core: TokenCore | ClientCredentialsCore, timeout: float
+    ) -> None:
+        self._core: TokenCore | ClientCredentialsCore = core
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._timeout = timeout
         self._flight: asyncio.Task[str] | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"AsyncTokenManager(username={self._core.username!r}, scope={self._core.scope!r}, "
-            f"has_token={self._core.has_token})"
-        )
+        return f"AsyncTokenManager({_describe(self._core)})"
 
     async def token(self) -> str:
         """Return a valid access token, logging in or renewing it first when needed.
 
         Raises:
             grpc.aio.AioRpcError: the auth service refused or failed the request.
-            TokenRequestError: the answer held no usable token, or no credential is left.
+            TokenRequestError: the answer held no usable token, no credential is left, or
+                (a service identity) the ``Token`` RPC failed: see ``oauth_error``.
         """
         token = self._core.fresh_token()
         if token is not None:
@@ -290,9 +377,10 @@ class AsyncTokenManager:
             try:
                 response = await self._send(step)
             except grpc.RpcError as exc:
+                failed = step
                 step = self._core.after_failure(step, status_code(exc))
                 if step is None:
-                    raise
+                    _raise_failure(failed, exc)
                 continue
             return self._core.accept(response)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -300,4 +388,22 @@ class AsyncTokenManager:
     async def _send(self, step: Step) -> auth_pb2.TokenResponse:
         if isinstance(step, LoginStep):
             return await self._stub.Login(step.request, timeout=self._timeout)
-        return await self._stub.Refresh(step.request, timeout=self._timeout)
+        if isinstance(step, RefreshStep):
+            return await self._stub.Refresh(step.request, timeout=self._timeout)
+        return await self._stub.Token(step.request, timeout=self._timeout)
+
+
+def _raise_failure(step: Step, error: grpc.RpcError) -> NoReturn:
+    """Re-raise a failed RPC: ``Login``/``Refresh`` unchanged, ``Token`` as TokenRequestError."""
+    if isinstance(step, LoginStep | RefreshStep):
+        raise error
+    raise token_endpoint_error(error) from error
+
+
+def _describe(core: TokenCore | ClientCredentialsCore) -> str:
+    who = (
+        f"username={core.username!r}"
+        if isinstance(core, TokenCore)
+        else f"client_id={core.client_id!r}"
+    )
+    return f"{who}, scope={core.scope!r}, has_token={core.has_token}"

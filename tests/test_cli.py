@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -271,6 +272,53 @@ def test_up_runs_the_whole_system_and_stops_on_ctrl_c(
     reply = json.loads(get.stdout)
     assert reply["message"] == "This is a protected resource"
     assert reply["user"]["username"] == "demo"
+
+    # Service to service: the demo client's own key (0600 in the data dir) signs the assertion.
+    key_file = tmp_path / "data" / "demo-service-key.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert f"ssot-auth token --client demo-service --key-file {key_file}" in info["stdout"]
+    service = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "auth_server",
+            "token",
+            "--client",
+            "demo-service",
+            "--key-file",
+            str(key_file),
+            "--issuer",
+            "http://127.0.0.1:8080",
+            "--target",
+            f"127.0.0.1:{info['grpc']}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert service.returncode == 0, service.stderr
+    token_file.write_text(service.stdout)
+    get = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resource_server",
+            "get",
+            "--token-file",
+            str(token_file),
+            "--target",
+            f"127.0.0.1:{info['resource']}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert get.returncode == 0, get.stderr
+    assert json.loads(get.stdout)["message"] == "This is a protected resource"
 
     bad = subprocess.run(
         [

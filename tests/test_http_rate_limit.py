@@ -208,3 +208,33 @@ def test_the_429_body_is_json_and_says_nothing_else(limited: AuthHarness) -> Non
     assert response.status == 429
     assert body == {"error": "rate_limited", "error_description": "too many requests"}
     assert "Server" not in response.headers
+
+
+def test_the_429_on_oauth_endpoints_carries_an_rfc_6749_code(
+    loop_thread: EventLoopThread, tmp_path: Path
+) -> None:
+    harness = start_harness(
+        loop_thread, make_config(tmp_path, http_rate_limits=_limits(rate=0.5, burst=2))
+    )
+    try:
+        port = harness.server.http_port
+        answers = []
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(
+                "POST",
+                "/oauth2/token",
+                body="grant_type=client_credentials",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            response = conn.getresponse()
+            answers.append((response.status, response.headers, json.loads(response.read())))
+            conn.close()
+    finally:
+        harness.stop()
+    assert all(status != 429 for status, _, _ in answers[:2])  # the burst: the real answer
+    status, headers, body = answers[2]
+    assert status == 429
+    assert body == {"error": "temporarily_unavailable", "error_description": "too many requests"}
+    assert 1 <= int(headers["Retry-After"]) <= 2
+    assert headers["Cache-Control"] == "no-store"

@@ -9,6 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from roca_vectors import FAKE, FINGERPRINTED, ORDINARY
 
+from auth_server.clients import validate_jwks
+from auth_server.errors import InvalidRequest
 from interceptors._errors import KeySetError
 from interceptors._keyset import KeySet
 from interceptors._roca import is_roca_weak
@@ -62,3 +64,15 @@ def test_key_set_refuses_a_roca_key_of_a_size_it_would_accept() -> None:
 @pytest.mark.parametrize("name", ["mod04", "mod05", "mod06", "mod07"])
 def test_key_set_accepts_ordinary_keys_of_the_same_shape(name: str) -> None:
     assert KeySet.from_jwks({"keys": [_rsa_jwk(ORDINARY[name], name)]}).kids == {name}
+
+
+def test_client_registration_refuses_a_roca_key_and_accepts_an_ordinary_one() -> None:
+    weak = {"keys": [_rsa_jwk(FINGERPRINTED["mod03"], "infineon")]}
+    with pytest.raises(InvalidRequest) as refused:
+        validate_jwks(weak)
+    assert "ROCA" in refused.value.message
+    assert "infineon" in refused.value.message
+
+    honest = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    document = {"keys": [_rsa_jwk(honest.public_key().public_numbers().n, "honest")]}
+    assert validate_jwks(document)["keys"][0]["kid"] == "honest"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from auth_server.app import start_auth_server
+from auth_server.commands._demo_client import DEMO_CLIENT, ensure_demo_client
 from auth_server.commands.serve import add_server_arguments, audiences_of, server_config
 from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
@@ -73,6 +74,13 @@ def run_demo(ns: argparse.Namespace) -> int:
             created = await asyncio.to_thread(
                 _ensure_demo_user, auth.components.users, password_file
             )
+            key_file, _ = await asyncio.to_thread(
+                ensure_demo_client,
+                auth.components.client_side.clients,
+                config.data_dir,
+                scopes=DEMO_SCOPES[:1],
+                audiences=[audience],
+            )
             rconfig = ResourceServerConfig(
                 grpc_address=ns.resource_grpc,
                 issuer=issuer,
@@ -107,6 +115,13 @@ def run_demo(ns: argparse.Namespace) -> int:
                 f"< {pw} > token.json",
                 f"  ssot-resource get --target 127.0.0.1:{rport}{tls} --token-file token.json",
                 f"  curl -s{_curl_tls_flags(link_ca)} {auth.http_base_url}/.well-known/jwks.json",
+                "",
+                f"Service to service (client {DEMO_CLIENT}, its private key in {key_file}):",
+                f"  ssot-auth token --client {DEMO_CLIENT} --key-file {shlex.quote(str(key_file))} "
+                f"--issuer {shlex.quote(issuer)} --target {auth.grpc_target}{tls} "
+                "> service-token.json",
+                f"  ssot-resource get --target 127.0.0.1:{rport}{tls} "
+                "--token-file service-token.json",
                 "",
                 "Ctrl-C stops both servers.",
             ]
