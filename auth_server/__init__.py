@@ -12,7 +12,10 @@ Module map (``_name``: private to its group):
   ``refresh_tokens`` (opaque tokens, hashes, derived successors), ``_sessionrows``,
   ``_session_types`` (result values), ``revocations`` (RevocationPublisher:
   revoked sessions pushed to WatchRevocations).
-* keys -- ``keys`` (SigningKeyStore, the facade; its docstring draws a key's life),
+* keys -- ``keys`` (SigningKeyStore, the facade: signing, publishing, rotate; its
+  docstring draws a key's life), ``_keyupkeep`` (KeyUpkeep: revoke, the maintain
+  pass, rewrap), ``_keytxn`` (KeyTransactions: what every change shares -- key made
+  before the lock, the replicas' lock, after-commit cache/audit/listeners),
   ``lifecycle`` (KeyLifecycle and the pure decisions over KeyRecord rows),
   ``_keyrows`` (reading rows, encrypting keys), ``_keychanges`` (KeyWriter: every
   change inside the replicas' lock), ``_keymaterial`` (loaded keys in memory),
@@ -31,10 +34,12 @@ Module map (``_name``: private to its group):
   ``http`` (JWKS and discovery documents), ``authority`` (TokenAuthority, the
   network-free core both call), ``broadcast`` (PolledBroadcaster, the
   poll-and-push shape under both publishers).
-* process -- ``app`` (build and start the servers), ``config`` (AuthServerConfig),
+* process -- ``components`` (build the plain objects from the settings), ``app``
+  (start and stop the servers around them), ``config`` (AuthServerConfig),
   ``cli``, ``commands/`` (one module per ``ssot-auth`` command, plus ``settings``:
   data dir, key passphrase and password flags, shared by the commands).
-* cross-cutting -- ``storage`` (tables, Database), ``errors`` (the exception tree,
+* cross-cutting -- ``storage`` (Database: engine, transactions, the replicas' lock;
+  re-exports the tables), ``schema`` (the tables), ``errors`` (the exception tree,
   each error with its gRPC status), ``audit``, ``tls``.
 
 Where keys rotate (five places, in the order a rotation passes through them):
@@ -42,8 +47,9 @@ Where keys rotate (five places, in the order a rotation passes through them):
 1. ``lifecycle.rotation_due`` / ``rotation_reason``: pure policy, *when* the next
    key is due (schedule, no current key, or an ``--algorithm`` change).
 2. ``scheduler.KeyScheduler``: the tick (``AuthServerConfig.key_check_interval``,
-   1 s) that calls ``SigningKeyStore.maintain`` in each replica; ``maintain`` asks ``rotation_due``
-   and, under the replicas' lock, makes the key.
+   1 s) that calls ``SigningKeyStore.maintain`` in each replica; ``maintain``
+   (``_keyupkeep.KeyUpkeep.maintain``) asks ``rotation_due`` and, under the
+   replicas' lock, makes the key.
 3. ``keys.SigningKeyStore.rotate``: the *operator's* rotation (``ssot-auth keys
    rotate``), public API; validates, takes the lock, and hands over to 4.
 4. ``_keychanges.KeyWriter.rotate``: the *row writer* that every rotation ends in

@@ -13,47 +13,30 @@ the private keys live and how they sign is the custodian's business
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
-from auth_server import deployment_secrets, notifications
-from auth_server._envelope import KeyEncryption
-from auth_server._keychanges import Changes, KeyWriter, MaintenanceReport
+from auth_server._keychanges import Changes, MaintenanceReport
 from auth_server._keymaterial import DecryptedKeys
-from auth_server._keyrows import KeyInfo, NewKey, SigningKey
-from auth_server.audit import audit_event
+from auth_server._keyrows import KeyInfo, SigningKey
+from auth_server._keytxn import LOCK_NAME, KeyTransactions, announce
+from auth_server._keyupkeep import KeyUpkeep
 from auth_server.custody import DatabaseCustody, KeyCustody
-from auth_server.errors import InvalidRequest, KeyStoreError, KeyStoreUnavailable
+from auth_server.errors import InvalidRequest, KeyStoreError
 from auth_server.jwk import ALGORITHMS, check_rsa_bits
 from auth_server.kdf import KdfParameters
-from auth_server.lifecycle import (
-    KeyLifecycle,
-    KeyRecord,
-    activation_order,
-    is_live,
-    needs_retirement,
-    next_change_at,
-    pick_current,
-    rotation_due,
-    rotation_reason,
-)
-from auth_server.storage import Database, signing_keys
+from auth_server.lifecycle import KeyLifecycle, activation_order, next_change_at, pick_current
+from auth_server.storage import Database
 
 __all__ = ["KeyInfo", "MaintenanceReport", "PublishedKeys", "SigningKey", "SigningKeyStore"]
 
 _LOGGER = logging.getLogger(__name__)
-
-# Key changes run one at a time across replicas (see Database.transaction).
-_LOCK_NAME = "ssot-auth.signing_keys"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,9 +104,16 @@ class SigningKeyStore:
         self._rsa_bits = rsa_bits
         self._now = now
         self._lifecycle = lifecycle or KeyLifecycle()
-        self._lock = threading.Lock()  # guards the two below
-        self._listeners: list[Callable[[], None]] = []
-        self._observed_current: str | None = None
+        self._tx = KeyTransactions(
+            db,
+            self._material,
+            self._custody,
+            algorithm=algorithm,
+            rsa_bits=rsa_bits,
+            now=now,
+            lifecycle=self._lifecycle,
+        )
+        self._upkeep = KeyUpkeep(self._tx)
 
     @property
     def algorithm(self) -> str:
@@ -161,8 +151,7 @@ class SigningKeyStore:
 
         Changes made by other processes are not seen here: poll for those.
         """
-        with self._lock:
-            self._listeners.append(callback)
+        self._tx.subscribe(callback)
 
     # -- signing ---------------------------------------------------------------------
 
@@ -186,23 +175,23 @@ class SigningKeyStore:
             current = pick_current(keyrows.select_live(conn, now), now)
         if current is not None:
             return self._material.load(current.kid)
-        new = self._generate()
+        new = self._tx.generate()
         changes = Changes()
         try:
             with (
-                self._discarding_on_error(lambda: new),
-                self._db.transaction(lock=_LOCK_NAME) as conn,
+                self._tx.discarding_on_error(lambda: new),
+                self._db.transaction(lock=LOCK_NAME) as conn,
             ):
-                writer = self._writer(conn)
+                writer = self._tx.writer(conn)
                 if pick_current(writer.live(), writer.now) is None:
-                    self._check_new_keys(conn)
+                    self._tx.check_new_keys(conn)
                     writer.rotate(new, writer.now, "first")
                     changes = writer.changes
-                    _announce(writer)
+                    announce(writer)
         except exc.IntegrityError:
             _LOGGER.info("another replica created the signing key first")
             changes = Changes()
-        self._committed(changes, made=[new])
+        self._tx.committed(changes, made=[new])
         return self.current()
 
     def current(self) -> SigningKey:
@@ -293,14 +282,17 @@ class SigningKeyStore:
             or not (math.isfinite(activate_after) and activate_after >= 0)
         ):
             raise InvalidRequest("activate_after must be a finite number of seconds >= 0")
-        new = self._generate()
-        with self._discarding_on_error(lambda: new), self._db.transaction(lock=_LOCK_NAME) as conn:
-            self._check_new_keys(conn)
-            writer = self._writer(conn)
+        new = self._tx.generate()
+        with (
+            self._tx.discarding_on_error(lambda: new),
+            self._db.transaction(lock=LOCK_NAME) as conn,
+        ):
+            self._tx.check_new_keys(conn)
+            writer = self._tx.writer(conn)
             kid = writer.rotate(new, writer.now + activate_after, "manual")
-            _announce(writer)
-        self._committed(writer.changes)
-        return self._describe(kid)
+            announce(writer)
+        self._tx.committed(writer.changes)
+        return self._tx.describe(kid)
 
     def revoke(self, kid: str) -> KeyInfo:
         """Revoke a key: it leaves the published set at once, never signs again, is destroyed.
@@ -318,58 +310,8 @@ class SigningKeyStore:
             KeyStoreError: No key has that kid.
             StorageError: The database is unavailable.
         """
-        # Everything slow (decrypting, generating) happens before the locked
-        # transaction, so the revocation commits moments after it is stamped.
-        now = self._now()
-        with self._db.transaction() as conn:
-            live = keyrows.select_live(conn, now)
-            current = pick_current(live, now)
-            pending = [r for r in live if r.activates_at > now]
-            passphrase_ok = self._probe(conn) is not False
-        replacement: NewKey | None = None
-        # Decrypting the next keys now also caches them for the promotion below.
-        usable_next = [r for r in pending if self._material.is_usable(r.kid)]
-        if current is not None and current.kid == kid and passphrase_ok and not usable_next:
-            replacement = self._generate()
-        with self._db.transaction(lock=_LOCK_NAME) as conn:
-            writer = self._writer(conn)
-            target = keyrows.select_one(conn, kid)
-            if target is None:
-                raise KeyStoreError("unknown signing key")
-            if target.revoked_at is None:
-                current = pick_current(writer.live(), writer.now)
-                was_current = current is not None and current.kid == kid
-                # The revocation itself never depends on the passphrase: it is the
-                # emergency brake, and the key may be revoked for being corrupted.
-                # A replacement does: it must be one the other replicas can decrypt.
-                replace = was_current and passphrase_ok
-                writer.revoke(target)
-                successor = None
-                if replace:
-                    successor = writer.promote()
-                    if successor is None:
-                        replacement = replacement or self._generate()
-                        successor = writer.rotate(replacement, writer.now, "revocation")
-                elif was_current:
-                    _LOGGER.error(
-                        "revoked the current key without a replacement: this passphrase"
-                        " decrypts no stored key; a server started with the right one"
-                        " creates the next key within a second"
-                    )
-                writer.changes.events.append(
-                    (
-                        "key.revoked",
-                        {"kid": kid, "algorithm": target.algorithm, "replacement": successor},
-                    )
-                )
-                _LOGGER.warning(
-                    "revoked signing key %s%s",
-                    kid,
-                    "" if successor is None else f"; key {successor} signs now",
-                )
-                _announce(writer)
-        self._committed(writer.changes, made=[] if replacement is None else [replacement])
-        return self._describe(kid)
+        self._upkeep.revoke(kid)
+        return self._tx.describe(kid)
 
     def maintain(self) -> MaintenanceReport:
         """Apply the lifecycle policy now; what the server's scheduler runs every tick.
@@ -386,49 +328,7 @@ class SigningKeyStore:
                 (when a key must be created, or a next key does not decrypt).
             StorageError: The database is unavailable.
         """
-        now = self._now()
-        with self._db.transaction() as conn:
-            records = keyrows.select_all(conn)
-        activated = self._observe_current(records, now)
-        unusable = self._unusable_pending(records, now)
-        due = rotation_due(records, now, self._lifecycle, self._algorithm)
-        if (
-            due is None
-            and not unusable
-            and not any(needs_retirement(r, now, self._lifecycle) for r in records)
-            and not any(keyrows.is_spent(r, now) for r in records)
-        ):
-            return MaintenanceReport(activated=activated)
-        new = self._generate() if due is not None else None
-        with self._discarding_on_error(lambda: new), self._db.transaction(lock=_LOCK_NAME) as conn:
-            writer = self._writer(conn)
-            now = writer.now
-            if unusable and self._probe(conn, exclude=unusable):
-                for record in writer.live():
-                    if record.kid in unusable:
-                        writer.withdraw(record, "unusable")
-            elif unusable:
-                # Not a corrupted row: this server cannot decrypt any key. Withdraw
-                # nothing (the keys are fine for the others) and say so.
-                raise KeyStoreError(keyrows.WRONG_PASSPHRASE)
-            records = keyrows.select_all(conn)
-            due = rotation_due(records, now, self._lifecycle, self._algorithm)
-            if due is not None:
-                self._check_new_keys(conn)
-                reason = rotation_reason(records, now, self._algorithm)
-                new = new or self._generate()
-                writer.rotate(new, due, reason)
-                records = keyrows.select_all(conn)
-            for record in records:
-                retires_at = needs_retirement(record, now, self._lifecycle)
-                if retires_at is not None:
-                    writer.extend_retirement(record.kid, retires_at)
-            for record in keyrows.select_all(conn):
-                if keyrows.is_spent(record, now):
-                    writer.destroy(record)
-            _announce(writer)
-        self._committed(writer.changes, made=[] if new is None else [new])
-        return writer.changes.report(activated)
+        return self._upkeep.maintain()
 
     def list_keys(self) -> list[KeyInfo]:
         """Return every stored key's metadata with its state now, newest activation first.
@@ -465,146 +365,4 @@ class SigningKeyStore:
                 (nothing is changed then).
             StorageError: The database is unavailable.
         """
-        old = self._material.sealer
-        new = KeyEncryption(new_passphrase, old.kdf)
-        new.prepare()  # the slow derivation, before the lock
-        with self._db.transaction(lock=_LOCK_NAME) as conn:
-            rows = conn.execute(
-                sa.select(signing_keys.c.kid, signing_keys.c.private_key).where(
-                    keyrows.HAS_PRIVATE_KEY
-                )
-            ).all()
-            # A token's keys are not encrypted with the passphrase.
-            found = [(kid, stored) for kid, stored in rows if self._database.holds(stored)]
-            legacy = sum(keyrows.is_legacy(stored) for _, stored in found)
-            for kid, stored in found:
-                keyrows.update(conn, kid, private_key=keyrows.reencrypt(kid, stored, old, new))
-            deployment_secrets.rewrap_all(conn, old, new)
-        self._material.rewrapped(new)
-        _LOGGER.info(
-            "re-encrypted %d signing keys (%d from the legacy format) under a new passphrase",
-            len(found),
-            legacy,
-        )
-        audit_event("key.rewrapped", count=len(found))
-        return len(found)
-
-    # -- internals -------------------------------------------------------------------
-
-    def _writer(self, conn: sa.Connection) -> KeyWriter:
-        return KeyWriter(
-            conn,
-            now=self._now(),
-            lifecycle=self._lifecycle,
-            usable=self._material.is_usable,
-            destroy=lambda kid: self._destroy_outside_row(conn, kid),
-        )
-
-    def _destroy_outside_row(self, conn: sa.Connection, kid: str) -> bool:
-        stored = conn.execute(
-            sa.select(signing_keys.c.private_key).where(signing_keys.c.kid == kid)
-        ).scalar()
-        if not stored or self._database.holds(stored):
-            return True  # emptying the row destroys it
-        try:
-            self._custody.destroy(stored)
-        except KeyStoreUnavailable:
-            _LOGGER.warning(
-                "cannot destroy the token object of signing key %s now (token unavailable);"
-                " retrying at the next maintenance pass",
-                kid,
-            )
-            return False
-        return True
-
-    @contextlib.contextmanager
-    def _discarding_on_error(self, new: Callable[[], NewKey | None]) -> Iterator[None]:
-        # A token key made for a change that did not commit must not stay in the token.
-        try:
-            yield
-        except BaseException:
-            made = new()
-            if made is not None:
-                self._custody.discard(made)
-            raise
-
-    @property
-    def _database(self) -> DatabaseCustody:
-        return DatabaseCustody(lambda: self._material.sealer)
-
-    def _check_new_keys(self, conn: sa.Connection) -> None:
-        # A database key must be one the other replicas can decrypt; a token key
-        # needs no passphrase (the token checked the PIN when the key was made).
-        if self._custody.name == "db":
-            keyrows.check_passphrase(conn, self._material.sealer)
-
-    def _probe(self, conn: sa.Connection, *, exclude: frozenset[str] = frozenset()) -> bool | None:
-        if self._custody.name == "db":
-            return keyrows.probe_passphrase(conn, self._material.sealer, exclude=exclude)
-        return True
-
-    def _committed(self, changes: Changes, *, made: Sequence[NewKey] = ()) -> None:
-        stored = {key.kid for key in changes.inserted}
-        for new in made:
-            if new.key.kid not in stored:  # made, then not needed (another replica was first)
-                self._custody.discard(new)
-        self._material.committed(changes.inserted, changes.gone)
-        for event, fields in changes.events:
-            audit_event(event, **fields)
-        if not changes.changed:
-            return
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener()
-            except Exception:  # one bad listener must not undo a committed change
-                _LOGGER.exception("key change listener failed")
-
-    # -- internals: reading keys -------------------------------------------------------
-
-    def _observe_current(self, records: list[KeyRecord], now: float) -> str | None:
-        current = pick_current(records, now)
-        kid = None if current is None else current.kid
-        with self._lock:
-            before, self._observed_current = self._observed_current, kid
-        if kid is None or before is None or kid == before:
-            return None
-        assert current is not None
-        audit_event("key.activated", kid=kid, algorithm=current.algorithm, replaces=before)
-        _LOGGER.info("signing key %s is current now, replacing %s", kid, before)
-        return kid
-
-    def _unusable_pending(self, records: list[KeyRecord], now: float) -> frozenset[str]:
-        # Decrypt next keys ahead of time: a corrupted one is found before it
-        # should sign, and activation needs no decryption on the login path.
-        bad = set()
-        known_bad = self._material.unusable()
-        for record in records:
-            if is_live(record, now) and record.activates_at > now:
-                if record.kid in known_bad:  # already logged; no retry every tick
-                    bad.add(record.kid)
-                    continue
-                if not self._material.is_usable(record.kid):
-                    bad.add(record.kid)
-        return frozenset(bad)
-
-    def _describe(self, kid: str) -> KeyInfo:
-        now = self._now()
-        with self._db.transaction() as conn:
-            record = keyrows.select_one(conn, kid)
-            current = pick_current(keyrows.select_live(conn, now), now)
-        if record is None:
-            raise KeyStoreError("unknown signing key")
-        return keyrows.key_info(record, now, current_kid=None if current is None else current.kid)
-
-    def _generate(self) -> NewKey:
-        # Slow work before the locked transaction (DatabaseCustody: the KEK that seals it too).
-        return self._custody.generate(self._algorithm, rsa_bits=self._rsa_bits)
-
-
-def _announce(writer: KeyWriter) -> None:
-    # Other replicas (and this one, beside its own listener call) re-read the
-    # key set once this transaction commits (auth_server.notifications).
-    if writer.changes.changed:
-        notifications.notify_change(writer.conn, notifications.KEYS)
+        return self._upkeep.rewrap(new_passphrase)
