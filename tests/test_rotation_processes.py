@@ -144,6 +144,12 @@ def system(tmp_path: Path) -> Iterator[System]:
                     str(INTERVAL),
                     "--access-token-ttl",
                     "30",
+                    # The fresh client logs in every 0.3 s; at the default limit of 50
+                    # its logins would end the other client's session (oldest first),
+                    # and the push verifier would rightly refuse that token. This test
+                    # is about keys, so no session may end for another reason.
+                    "--max-sessions-per-user",
+                    "100000",
                 ],
                 env,
                 "ssot-auth serving",
