@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,3 +93,13 @@ def median_rate(run: Callable[[], int], repeats: int) -> float:
         n = run()
         rates.append(n / (time.perf_counter() - started))
     return statistics.median(rates)
+
+
+def signing_rate(key: rsa.RSAPrivateKey, seconds: float = 0.5) -> float:
+    """RS256 signatures per second on one core (thread CPU time)."""
+    message = b"x" * 600  # about an access token's signing input
+    count, started = 0, time.thread_time()
+    while time.thread_time() - started < seconds:
+        key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        count += 1
+    return count / (time.thread_time() - started)

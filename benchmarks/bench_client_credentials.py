@@ -46,9 +46,10 @@ from _common import (  # before ours: it puts the repository on sys.path
     Loop,
     auth_config,
     postgres_schema,
+    signing_rate,
 )
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.jwk import public_jwk
@@ -136,16 +137,6 @@ def drive(spec: dict[str, Any], seconds: float) -> int:
         print(f"{len(failures)} clients failed: {failures[0]}", file=sys.stderr)
         return 1
     return 0
-
-
-def signing_rate(key: rsa.RSAPrivateKey, seconds: float = 0.5) -> float:
-    """RS256 signatures per second on one core (thread CPU time)."""
-    message = b"x" * 600  # about an access token's signing input
-    count, started = 0, time.thread_time()
-    while time.thread_time() - started < seconds:
-        key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        count += 1
-    return count / (time.thread_time() - started)
 
 
 def run_backend(

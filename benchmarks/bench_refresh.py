@@ -38,11 +38,12 @@ from typing import Any, TypeVar
 
 import grpc
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import signing_rate  # noqa: E402
 
 from auth_server.app import RunningAuthServer, start_auth_server  # noqa: E402
 from auth_server.config import AuthServerConfig  # noqa: E402
@@ -115,16 +116,6 @@ def drive(target: str, tokens: list[str], seconds: float) -> int:
         print(f"{len(failures)} chains failed: {failures[0]!r}", file=sys.stderr)
         return 1
     return 0
-
-
-def signing_rate(key: rsa.RSAPrivateKey, seconds: float = 0.5) -> float:
-    """RS256 signatures per second on one core (thread CPU time)."""
-    message = b"x" * 600  # about an access token's signing input
-    count, started = 0, time.thread_time()
-    while time.thread_time() - started < seconds:
-        key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        count += 1
-    return count / (time.thread_time() - started)
 
 
 def run_backend(
