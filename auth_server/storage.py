@@ -289,7 +289,9 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _on_sqlite_begin(conn: sa.Connection) -> None:
-    if conn.get_execution_options().get(_BEGIN_IMMEDIATE, False):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    # On the driver's connection, not through exec_driver_sql: a statement through
+    # SQLAlchemy costs a cursor result and its events, and every transaction begins.
+    immediate = conn.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+        "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    )
