@@ -107,6 +107,8 @@ class AuthServerConfig:
         allow_insecure_token_http: Accept ``/oauth2/*`` requests (which carry
             secrets and tokens) over plain HTTP from beyond loopback.
         http_rate_limits: Per-address token buckets of the HTTP route groups.
+        reuse_port: Bind the gRPC and HTTP ports with ``SO_REUSEPORT``, so the
+            workers of ``serve --workers N`` share them (:mod:`interceptors._workers`).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -138,6 +140,7 @@ class AuthServerConfig:
     revocation_poll_interval: float = 0.25
     listen_for_changes: bool = True
     listening_poll_interval: float = 2.0
+    reuse_port: bool = False
     cleanup_interval: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -92,6 +92,8 @@ class ResourceServerConfig:
             until their ``exp``.
         downstream: Where ``GetResourceOnBehalf`` calls on the caller's behalf (token
             exchange), or ``None``.
+        reuse_port: Bind the port with ``SO_REUSEPORT``, so the workers of
+            ``serve --workers N`` share it (:mod:`interceptors._workers`).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -119,6 +121,7 @@ class ResourceServerConfig:
     max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     revocations_fail_closed: float | None = None
     downstream: DownstreamSettings | None = None
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
@@ -220,7 +223,9 @@ def token_policy(config: ResourceServerConfig) -> TokenPolicy:
 def server_options(config: ResourceServerConfig) -> list[tuple[str, Any]]:
     """The gRPC channel arguments that carry the server's limits."""
     return [
-        ("grpc.so_reuseport", 0),
+        # Off unless the workers of `serve --workers N` share the port: a second
+        # server started on a taken port by mistake must fail, not share it.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ("grpc.max_receive_message_length", config.max_message_size),
         # Soft and hard limit alike: grpc otherwise refuses calls between the two at random.
         ("grpc.max_metadata_size", config.max_metadata_size),
