@@ -8,6 +8,8 @@ lot with exit code 0, and a port another program holds is one line of error.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import socket
@@ -229,3 +231,43 @@ def test_workers_are_a_positive_number_or_auto(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--workers: must be at least 1" in done.stderr
+
+
+def test_two_workers_rotate_the_signing_key_once_per_interval(
+    tmp_path: Path, running: list[Served]
+) -> None:
+    # Each worker runs the key scheduler; the database lock (SQLite's write lock
+    # across processes here, an advisory lock on PostgreSQL) lets one act per change.
+    data, interval = tmp_path / "data", 5
+    http_port = _free_port()
+    auth = _serve(
+        "auth_server",
+        [
+            *("--data-dir", str(data), "--grpc", f"127.0.0.1:{_free_port()}"),
+            *("--http", f"127.0.0.1:{http_port}", "--issuer", f"http://127.0.0.1:{http_port}"),
+            *("--audience", AUDIENCE, "--jwks-max-age", "1", "--key-activate-after", "2"),
+            *("--key-rotation-interval", str(interval), "--access-token-ttl", "30"),
+        ],
+        tmp_path / "auth.log",
+    )
+    running.append(auth)
+    assert wait_until(lambda: "all 2 workers serving" in auth.text(), STARTUP), auth.text()
+    assert wait_until(lambda: auth.text().count('"event":"key.created"') >= 4, 60), auth.text()
+    _stop_cleanly(auth)
+    listed = subprocess.run(
+        [sys.executable, "-m", "auth_server", "keys", "list", "--json", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    keys = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(keys) == auth.text().count('"event":"key.created"')
+    starts = sorted(float(key["activates_at"]) for key in keys)
+    # One key per interval: a second worker acting on the same change would have
+    # made a key activating at (nearly) the same time.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert gaps and min(gaps) >= interval - 0.5, starts
