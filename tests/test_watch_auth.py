@@ -54,6 +54,8 @@ from pki import Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc
 from resource_server import ResourceServerConfig, open_verifier
 from resource_server.__main__ import main as resource_main
+from resource_server.cli import _config as resource_config
+from resource_server.cli import build_parser as resource_parser
 
 PASSWORD = "correct horse battery"
 WATCHER = "jwks-follower"
@@ -420,3 +422,9 @@ def test_resource_serve_watch_token_needs_a_client_identity(
     argv = [*base, "--watch-token", "--client-id", WATCHER, "--client-secret-file", str(secret)]
     assert run_cli(resource_main, argv) == 1
     assert "--client-secret-file is empty" in capsys.readouterr().err
+    key = key_file(tmp_path, rsa_key)
+    ns = resource_parser().parse_args(
+        [*base, "--watch-token", "--client-id", WATCHER, "--client-key-file", str(key)]
+    )
+    identity = resource_config(ns).watch_identity
+    assert identity == PrivateKeyJwt(client_id=WATCHER, key=key, issuer=ISSUER, scope=WATCH_SCOPE)
