@@ -140,27 +140,45 @@ class WatchGuard:
     async def until_expiry(self, grant: WatchGrant, stream: AsyncIterator[_T]) -> AsyncIterator[_T]:
         """Yield ``stream``'s items until ``grant`` expires, then raise :class:`WatchTokenExpired`.
 
-        The deadline is fixed on the event loop's clock when the stream opens.
+        The deadline is fixed on the event loop's clock when the stream opens. One
+        timer per stream, not one per message (a push goes to thousands of streams):
+        at the deadline it cancels the wait for the next item, or, while an item is
+        being sent, stops the stream before the next wait.
         """
         if grant.expires_at is None:
             async for item in stream:
                 yield item
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (grant.expires_at - self._now())
+        waiting: asyncio.Task[object] | None = None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if waiting is not None:
+                waiting.cancel()
+
+        timer = loop.call_at(loop.time() + (grant.expires_at - self._now()), expire)
         try:
-            while True:
+            while not expired:
+                waiting = asyncio.current_task()
                 try:
-                    # A timer per wait, no task: cheap beside the message it waits for.
-                    async with asyncio.timeout_at(deadline):
-                        item = await anext(stream)
+                    item = await anext(stream)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    _LOGGER.info("watch stream of %s ended: its token expired", grant.subscriber)
-                    raise WatchTokenExpired() from None
+                except asyncio.CancelledError:
+                    # Ours (the token expired), unless the call was cancelled as well.
+                    if not expired or (waiting is not None and waiting.uncancel() > 0):
+                        raise
+                    break
+                finally:
+                    waiting = None
                 yield item
+            _LOGGER.info("watch stream of %s ended: its token expired", grant.subscriber)
+            raise WatchTokenExpired()
         finally:
+            timer.cancel()
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()

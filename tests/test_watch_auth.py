@@ -10,10 +10,11 @@ without missing a revocation made meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,13 @@ from auth_server.__main__ import main as auth_main
 from auth_server.cli import build_parser
 from auth_server.clients import ClientStore
 from auth_server.jwk import public_jwk
-from auth_server.watch_auth import WATCH_SCOPE, WatchGuard, WatchUnauthenticated
+from auth_server.watch_auth import (
+    WATCH_SCOPE,
+    WatchGrant,
+    WatchGuard,
+    WatchTokenExpired,
+    WatchUnauthenticated,
+)
 from helpers import (
     AUDIENCE,
     ISSUER,
@@ -428,3 +435,53 @@ def test_resource_serve_watch_token_needs_a_client_identity(
     )
     identity = resource_config(ns).watch_identity
     assert identity == PrivateKeyJwt(client_id=WATCHER, key=key, issuer=ISSUER, scope=WATCH_SCOPE)
+
+
+# -- the stream's end at exp, without a network ----------------------------------------------
+
+
+async def _items(ticks: asyncio.Queue[int]) -> AsyncIterator[int]:
+    while True:
+        yield await ticks.get()
+
+
+def test_a_stream_ends_at_its_deadline_while_waiting_and_while_sending() -> None:
+    guard = WatchGuard("none")
+
+    async def run(slow_consumer: bool) -> tuple[list[int], float]:
+        ticks: asyncio.Queue[int] = asyncio.Queue()
+        for n in (1, 2):
+            ticks.put_nowait(n)
+        got: list[int] = []
+        started = time.monotonic()
+        grant = WatchGrant("svc", expires_at=time.time() + 0.3)
+        with pytest.raises(WatchTokenExpired):
+            async for item in guard.until_expiry(grant, _items(ticks)):
+                got.append(item)
+                if slow_consumer:
+                    await asyncio.sleep(0.5)  # still "sending" when the deadline passes
+        return got, time.monotonic() - started
+
+    got, took = asyncio.run(run(slow_consumer=False))
+    assert got == [1, 2] and 0.25 < took < 1.0
+    got, took = asyncio.run(run(slow_consumer=True))
+    assert got == [1] and 0.45 < took < 1.5  # no second item after the deadline
+
+
+def test_a_cancelled_call_stays_cancelled_when_its_token_expires() -> None:
+    guard = WatchGuard("none")
+
+    async def run() -> None:
+        grant = WatchGrant("svc", expires_at=time.time() + 60)
+
+        async def follow() -> None:
+            async for _ in guard.until_expiry(grant, _items(asyncio.Queue())):
+                pass
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
