@@ -184,10 +184,11 @@ def run_workers(
                 start(slot)
         result = _supervise(slots, start, stop)
     finally:
-        _stop_all(slots)
+        clean = _stop_all(slots)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return result
+    # A stop is clean when every worker stopped on its own with exit code 0.
+    return result if result or clean else 1
 
 
 def _supervise(slots: list[_Slot], start: Callable[[_Slot], None], stop: dict[str, int]) -> int:
@@ -241,18 +242,28 @@ def _supervise(slots: list[_Slot], start: Callable[[_Slot], None], stop: dict[st
     return 0
 
 
-def _stop_all(slots: list[_Slot]) -> None:
-    live = [s.process for s in slots if s.process is not None and s.process.exitcode is None]
-    for process in live:
+def _stop_all(slots: list[_Slot]) -> bool:
+    """Stop the live workers (SIGTERM, then SIGKILL); True if each exited with 0."""
+    live = [s for s in slots if s.process is not None and s.process.exitcode is None]
+    for slot in live:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
+            os.kill(slot.process.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    for process in live:
+    clean = True
+    for slot in live:
+        process = slot.process
         process.join(max(deadline - time.monotonic(), 0.0))
         if process.exitcode is None:
-            _LOGGER.warning("worker pid %d did not stop in time; killing it", process.pid)
+            _LOGGER.warning(
+                "worker %d (pid %d) did not stop in time; killing it", slot.index, process.pid
+            )
             process.kill()
             process.join()
+        _LOGGER.info(
+            "worker %d (pid %d) stopped (exit code %s)", slot.index, process.pid, process.exitcode
+        )
+        clean = clean and process.exitcode == 0
+    return clean
 
 
 def _worker_main(

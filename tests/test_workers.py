@@ -189,6 +189,7 @@ def _stop_cleanly(served: Served) -> None:
     assert served.stop() == 0, served.text()
     assert wait_until(lambda: all(_gone(pid) for pid in workers), 30), workers
     assert "stopping 2 workers" in served.text()
+    assert served.text().count("stopped (exit code 0)") == 2, served.text()
     assert "Traceback" not in served.text()
 
 
