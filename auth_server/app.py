@@ -156,6 +156,8 @@ async def start_auth_server(
         publisher=publisher,
         revocations=revocations,
         database=components.database,
+        users=components.users,
+        throttle=components.throttle,
         now=now,
     )
     # Logins (argon2) run on their own bounded threads; everything else keeps
