@@ -21,11 +21,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from auth_server.jwk import public_jwk
 
 PROVIDER_DIR = Path(__file__).parent / "oidc_provider"
 PUBLIC_CLIENT = "ssot-cli"
 SECRET_CLIENT = "ssot-cli-secret"
+KEY_CLIENT = "ssot-cli-key"
 CLIENT_SECRET = "op-test-secret-" + "7" * 32  # throwaway, given to the provider by env
+#: The private_key_jwt client's key (P-256); the provider gets its public JWK.
+CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
+CLIENT_KEY_PEM = CLIENT_KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
 
 
 def provider_missing() -> str | None:
@@ -51,7 +61,12 @@ def running_provider() -> Iterator[str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin", "OP_CLIENT_SECRET": CLIENT_SECRET, "NODE_ENV": "test"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "NODE_ENV": "test",
+            "OP_CLIENT_SECRET": CLIENT_SECRET,
+            "OP_CLIENT_JWK": json.dumps(dict(public_jwk(CLIENT_KEY.public_key(), "ES256"))),
+        },
         text=True,
     )
     try:

@@ -21,7 +21,9 @@ import grpc
 import jwt
 import pytest
 from oidc_provider_fixture import (
+    CLIENT_KEY_PEM,
     CLIENT_SECRET,
+    KEY_CLIENT,
     PUBLIC_CLIENT,
     SECRET_CLIENT,
     Browser,
@@ -225,3 +227,19 @@ def test_token_manager_starts_from_an_upstream_id_token(
         jwt.decode(second, options={"verify_signature": False})["sid"]
         == jwt.decode(first, options={"verify_signature": False})["sid"]
     )
+
+
+def test_the_device_flow_authenticates_with_private_key_jwt(issuer: str, auth: AuthHarness) -> None:
+    IdpStore(auth.server.components.database).add("corp", issuer=issuer, client_id=KEY_CLIENT)
+    credential = ProviderCredential(client_id=KEY_CLIENT, private_key_pem=CLIENT_KEY_PEM)
+    flow = DeviceFlow(issuer, credential, sleep=lambda s: None)
+    authorization = flow.start()
+    Browser().approve_device(authorization.verification_uri, authorization.user_code, "frank")
+    id_token = str(flow.poll(authorization)["id_token"])
+    assert jwt.decode(id_token, options={"verify_signature": False})["aud"] == KEY_CLIENT
+    tokens = TokenManager.from_id_token(auth.channel, id_token)
+    assert jwt.decode(tokens.token(), options={"verify_signature": False})["username"] == "frank"
+    # The same key pair, but another client's name: the provider refuses it.
+    impostor = ProviderCredential(client_id=PUBLIC_CLIENT, private_key_pem=CLIENT_KEY_PEM)
+    with pytest.raises(DeviceFlowError, match="invalid_client"):
+        DeviceFlow(issuer, impostor).start()

@@ -5,8 +5,9 @@
 //   node provider.mjs [PORT]     PORT 0 (the default) lets the OS choose
 //
 // Prints one JSON line {"issuer": "http://127.0.0.1:PORT"} on stdout once it listens.
-// Clients: "ssot-cli" (public: the device flow needs no secret) and "ssot-cli-secret"
-// (client_secret_basic, its secret in OP_CLIENT_SECRET). Every account is
+// Clients: "ssot-cli" (public: the device flow needs no secret), "ssot-cli-secret"
+// (client_secret_basic, its secret in OP_CLIENT_SECRET) and, when OP_CLIENT_JWK holds
+// a public JWK, "ssot-cli-key" (private_key_jwt). Every account is
 // NAME@example.com with a verified e-mail and preferred_username NAME.
 import http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
@@ -16,6 +17,7 @@ import Provider from 'oidc-provider';
 const port = Number(process.argv[2] || 0);
 const secret = process.env.OP_CLIENT_SECRET || 'not-a-real-secret-0123456789abcdef';
 const deviceGrant = 'urn:ietf:params:oauth:grant-type:device_code';
+const clientKey = process.env.OP_CLIENT_JWK ? JSON.parse(process.env.OP_CLIENT_JWK) : null;
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'op-test-key', alg: 'RS256', use: 'sig' };
@@ -37,6 +39,14 @@ const configuration = {
       response_types: [],
       redirect_uris: [],
     },
+    ...(clientKey ? [{
+      client_id: 'ssot-cli-key',
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: { keys: [clientKey] },
+      grant_types: [deviceGrant],
+      response_types: [],
+      redirect_uris: [],
+    }] : []),
   ],
   jwks: { keys: [signingKey] },
   cookies: { keys: ['throwaway-test-cookie-key'] },
