@@ -8,8 +8,9 @@ with refresh rotation, logout, push revocation and everything else sessions have
 
 The order matters:
 
-1. throttling, per caller address, before any work (a refused token counts as a
-   failure, a good one takes it back), as for password logins;
+1. throttling, per caller address, before any work (only refused tokens count:
+   a forged token is no guess at a secret), sharing the password logins' counters
+   table, so every replica sees them;
 2. the strict parse, then the provider by the exact ``iss`` (an unconfigured or
    disabled provider is refused before any network request);
 3. signature and claims (:mod:`auth_server.id_tokens`);
@@ -24,6 +25,7 @@ terminal is a public client); credentials that are presented must be right.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,30 +114,34 @@ class FederatedSignIn:
             self._authenticator.authenticate(request.credentials, address=request.address)
         wanted = _wanted_scopes(request.scope)
         audience = self._authority.audience_for(request.audience)
-        attempt = None
+        # Throttled per caller address alone: an attacker's bad tokens must not slow
+        # down anyone else signing in through the same provider. A forged token is
+        # no guess at a secret, so only refusals are counted, and an honest sign-in
+        # costs one read here.
+        key = "\x00id_token\x00" + request.address
         if self._throttle is not None:
             try:
-                # Keyed by address alone: an attacker's bad tokens must not slow
-                # down anyone else signing in through the same provider.
-                key = "\x00id_token\x00" + request.address
-                attempt = self._throttle.admit(key, request.address)
+                self._throttle.check(key, request.address)
             except LoginThrottled as err:
                 raise SignInThrottled(err.retry_after) from None
         try:
-            grant = self._sign_in(request, wanted, audience)
+            return self._sign_in(request, wanted, audience)
         except IdTokenRefused as err:
             _LOGGER.info("ID token refused from %s: %s", request.address, err.reason)
             audit_event("login.federated_refused", reason=err.reason, address=request.address)
+            self._count_failure(key, request.address)
             raise InvalidGrant() from None
         except ProviderUnavailable as err:
-            # Not the caller's fault: take the failure back.
-            if self._throttle is not None and attempt is not None:
-                self._throttle.succeeded(attempt)
+            # Not the caller's fault: nothing is counted.
             _LOGGER.warning("the keys of identity provider %s cannot be loaded", err)
             raise TemporarilyUnavailable("the identity provider cannot be reached") from None
-        if self._throttle is not None and attempt is not None:
-            self._throttle.succeeded(attempt)
-        return grant
+
+    def _count_failure(self, key: str, address: str) -> None:
+        if self._throttle is None:
+            return
+        # admit() counts one failure; at the limit already, the next request is refused anyway.
+        with contextlib.suppress(LoginThrottled):
+            self._throttle.admit(key, address)
 
     def _sign_in(
         self, request: SignInRequest, wanted: tuple[str, ...] | None, audience: str | None
@@ -147,7 +153,12 @@ class FederatedSignIn:
         if provider.disabled:
             raise IdTokenRefused(f"provider {provider.name} is disabled")
         checked = self._verifier.verify(request.id_token, provider, nonce=request.nonce)
-        hint = checked.claims.get(provider.username_claim)
+        # An e-mail names a user only once the provider has verified it.
+        hint = (
+            checked.email
+            if provider.username_claim == "email"
+            else checked.claims.get(provider.username_claim)
+        )
         try:
             user, created = self._identities.resolve(
                 provider.name,

@@ -32,6 +32,7 @@ from auth_server.audit import audit_event
 from auth_server.errors import IdpExists, IdpNotFound, InvalidRequest, KeyStoreError
 from auth_server.revocation_store import audit_revoked
 from auth_server.storage import Database, identity_providers, sessions, user_identities
+from auth_server.upstream_auth import check_private_key
 from auth_server.users import validate_scopes
 from interceptors._http import check_url
 
@@ -111,6 +112,8 @@ def validate_idp_name(name: str) -> str:
 
 def validate_issuer(issuer: str) -> str:
     """Check an issuer URL: https (http only on loopback), no query or fragment."""
+    if len(issuer) > 2048:
+        raise InvalidRequest("issuer is longer than 2048 characters")
     try:
         check_url(issuer, allow_insecure_http=False)
     except ValueError as err:
@@ -196,8 +199,6 @@ class IdpStore:
                 raise InvalidRequest("the client secret is empty or too long")
             method, credential = CLIENT_SECRET, client_secret.encode("utf-8")
         elif private_key_pem is not None:
-            from auth_server.upstream_auth import check_private_key
-
             check_private_key(private_key_pem)
             method, credential = PRIVATE_KEY_JWT, private_key_pem
         sealed = None

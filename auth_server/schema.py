@@ -220,7 +220,7 @@ identity_providers = sa.Table(
     "identity_providers",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("issuer", sa.Text, nullable=False),
+    sa.Column("issuer", sa.String(2048), nullable=False, unique=True),
     sa.Column("client_id", sa.Text, nullable=False),
     # none | client_secret | private_key_jwt
     sa.Column("auth_method", sa.String(32), nullable=False),

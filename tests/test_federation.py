@@ -324,3 +324,15 @@ def test_failed_sign_ins_are_throttled_per_address(
         finally:
             harness.channel.close()
             harness.stop()
+
+
+def test_an_email_names_a_new_user_only_once_verified(
+    loop_thread: EventLoopThread, world: World
+) -> None:
+    with serve_provider(loop_thread) as mail:
+        world.idps.add("mail", issuer=mail.issuer, client_id=mail.client_id, username_claim="email")
+        unverified = mail.id_token(sub="m-1", email="carol@example.com", email_verified=False)
+        named = claims_of(world.sign_in(unverified).access_token)["username"]
+        assert named.startswith("mail.") and "carol" not in named
+        verified = mail.id_token(sub="m-2", email="dan@example.com")
+        assert claims_of(world.sign_in(verified).access_token)["username"] == "dan@example.com"
