@@ -214,9 +214,21 @@ def test_several_audiences_pass_with_our_azp(world: World) -> None:
     )
 
 
-def test_a_disabled_provider_is_refused_and_its_sessions_end(world: World) -> None:
+def test_a_disabled_provider_is_refused_and_its_sessions_end(
+    loop_thread: EventLoopThread, world: World
+) -> None:
     live = world.sign_in(world.corp.id_token())
-    world.idps.set_disabled("corp", True)
+    with running_resource(loop_thread, world.auth, aio=True, push=True) as resource:
+        assert protected_call(resource.channel, live.access_token) == grpc.StatusCode.OK
+        world.idps.set_disabled("corp", True)
+        # Push verifiers hear of the ended sessions at once, as for `users disable`.
+        assert wait_until(
+            lambda: (
+                protected_call(resource.channel, live.access_token)
+                == grpc.StatusCode.UNAUTHENTICATED
+            ),
+            timeout=1.0,
+        )
     assert world.refused(world.corp.id_token())[1] == "invalid_grant"
     with pytest.raises(grpc.RpcError):
         world.auth.refresh(live.refresh_token)
