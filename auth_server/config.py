@@ -17,6 +17,7 @@ from auth_server.ratelimit import RateLimits
 from auth_server.session_policy import MAX_ACCESS_TOKEN_TTL
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
+from auth_server.watch_auth import WATCH_AUTH_MODES
 from interceptors.tls import is_loopback_host
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -107,6 +108,10 @@ class AuthServerConfig:
         allow_insecure_token_http: Accept ``/oauth2/*`` requests (which carry
             secrets and tokens) over plain HTTP from beyond loopback.
         http_rate_limits: Per-address token buckets of the HTTP route groups.
+        watch_auth: Who may follow ``WatchJwks``/``WatchRevocations``: ``"none"``
+            (anyone), ``"mtls"`` (a client certificate verified by ``client_ca``) or
+            ``"token"`` (a token with the ``ssot.watch`` scope);
+            :mod:`auth_server.watch_auth`.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -148,6 +153,7 @@ class AuthServerConfig:
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
     allow_insecure_token_http: bool = False
     http_rate_limits: RateLimits = field(default_factory=RateLimits)
+    watch_auth: str = "none"
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -191,6 +197,10 @@ class AuthServerConfig:
             raise ValueError("give both --tls-cert and --tls-key, or neither")
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        if self.watch_auth not in WATCH_AUTH_MODES:
+            raise ValueError(f"--watch-auth must be one of {', '.join(WATCH_AUTH_MODES)}")
+        if self.watch_auth == "mtls" and self.client_ca is None:
+            raise ValueError("--watch-auth mtls needs --client-ca (and --tls-cert, --tls-key)")
         for name in (
             "max_metadata_size",
             "max_message_size",
