@@ -220,6 +220,8 @@ class IdTokenVerifier:
             while len(self._caches) > _MAX_CACHES:
                 _, old = self._caches.popitem(last=False)
                 old.close()
+        if cache is not made:
+            made.close()  # another thread made this issuer's cache first
         return cache
 
     def forget(self, issuer: str) -> None:
