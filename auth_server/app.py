@@ -157,6 +157,8 @@ async def start_auth_server(
         inspector=inspector,
         revocations=revocations,
         database=components.database,
+        users=components.users,
+        throttle=components.throttle,
         now=now,
     )
     # Logins (argon2) run on their own bounded threads; everything else keeps

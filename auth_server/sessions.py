@@ -121,6 +121,7 @@ class SessionStore:
         access_ttl: int = 0,
         cert_thumbprint: str | None = None,
         audience: str | None = None,
+        idp: str | None = None,
     ) -> NewSession:
         """Start a session for a user, with a new random refresh token.
 
@@ -186,6 +187,7 @@ class SessionStore:
                         scope=" ".join(scope),
                         cert_thumbprint=cert_thumbprint,
                         audience=audience,
+                        idp=idp,
                     )
                 )
         except exc.IntegrityError as err:

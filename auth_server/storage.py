@@ -23,6 +23,7 @@ from auth_server.schema import (
     client_assertions,
     clients,
     deployment_secrets,
+    identity_providers,
     login_throttle,
     metadata,
     revocation_counter,
@@ -30,6 +31,7 @@ from auth_server.schema import (
     sessions,
     signing_keys,
     spent_refresh_tokens,
+    user_identities,
     users,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "client_assertions",
     "clients",
     "deployment_secrets",
+    "identity_providers",
     "login_throttle",
     "metadata",
     "revocation_counter",
@@ -46,6 +49,7 @@ __all__ = [
     "signing_keys",
     "spent_refresh_tokens",
     "sqlite_url_for",
+    "user_identities",
     "users",
 ]
 
