@@ -141,11 +141,14 @@ class CompactParser:
             raise MalformedToken("token too long")
         if not token.isascii():
             raise MalformedToken("token is not ASCII")
-        segments = token.split(".")
-        if len(segments) != 3:
+        # Three finds (memchr) instead of split("."), which walked every character
+        # and built the payload and signature strings that only their lengths and
+        # last characters are needed of.
+        payload_start = token.find(".") + 1
+        payload_end = token.find(".", payload_start)
+        if not payload_start or payload_end < 0 or token.find(".", payload_end + 1) >= 0:
             raise MalformedToken("token is not a compact JWS of three segments")
-        header_segment, payload_segment, signature_segment = segments
-
+        header_segment = token[: payload_start - 1]
         known = self._headers.get(header_segment)
         if known is None:
             known = self._check_header(header_segment)
@@ -161,17 +164,16 @@ class CompactParser:
         # token instead of one set per segment: per-call overhead was a third of the parse.
         if "+" in token or "/" in token or "=" in token:
             raise MalformedToken("token is not unpadded base64url")
-        payload_rest = len(payload_segment) % 4
-        signature_rest = len(signature_segment) % 4
+        payload_rest = (payload_end - payload_start) % 4
+        signature_rest = (len(token) - payload_end - 1) % 4
         if payload_rest == 1 or signature_rest == 1:
             raise MalformedToken("payload or signature is not unpadded base64url")
-        if (payload_rest and payload_segment[-1] not in _CANONICAL_LAST[payload_rest]) or (
-            signature_rest and signature_segment[-1] not in _CANONICAL_LAST[signature_rest]
+        # An empty segment has no last character (its rest is 0, so none is read).
+        if (payload_rest and token[payload_end - 1] not in _CANONICAL_LAST[payload_rest]) or (
+            signature_rest and token[-1] not in _CANONICAL_LAST[signature_rest]
         ):
             raise MalformedToken("payload or signature is not canonical base64url")
         data = token.encode("ascii")
-        payload_start = len(header_segment) + 1
-        payload_end = payload_start + len(payload_segment)
         standard = data.translate(_TO_STANDARD)
         try:
             payload = binascii.a2b_base64(
