@@ -167,13 +167,15 @@ class TokenVerifier:
         self._removals = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
-        # Bound once here; it also remembers the headers it has checked.
+        # Bound once here; it also remembers the headers it has checked. The bound
+        # method, not the instance: calling an instance goes through its type's
+        # __call__ lookup on every token.
         self._parse: Callable[[str], ParsedJws] = CompactParser(
             algorithms=policy.algorithms,
             accepted_types=frozenset({token_type, "application/" + token_type}),
             max_length=policy.max_token_length,
             max_depth=policy.max_json_depth,
-        )
+        ).__call__
         self._owned: contextlib.ExitStack | None = None  # set by from_source
         keys.add_removal_listener(self._forget_kids)
 
