@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from auth_server.audit import notify_listener
 from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidScope, InvalidTarget
 from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore, SessionTerms
@@ -271,7 +272,9 @@ class TokenAuthority:
             issued_at=rotation.issued_at,
             cert_thumbprint=rotation.cert_thumbprint,
             audience=rotation.audience,
+            grant_type="refresh_token",
         )
+        notify_listener("refresh.grace_repeat" if rotation.repeated else "refresh.rotated")
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",
             user.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from interceptors import (
     MethodPolicy,
     TokenPolicy,
     TokenVerifier,
+    VerifyObserver,
 )
 from interceptors._cli import SERVER_TLS_FLAGS
 from interceptors.tls import (
@@ -35,6 +37,12 @@ from interceptors.tls import (
 )
 from protos import resource_pb2_grpc
 from resource_server.downstream import DownstreamSettings, aio_downstream, sync_downstream
+from resource_server.ops import (
+    AsyncKeyedHealthServicer,
+    KeyedHealthServicer,
+    afollow_keys,
+    follow_keys,
+)
 from resource_server.service import (
     PUBLIC_METHODS,
     REQUIRED_SCOPES,
@@ -52,6 +60,7 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 256
 DEFAULT_MAX_TOKEN_LENGTH = 8192
 DEFAULT_MAX_JSON_DEPTH = 16
 DEFAULT_MAX_TOKEN_LIFETIME = 86400
+HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
 class StartupError(Exception):
@@ -92,6 +101,8 @@ class ResourceServerConfig:
             until their ``exp``.
         downstream: Where ``GetResourceOnBehalf`` calls on the caller's behalf (token
             exchange), or ``None``.
+        metrics_address: Serve Prometheus ``/metrics`` at this ``HOST:PORT``.
+        shutdown_grace: Seconds in-flight calls get when the server stops.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -119,6 +130,8 @@ class ResourceServerConfig:
     max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     revocations_fail_closed: float | None = None
     downstream: DownstreamSettings | None = None
+    metrics_address: str | None = None
+    shutdown_grace: float = 5.0
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
@@ -257,13 +270,24 @@ def _bind(server: grpc.Server | grpc.aio.Server, config: ResourceServerConfig) -
 
 
 def build_server(
-    config: ResourceServerConfig, verifier: TokenVerifier, *, max_workers: int = 16
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    max_workers: int = 16,
+    observer: VerifyObserver | None = None,
+    health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started sync ``grpc.server`` with the auth interceptor, and its bound port."""
+    """A started sync ``grpc.server`` with the auth interceptor, and its bound port.
+
+    Health is ``NOT_SERVING`` until the verifier holds a key set; ``observer``
+    sees every token check (metrics, traces).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="resource"),
         interceptors=[
-            AuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
+            AuthInterceptor(
+                verifier, resource_policy(), cert_binding=config.cert_binding, observer=observer
+            )
         ],
         options=server_options(config),
     )
@@ -276,23 +300,33 @@ def build_server(
         ),
         server,
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer or KeyedHealthServicer(verifier, HEALTH_SERVICES)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_common_services(server, config.reflection)
     port = _bind(server, config)
+    for service in HEALTH_SERVICES:
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    follow_keys(server, health_servicer, verifier, HEALTH_SERVICES)
     return server, port
 
 
 async def start_aio_server(
-    config: ResourceServerConfig, verifier: TokenVerifier
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    observer: VerifyObserver | None = None,
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A started ``grpc.aio`` server with the async auth interceptor, and its bound port."""
+    """A started ``grpc.aio`` server with the async auth interceptor, and its bound port.
+
+    As :func:`build_server`: health follows the key set; ``observer`` sees each check.
+    """
     server = grpc.aio.server(
         interceptors=[
-            AsyncAuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
+            AsyncAuthInterceptor(
+                verifier, resource_policy(), cert_binding=config.cert_binding, observer=observer
+            )
         ],
         options=server_options(config),
     )
@@ -303,11 +337,20 @@ async def start_aio_server(
         ),
         server,
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    aio_health = health_servicer or AsyncKeyedHealthServicer(verifier, HEALTH_SERVICES)
+    health_pb2_grpc.add_HealthServicer_to_server(aio_health, server)
     _add_common_services(server, config.reflection)
     port = _bind(server, config)
+    for service in HEALTH_SERVICES:
+        await aio_health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    task = asyncio.create_task(
+        afollow_keys(server, aio_health, verifier, HEALTH_SERVICES), name="resource-health"
+    )
+    _FOLLOWERS.add(task)
+    task.add_done_callback(_FOLLOWERS.discard)
     return server, port
+
+
+# The health followers of running aio servers (a task needs a strong reference).
+_FOLLOWERS: set[asyncio.Task[None]] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from resource_server.app import (
     DEFAULT_MAX_METADATA_SIZE,
     DEFAULT_MAX_TOKEN_LENGTH,
     DEFAULT_MAX_TOKEN_LIFETIME,
+    HEALTH_SERVICES,
     ResourceServerConfig,
     StartupError,
     build_server,
@@ -45,6 +47,7 @@ from resource_server.app import (
     start_aio_server,
 )
 from resource_server.downstream import DownstreamSettings
+from resource_server.ops import AsyncKeyedHealthServicer, KeyedHealthServicer, start_metrics
 
 PROG = "ssot-resource"
 _LOGGER = logging.getLogger("ssot_resource")
@@ -115,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --auth-target: refuse every token (UNAVAILABLE) until the revocation "
         "list has synced, and once it has been out of sync for longer than SECONDS "
         "(default: fail open, revoked tokens pass until exp while the stream is down)",
+    )
+    add_env_argument(
+        serve,
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics of the verifier on this address",
+    )
+    add_env_argument(
+        serve,
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, after health turns NOT_SERVING, how long in-flight calls get",
+        default_help=5.0,
     )
     _add_downstream_arguments(serve)
     _add_tls_arguments(serve)
@@ -260,6 +278,8 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             max_token_lifetime=ns.max_token_lifetime,
             revocations_fail_closed=ns.revocations_fail_closed,
             downstream=_downstream(ns),
+            metrics_address=ns.metrics,
+            shutdown_grace=ns.shutdown_grace,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -273,24 +293,47 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         raise CommandError(exc.naming(AUTH_SOURCE_TLS_FLAGS)) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    with verifier:
+    with verifier, contextlib.ExitStack() as opened:
+        observer = None
+        if config.metrics_address is not None:
+            try:
+                endpoint = start_metrics(verifier, config.metrics_address)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            except OSError:
+                raise CommandError(
+                    f"cannot listen on {config.metrics_address} (--metrics)"
+                ) from None
+            opened.callback(endpoint.close)
+            observer = endpoint.observer
+            print(f"ssot-resource metrics on port {endpoint.port}", flush=True)
+        grace = config.shutdown_grace
         if ns.aio:
 
             async def serve(stop: asyncio.Event) -> None:
-                server, port = await start_aio_server(config, verifier)
+                aio_health = AsyncKeyedHealthServicer(verifier, HEALTH_SERVICES)
+                server, port = await start_aio_server(
+                    config, verifier, observer=observer, health_servicer=aio_health
+                )
                 print(f"ssot-resource (aio) serving on port {port}", flush=True)
                 await stop.wait()
-                await server.stop(2)
+                # Load balancers stop sending first; then calls in flight finish.
+                await aio_health.enter_graceful_shutdown()
+                await server.stop(grace)
 
             run_until_signalled(serve)
         else:
-            server, port = build_server(config, verifier)
+            sync_health = KeyedHealthServicer(verifier, HEALTH_SERVICES)
+            server, port = build_server(
+                config, verifier, observer=observer, health_servicer=sync_health
+            )
             print(f"ssot-resource serving on port {port}", flush=True)
             stopped = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stopped.set())
             stopped.wait()
-            server.stop(2).wait()
+            sync_health.enter_graceful_shutdown()
+            server.stop(grace).wait()
     return 0
 
 
