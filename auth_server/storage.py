@@ -142,9 +142,7 @@ class Database:
                 ).first()
             if seeded is None:
                 with self.transaction(write=True) as conn:
-                    self.insert_ignoring_duplicates(
-                        conn, revocation_counter, [{"id": 1, "seq": 0}]
-                    )
+                    self.insert_ignoring_duplicates(conn, revocation_counter, [{"id": 1, "seq": 0}])
         except exc.SQLAlchemyError as err:
             _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
             raise StorageError() from err

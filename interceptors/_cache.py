@@ -327,6 +327,11 @@ class KeyCache(Background):
             )
 
     @property
+    def loads_in_background(self) -> bool:
+        """Whether :meth:`start` loads keys ahead of calls (``background=True``)."""
+        return self._background
+
+    @property
     def serving_stale(self) -> bool:
         """Whether the set in use is past its max-age (kept because no fresh one came)."""
         entry = self._current(self._now())

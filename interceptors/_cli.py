@@ -25,6 +25,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from interceptors.logformat import LOG_FORMATS, default_log_format, formatter_for
+
 ENV_PREFIX = "SSOT_"
 _FALSE = ("", "0", "false")
 #: How the client TLS flags name ``channel_credentials``' parameters.
@@ -60,11 +62,9 @@ def parse_command_line(
     except SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
-    logging.basicConfig(
-        level=ns.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter_for(ns.log_format or default_log_format()))
+    logging.basicConfig(level=ns.log_level, handlers=[handler])
     return ns
 
 
@@ -173,7 +173,7 @@ def add_env_argument(
 
 
 def add_log_level_argument(parser: Any) -> None:
-    """``--log-level``, the one flag every command has."""
+    """``--log-level`` and ``--log-format``, the flags every command has."""
     add_env_argument(
         parser,
         "--log-level",
@@ -181,6 +181,13 @@ def add_log_level_argument(parser: Any) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level",
         default_help="INFO",
+    )
+    add_env_argument(
+        parser,
+        "--log-format",
+        choices=list(LOG_FORMATS),
+        help="log lines as text or as one JSON object per line",
+        default_help="text on a terminal, json otherwise",
     )
 
 

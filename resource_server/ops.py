@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from interceptors import TokenVerifier, VerifyObserver
+from interceptors import KeyCache, TokenVerifier, VerifyObserver
 
 _FOLLOW_INTERVAL = 0.25
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -64,8 +64,14 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 def holds_keys(verifier: TokenVerifier) -> bool:
-    """Whether the verifier can check a token now (a provider without a set: always)."""
+    """Whether the verifier can check a token now.
+
+    A cache that loads only on demand (``background=False``) and a provider without
+    a key set count as ready: nothing would load their keys before a call asks.
+    """
     keys: Any = verifier.keys
+    if isinstance(keys, KeyCache) and not keys.loads_in_background:
+        return True
     return getattr(keys, "key_set", True) is not None
 
 
