@@ -7,6 +7,7 @@ when OpenTelemetry is set up, inside a server span continuing the caller's trace
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -86,6 +87,27 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
+            handler.unary_stream
+        ):
+            # A coroutine that writes its responses itself (grpc's health Watch).
+            writer = handler.unary_stream
+
+            async def writes(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                started, failed = time.perf_counter(), True
+                try:
+                    with audit_listener(listener), scope(context):
+                        await writer(request, context)
+                    failed = False
+                finally:
+                    calls.labels(method, _code_of(context, failed)).inc()
+                    seconds.observe(time.perf_counter() - started)
+
+            return grpc.unary_stream_rpc_method_handler(
+                writes,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
