@@ -6,6 +6,7 @@ connection cut, nothing accepted) and reopens on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -97,10 +98,8 @@ class TcpProxy:
         if listener is not None:
             listener.close()
         for s in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -129,10 +128,8 @@ class TcpProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @pytest.mark.postgres
@@ -186,10 +183,8 @@ def test_stopping_turns_health_off_and_ends_push_streams_with_the_drain_status(
         replies = health_pb2_grpc.HealthStub(auth.channel).Watch(
             health_pb2.HealthCheckRequest(), timeout=30
         )
-        try:
+        with contextlib.suppress(grpc.RpcError):  # the server went away, as it should
             statuses.extend(int(r.status) for r in replies)
-        except grpc.RpcError:
-            pass  # the server went away, as it should
 
     watcher = threading.Thread(target=watch_health, daemon=True)
     try:
