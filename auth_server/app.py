@@ -145,6 +145,7 @@ async def start_auth_server(
         AuthServerError: storage or keys are unusable (wrong passphrase, ...).
     """
     metrics = AuthMetrics(now=now)
+    metrics.expect_algorithm(config.algorithm)
     # Everything started from here (tasks, threads, the servers' handlers) inherits
     # this server's audit listener: its events count on its metrics only.
     with audit_listener(metrics.on_event):

@@ -123,6 +123,21 @@ class AuthMetrics(Collector):
             registry=r,
         )
         r.register(self)
+        # The series a dashboard plots exist from the start, at 0, so a rate() over a
+        # quiet replica is 0 rather than "no data".
+        for outcome in ("succeeded", "bad_credentials", "throttled", "shed"):
+            self.logins.labels(outcome)
+        for layer in ("user_address", "user", "address"):
+            self.throttled.labels(layer)
+        for outcome in ("rotated", "grace_repeat", "reuse_detected"):
+            self.refreshes.labels(outcome)
+        for reason in ("reuse", "logout", "admin", "session_limit"):
+            self.revoked.labels(reason)
+
+    def expect_algorithm(self, algorithm: str) -> None:
+        """Start the token counters of the grants at 0 for the algorithm that signs."""
+        for grant in ("password", "refresh_token", "client_credentials", "token_exchange"):
+            self.tokens.labels(grant, algorithm)
 
     # -- events (the audit listener) --------------------------------------------------
 
