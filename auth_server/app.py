@@ -138,7 +138,8 @@ async def start_auth_server(
     """Build everything and start serving; the ports in ``config`` may be 0.
 
     ``now`` is the server's clock (see :func:`build_components`). ``span`` wraps
-    each call in a trace span (:mod:`auth_server.tracing`); ``None``: no tracing.
+    each call in a trace span (``Tracing().server_span`` of :mod:`interceptors.otel`);
+    ``None``: no tracing.
 
     Raises:
         StartupError: an address cannot be bound.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -19,8 +20,10 @@ from auth_server.metrics import AuthMetrics
 from interceptors.audit import audit_listener
 
 _Handler = "grpc.RpcMethodHandler[Any, Any]"
-# Wraps a call's handling in a context (a trace span); given the method and the metadata.
-SpanFactory = Callable[[str, Any], Any]
+# Wraps a call's handling in a context (a trace span); given the method and the servicer
+# context (its metadata carries the caller's trace, its code the outcome):
+# :meth:`interceptors.otel.Tracing.server_span`.
+SpanFactory = Callable[[str, Any], AbstractContextManager[Any]]
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
@@ -69,7 +72,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         def scope(context: Any) -> Any:
             if span is None:
                 return _NoSpan
-            return span(method, context.invocation_metadata())
+            return span(method, context)
 
         if handler.unary_unary is not None:
             behaviour = handler.unary_unary

@@ -7,7 +7,7 @@ import logging
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +29,7 @@ from interceptors import (
     VerifyObserver,
 )
 from interceptors._cli import SERVER_TLS_FLAGS
+from interceptors._observe import Observers
 from interceptors.tls import (
     TlsError,
     channel_credentials,
@@ -51,6 +52,9 @@ from resource_server.service import (
     ResourceLogic,
     ResourceServicer,
 )
+
+if TYPE_CHECKING:
+    from interceptors.otel import Tracing
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50052"
@@ -269,6 +273,12 @@ def _bind(server: grpc.Server | grpc.aio.Server, config: ResourceServerConfig) -
         raise StartupError(f"cannot listen on {address} (--grpc)") from exc
 
 
+def _observer(observer: VerifyObserver | None, tracing: Tracing | None) -> VerifyObserver | None:
+    if tracing is None:
+        return observer
+    return tracing if observer is None else Observers(observer, tracing)
+
+
 def build_server(
     config: ResourceServerConfig,
     verifier: TokenVerifier,
@@ -276,19 +286,24 @@ def build_server(
     max_workers: int = 16,
     observer: VerifyObserver | None = None,
     health_servicer: health.HealthServicer | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started sync ``grpc.server`` with the auth interceptor, and its bound port.
 
     Health is ``NOT_SERVING`` until the verifier holds a key set; ``observer``
-    sees every token check (metrics, traces).
+    sees every token check (metrics). With ``tracing`` each call is a server span
+    continuing the caller's trace, the check a span event, and the downstream
+    calls (exchange included) client spans sending it on.
     """
+    auth = AuthInterceptor(
+        verifier,
+        resource_policy(),
+        cert_binding=config.cert_binding,
+        observer=_observer(observer, tracing),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="resource"),
-        interceptors=[
-            AuthInterceptor(
-                verifier, resource_policy(), cert_binding=config.cert_binding, observer=observer
-            )
-        ],
+        interceptors=[auth] if tracing is None else [tracing.interceptor(), auth],
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
@@ -296,7 +311,7 @@ def build_server(
             ResourceLogic(issuer=config.issuer),
             None
             if config.downstream is None
-            else sync_downstream(config.downstream, config.issuer),
+            else sync_downstream(config.downstream, config.issuer, tracing),
         ),
         server,
     )
@@ -317,23 +332,27 @@ async def start_aio_server(
     *,
     observer: VerifyObserver | None = None,
     health_servicer: health.aio.HealthServicer | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A started ``grpc.aio`` server with the async auth interceptor, and its bound port.
 
-    As :func:`build_server`: health follows the key set; ``observer`` sees each check.
+    As :func:`build_server`: health follows the key set; ``observer`` sees each check,
+    ``tracing`` traces each call.
     """
+    auth = AsyncAuthInterceptor(
+        verifier,
+        resource_policy(),
+        cert_binding=config.cert_binding,
+        observer=_observer(observer, tracing),
+    )
     server = grpc.aio.server(
-        interceptors=[
-            AsyncAuthInterceptor(
-                verifier, resource_policy(), cert_binding=config.cert_binding, observer=observer
-            )
-        ],
+        interceptors=[auth] if tracing is None else [tracing.aio_interceptor(), auth],
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
         AsyncResourceServicer(
             ResourceLogic(issuer=config.issuer),
-            config.downstream and aio_downstream(config.downstream, config.issuer),
+            config.downstream and aio_downstream(config.downstream, config.issuer, tracing),
         ),
         server,
     )

@@ -21,12 +21,14 @@ from google.protobuf.message import Message
 from interceptors import CERT_BINDINGS
 from interceptors._cli import (
     CLIENT_TLS_FLAGS,
+    SettingsError,
     add_client_tls_arguments,
     add_env_argument,
     add_log_level_argument,
     add_server_tls_arguments,
     parse_command_line,
     run_until_signalled,
+    start_tracing,
     wants_tls,
 )
 from interceptors.tls import TlsError, channel_credentials
@@ -294,6 +296,10 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     with verifier, contextlib.ExitStack() as opened:
+        try:
+            tracing = start_tracing("ssot-resource")
+        except SettingsError as exc:
+            raise CommandError(str(exc)) from None
         observer = None
         if config.metrics_address is not None:
             try:
@@ -313,7 +319,11 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             async def serve(stop: asyncio.Event) -> None:
                 aio_health = AsyncKeyedHealthServicer(verifier, HEALTH_SERVICES)
                 server, port = await start_aio_server(
-                    config, verifier, observer=observer, health_servicer=aio_health
+                    config,
+                    verifier,
+                    observer=observer,
+                    health_servicer=aio_health,
+                    tracing=tracing,
                 )
                 print(f"ssot-resource (aio) serving on port {port}", flush=True)
                 await stop.wait()
@@ -325,7 +335,11 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         else:
             sync_health = KeyedHealthServicer(verifier, HEALTH_SERVICES)
             server, port = build_server(
-                config, verifier, observer=observer, health_servicer=sync_health
+                config,
+                verifier,
+                observer=observer,
+                health_servicer=sync_health,
+                tracing=tracing,
             )
             print(f"ssot-resource serving on port {port}", flush=True)
             stopped = threading.Event()

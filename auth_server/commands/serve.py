@@ -42,6 +42,7 @@ from interceptors._cli import (
     add_server_tls_arguments,
     env_value,
     run_until_signalled,
+    start_tracing,
 )
 
 _LOGGER = logging.getLogger("ssot_auth")
@@ -443,9 +444,12 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     # collections run in the middle of pushes (auth_server._gc). Not done in
     # start_auth_server, which also runs inside other programs (and tests).
     tune_gc_for_streams()
+    tracing = start_tracing("ssot-auth")
 
     async def serve(stop: asyncio.Event) -> None:
-        server = await start_auth_server(config)
+        server = await start_auth_server(
+            config, span=None if tracing is None else tracing.server_span
+        )
         print(
             f"ssot-auth serving gRPC on {server.grpc_target}, "
             f"JWKS on {server.http_base_url}/.well-known/jwks.json, "
