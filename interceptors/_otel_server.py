@@ -45,6 +45,9 @@ class SpanSource(Protocol):
 
     def audit_events(self) -> contextlib.AbstractContextManager[None]: ...
 
+    @property
+    def untraced(self) -> frozenset[str]: ...
+
 
 def _traced_unary(spans: SpanSource, method: str, behaviour: _Behaviour) -> _Behaviour:
     def traced(request: Any, context: grpc.ServicerContext) -> Any:
@@ -148,6 +151,8 @@ class _Wrapper:
         return wrapped
 
     def _wrap(self, handler: _Handler, method: str) -> _Handler:
+        if method in self._spans.untraced:
+            return handler
         for attribute, factory, streams_out in _KINDS:
             behaviour: _Behaviour | None = getattr(handler, attribute)
             if behaviour is None:

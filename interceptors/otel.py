@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import grpc
@@ -34,6 +34,7 @@ import grpc.aio
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
+from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS
 from interceptors._observe import VerifyObserver
 from interceptors._otel_client import AsyncClientTracing, ClientTracing
 from interceptors._otel_common import METADATA_GETTER, rpc_attributes, set_grpc_status
@@ -65,10 +66,18 @@ class Tracing(VerifyObserver):
     Args:
         tracer_provider: Where spans go; ``None``: the global provider (set up by
             the SDK, e.g. :func:`configure_from_env`).
+        untraced: Methods served without a span: by default health and reflection
+            (a load balancer's probe every few seconds is not worth a trace).
     """
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        untraced: Iterable[str] = HEALTH_METHODS | REFLECTION_METHODS,
+    ) -> None:
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        self.untraced = frozenset(untraced)
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -97,6 +106,9 @@ class Tracing(VerifyObserver):
         metadata, the status code from it at the end. The server's audit events
         recorded meanwhile become span events.
         """
+        if method in self.untraced:
+            yield trace.INVALID_SPAN
+            return
         span = self.start_server_span(method, context.invocation_metadata())
         failed = False
         try:
