@@ -7,6 +7,7 @@ when OpenTelemetry is set up, inside a server span continuing the caller's trace
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,10 +27,11 @@ _Handler = "grpc.RpcMethodHandler[Any, Any]"
 SpanFactory = Callable[[str, Any], AbstractContextManager[Any]]
 
 
-def _code_of(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+def _code_of(context: grpc.aio.ServicerContext[Any, Any], failed: bool | None) -> str:
+    """The call's status code name; ``failed``: an exception escaped (``None``: the client left)."""
     code = context.code()
     if code is None:
-        return "UNKNOWN" if failed else "OK"
+        return "CANCELLED" if failed is None else "UNKNOWN" if failed else "OK"
     if isinstance(code, grpc.StatusCode):
         return code.name
     try:
@@ -78,12 +80,16 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             behaviour = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started, failed = time.perf_counter(), True
+                started = time.perf_counter()
+                failed: bool | None = True
                 try:
                     with audit_listener(listener), scope(context):
                         result = await behaviour(request, context)
                     failed = False
                     return result
+                except asyncio.CancelledError:
+                    failed = None  # the client left
+                    raise
                 finally:
                     calls.labels(method, _code_of(context, failed)).inc()
                     seconds.observe(time.perf_counter() - started)
@@ -100,11 +106,15 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             writer = handler.unary_stream
 
             async def writes(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                started, failed = time.perf_counter(), True
+                started = time.perf_counter()
+                failed: bool | None = True
                 try:
                     with audit_listener(listener), scope(context):
                         await writer(request, context)
                     failed = False
+                except (asyncio.CancelledError, GeneratorExit):
+                    failed = None  # the client left
+                    raise
                 finally:
                     calls.labels(method, _code_of(context, failed)).inc()
                     seconds.observe(time.perf_counter() - started)
@@ -120,12 +130,16 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                started, failed = time.perf_counter(), True
+                started = time.perf_counter()
+                failed: bool | None = True
                 try:
                     with audit_listener(listener), scope(context):
                         async for response in stream_behaviour(request, context):
                             yield response
                     failed = False
+                except (asyncio.CancelledError, GeneratorExit):
+                    failed = None  # the client left
+                    raise
                 finally:
                     calls.labels(method, _code_of(context, failed)).inc()
                     seconds.observe(time.perf_counter() - started)

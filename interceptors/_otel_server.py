@@ -41,7 +41,7 @@ class SpanSource(Protocol):
 
     def start_server_span(self, method: str, metadata: Any) -> Span: ...
 
-    def end_server_span(self, span: Span, context: Any, failed: bool) -> None: ...
+    def end_server_span(self, span: Span, context: Any, error: BaseException | None) -> None: ...
 
     def audit_events(self) -> contextlib.AbstractContextManager[None]: ...
 
@@ -52,14 +52,15 @@ class SpanSource(Protocol):
 def _traced_unary(spans: SpanSource, method: str, behaviour: _Behaviour) -> _Behaviour:
     def traced(request: Any, context: grpc.ServicerContext) -> Any:
         span = spans.start_server_span(method, context.invocation_metadata())
-        failed = True
+        error: BaseException | None = None
         try:
             with current_span_of(span), spans.audit_events():
-                result = behaviour(request, context)
-            failed = False
-            return result
+                return behaviour(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            spans.end_server_span(span, context, failed)
+            spans.end_server_span(span, context, error)
 
     return traced
 
@@ -76,7 +77,7 @@ def _hold(
     spans: SpanSource, span: Span, behaviour: _Behaviour, request: Any, context: Any
 ) -> Iterator[Any]:
     # Current around each step, not across a yield: the stream may end on another thread.
-    failed = True
+    error: BaseException | None = None
     try:
         with current_span_of(span), spans.audit_events():
             responses = iter(behaviour(request, context))
@@ -87,22 +88,25 @@ def _hold(
             if response is done:
                 break
             yield response
-        failed = False
+    except BaseException as exc:  # GeneratorExit included: the client left
+        error = exc
+        raise
     finally:
-        spans.end_server_span(span, context, failed)
+        spans.end_server_span(span, context, error)
 
 
 def _atraced_unary(spans: SpanSource, method: str, behaviour: _Behaviour) -> _Behaviour:
     async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         span = spans.start_server_span(method, context.invocation_metadata())
-        failed = True
+        error: BaseException | None = None
         try:
             with current_span_of(span), spans.audit_events():
-                result = await behaviour(request, context)
-            failed = False
-            return result
+                return await behaviour(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            spans.end_server_span(span, context, failed)
+            spans.end_server_span(span, context, error)
 
     return traced
 
@@ -111,7 +115,7 @@ def _atraced_stream(spans: SpanSource, method: str, behaviour: _Behaviour) -> _B
     # A coroutine using context.write, so the span is current in the call's own task.
     async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         span = spans.start_server_span(method, context.invocation_metadata())
-        failed = True
+        error: BaseException | None = None
         try:
             with current_span_of(span), spans.audit_events():
                 responses = behaviour(request, context)
@@ -119,9 +123,11 @@ def _atraced_stream(spans: SpanSource, method: str, behaviour: _Behaviour) -> _B
                     await responses  # the handler writes its responses itself
                 else:
                     await _write_all(responses, context)
-            failed = False
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            spans.end_server_span(span, context, failed)
+            spans.end_server_span(span, context, error)
 
     return traced
 

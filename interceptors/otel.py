@@ -24,6 +24,7 @@ Spans and events cost nothing more when no SDK is set up (the API's no-op tracer
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -110,24 +111,27 @@ class Tracing(VerifyObserver):
             yield trace.INVALID_SPAN
             return
         span = self.start_server_span(method, context.invocation_metadata())
-        failed = False
+        error: BaseException | None = None
         try:
             with current_span_of(span), self.audit_events():
                 yield span
-        except BaseException:
-            failed = True
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self.end_server_span(span, context, failed)
+            self.end_server_span(span, context, error)
 
-    def end_server_span(self, span: Span, context: Any, failed: bool) -> None:
-        """Record the call's status code and end its span."""
+    def end_server_span(self, span: Span, context: Any, error: BaseException | None) -> None:
+        """Record the call's status code (``error``: what ended it, if it did not return)."""
         try:
             code = context.code()
         except Exception:  # noqa: BLE001 -- a span must never fail a call
             code = None
-        if code is None and failed:
-            code = grpc.StatusCode.UNKNOWN  # grpc answers UNKNOWN for an escaped exception
+        if code is None and error is not None:
+            # The client left (its task cancelled, its stream closed); otherwise grpc
+            # answers UNKNOWN for an exception that escaped the handler.
+            left = isinstance(error, (asyncio.CancelledError, GeneratorExit))
+            code = grpc.StatusCode.CANCELLED if left else grpc.StatusCode.UNKNOWN
         set_grpc_status(span, code, server=True)
         span.end()
 

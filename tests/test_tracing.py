@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -468,3 +469,25 @@ def test_ssot_auth_serve_exports_spans_that_continue_the_callers_trace(tmp_path:
     assert served["parent_id"] == f"0x{span_id}"
     assert served["attributes"]["rpc.grpc.status_code"] == 0
     assert served["resource"]["attributes"]["service.name"] == "ssot-auth"
+
+
+def test_a_push_stream_is_one_span_that_ends_when_the_client_leaves(
+    auth: AuthHarness, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    watch = "ssot.auth.v1.AuthService/WatchJwks"
+    stream = auth.stub.WatchJwks(auth_pb2.WatchJwksRequest(), timeout=10)
+    first = next(stream)
+    assert first.keys
+    assert not [s for s in exporter.get_finished_spans() if s.name == watch]  # still open
+    stream.cancel()
+    spans = finished(exporter, lambda spans: any(s.name == watch for s in spans))
+    (served,) = [s for s in spans if s.name == watch]
+    assert served.kind is SpanKind.SERVER
+    assert served.attributes is not None
+    assert served.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    # The span's context was left in the task that entered it.
+    assert "Failed to detach context" not in caplog.text
+    # The metrics agree: the client left, nothing failed.
+    text = urllib.request.urlopen(auth.server.metrics_url, timeout=10).read().decode()
+    assert f'ssot_auth_rpcs_total{{code="CANCELLED",method="/{watch}"}} 1.0' in text
+    assert 'code="UNKNOWN"' not in text
