@@ -404,71 +404,173 @@ def test_an_exporter_that_is_not_installed_is_a_clear_error() -> None:
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.slow  # a real process
-def test_ssot_auth_serve_exports_spans_that_continue_the_callers_trace(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSOT_", "OTEL_"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        SSOT_KEY_PASSPHRASE=PASSPHRASE.decode(),
-        OTEL_TRACES_EXPORTER="console",
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def _serve(command: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auth_server",
-            "serve",
-            "--data-dir",
-            str(tmp_path),
-            "--grpc",
-            f"127.0.0.1:{port}",
-            "--http",
-            "127.0.0.1:0",
-            "--issuer",
-            ISSUER,
-            "--audience",
-            AUDIENCE,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
     )
-    try:
-        assert proc.stdout is not None
-        assert "ssot-auth serving" in proc.stdout.readline()
-        trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            auth_pb2_grpc.AuthServiceStub(channel).GetJwks(
-                auth_pb2.GetJwksRequest(),
-                metadata=(("traceparent", f"00-{trace_id}-{span_id}-01"),),
-                timeout=10,
-            )
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 0, err[-2000:]
-    # The console exporter writes one JSON object per span, pretty-printed.
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if ready not in line:
+        proc.kill()
+        pytest.fail(f"{command[2]} did not start: {line!r} {proc.communicate(timeout=10)[1]}")
+    return proc
+
+
+def _console_spans(out: str) -> list[dict[str, Any]]:
+    """The console exporter's spans: pretty-printed JSON objects after the ready line."""
     decoder = json.JSONDecoder()
-    text = out[out.index("{") :]
+    text = out[out.index("{") :] if "{" in out else ""
     spans = []
     while text.strip():
         span, end = decoder.raw_decode(text)
         spans.append(span)
         text = text[end:].lstrip()
-    (served,) = [s for s in spans if s["name"] == "ssot.auth.v1.AuthService/GetJwks"]
-    assert served["kind"] == "SpanKind.SERVER"
-    assert served["context"]["trace_id"] == f"0x{trace_id}"
-    assert served["parent_id"] == f"0x{span_id}"
-    assert served["attributes"]["rpc.grpc.status_code"] == 0
-    assert served["resource"]["attributes"]["service.name"] == "ssot-auth"
+    return spans
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow  # real processes
+def test_both_commands_export_spans_that_continue_the_callers_trace(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSOT_", "OTEL_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        SSOT_KEY_PASSPHRASE=PASSPHRASE.decode(),
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    scope = ["--scope", "resource.read", "--password-stdin"]
+    data_dir = ["--data-dir", str(tmp_path)]
+    added = subprocess.run(
+        [sys.executable, "-m", "auth_server", "users", "add", "alice", *scope, *data_dir],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    auth_target, resource_target = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    common = ["--issuer", ISSUER, "--audience", AUDIENCE]
+    json_logs = ["--log-level", "INFO", "--log-format", "json"]
+    procs = [
+        _serve(
+            [
+                sys.executable,
+                "-m",
+                "auth_server",
+                *json_logs,
+                "serve",
+                *data_dir,
+                *common,
+                "--grpc",
+                auth_target,
+                "--http",
+                "127.0.0.1:0",
+            ],
+            env,
+            "ssot-auth serving",
+        )
+    ]
+    try:
+        procs.append(
+            _serve(
+                [
+                    sys.executable,
+                    "-m",
+                    "resource_server",
+                    "serve",
+                    *common,
+                    "--grpc",
+                    resource_target,
+                    "--auth-target",
+                    auth_target,
+                ],
+                {**env, "OTEL_SERVICE_NAME": "orders-api"},
+                "ssot-resource serving",
+            )
+        )
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        parents = {
+            "login": "00f067aa0ba902b7",
+            "good": "00f067aa0ba902b8",
+            "bad": "00f067aa0ba902b9",
+        }
+
+        def traced(name: str) -> tuple[tuple[str, str], ...]:
+            return (("traceparent", f"00-{trace_id}-{parents[name]}-01"),)
+
+        with grpc.insecure_channel(auth_target) as channel:
+            alice = auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(username="alice", password=PASSWORD),
+                metadata=traced("login"),
+                timeout=10,
+            )
+        with grpc.insecure_channel(resource_target) as channel:
+            stub = resource_pb2_grpc.ResourceServiceStub(channel)
+            deadline = time.monotonic() + 10
+            while True:  # until the verifier holds the key set
+                try:
+                    stub.GetProtectedResource(
+                        resource_pb2.GetProtectedResourceRequest(),
+                        metadata=(*bearer(alice.access_token), *traced("good")),
+                        timeout=10,
+                    )
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                        raise
+                    time.sleep(0.1)
+            with pytest.raises(grpc.RpcError):
+                stub.GetProtectedResource(
+                    resource_pb2.GetProtectedResourceRequest(),
+                    metadata=(*bearer(alice.access_token + "x"), *traced("bad")),
+                    timeout=10,
+                )
+        outputs = []
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            outputs.append(proc.communicate(timeout=30))
+            assert proc.returncode == 0, outputs[-1][1][-2000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    (resource_out, _), (auth_out, auth_err) = outputs
+
+    (login,) = [s for s in _console_spans(auth_out) if s["name"] == LOGIN]
+    assert login["kind"] == "SpanKind.SERVER"
+    assert login["context"]["trace_id"] == f"0x{trace_id}"
+    assert login["parent_id"] == f"0x{parents['login']}"
+    assert login["attributes"]["rpc.grpc.status_code"] == 0
+    assert login["resource"]["attributes"]["service.name"] == "ssot-auth"
+    assert [e["name"] for e in login["events"]][-1] == "login.succeeded"
+    # The JSON log lines written while the call was handled name its trace.
+    audit = [json.loads(line) for line in auth_err.splitlines() if "login.succeeded" in line]
+    (line,) = [a for a in audit if a.get("event") == "login.succeeded"]
+    assert (line["trace_id"], line["span_id"]) == (trace_id, login["context"]["span_id"][2:])
+
+    served = {
+        s["parent_id"]: s
+        for s in _console_spans(resource_out)
+        if s["name"] == "ssot.resource.v1.ResourceService/GetProtectedResource"
+    }
+    good, bad = served[f"0x{parents['good']}"], served[f"0x{parents['bad']}"]
+    for span in (good, bad):
+        assert span["context"]["trace_id"] == f"0x{trace_id}"
+        assert span["resource"]["attributes"]["service.name"] == "orders-api"
+    assert [e["attributes"]["ssot.verify.result"] for e in good["events"]] == ["ok"]
+    assert [e["attributes"]["ssot.verify.result"] for e in bad["events"]] == ["malformed"]
+    assert bad["attributes"]["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    for secret in (alice.access_token, alice.refresh_token, PASSWORD):
+        assert secret not in auth_out + resource_out
 
 
 def test_a_push_stream_is_one_span_that_ends_when_the_client_leaves(
