@@ -593,3 +593,27 @@ def test_a_push_stream_is_one_span_that_ends_when_the_client_leaves(
     text = urllib.request.urlopen(auth.server.metrics_url, timeout=10).read().decode()
     assert f'ssot_auth_rpcs_total{{code="CANCELLED",method="/{watch}"}} 1.0' in text
     assert 'code="UNKNOWN"' not in text
+
+
+def test_a_tracer_provider_already_installed_is_used_as_it_is() -> None:
+    # As under opentelemetry-instrument: the host set up the SDK; the command must not
+    # replace its provider (or its exporters) with one of its own.
+    code = (
+        "import os\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "os.environ['OTEL_TRACES_EXPORTER'] = 'console'\n"
+        "from interceptors._cli import start_tracing\n"
+        "tracing = start_tracing('ssot-auth')\n"
+        "assert trace.get_tracer_provider() is provider\n"
+        "tracing.tracer.start_span('x').end()\n"
+        "assert [s.name for s in exporter.get_finished_spans()] == ['x']\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=60)
