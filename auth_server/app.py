@@ -30,7 +30,7 @@ from auth_server.http import build_http_app
 from auth_server.metrics import AuthMetrics
 from auth_server.notifications import KEYS, REVOCATIONS, ChangeListener
 from auth_server.oauth_http import add_oauth_routes
-from auth_server.oauth_wiring import build_oauth_endpoint
+from auth_server.oauth_wiring import build_oauth_endpoint, build_token_inspector
 from auth_server.ops_http import add_ops_routes, metrics_app
 from auth_server.publisher import JwksPublisher
 from auth_server.readiness import Readiness
@@ -40,6 +40,7 @@ from auth_server.rpc_observer import ObservingInterceptor, SpanFactory
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
 from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
+from auth_server.watch_auth import WatchGuard
 from interceptors._cli import SERVER_TLS_FLAGS
 from interceptors.audit import audit_listener
 from interceptors.tls import is_loopback_host
@@ -190,13 +191,13 @@ async def _start(
         await publisher.stop()
         raise
 
+    inspector = build_token_inspector(config, publisher=publisher, revocations=revocations, now=now)
     oauth = build_oauth_endpoint(
-        config,
         authority=components.authority,
         issuer=components.issuer,
         sessions=components.sessions,
         client_side=components.client_side,
-        publisher=publisher,
+        inspector=inspector,
         revocations=revocations,
         database=components.database,
         now=now,
@@ -244,6 +245,7 @@ async def _start(
             hashing=hashing,
             max_login_request_size=config.max_login_request_size,
             oauth=oauth,
+            watch_guard=WatchGuard(config.watch_auth, inspector=inspector, now=now),
         ),
         server,
     )
@@ -258,6 +260,7 @@ async def _start(
         else:
             _warn_if_exposed(config.grpc_address, "--grpc", "logins, passwords and tokens")
             grpc_port = server.add_insecure_port(config.grpc_address)
+        _warn_if_watch_open(config)
     except RuntimeError as exc:
         await scheduler.stop()
         await publisher.stop()
@@ -411,3 +414,18 @@ def _warn_if_exposed(address: str, flag: str, what: str) -> None:
             address,
             what,
         )
+
+
+def _warn_if_watch_open(config: AuthServerConfig) -> None:
+    """Warn when a plaintext listener beyond loopback lets anyone follow the push streams."""
+    if config.watch_auth != "none" or config.tls_cert is not None:
+        return
+    if is_loopback_host(split_address(config.grpc_address)[0]):
+        return
+    _LOGGER.warning(
+        "SECURITY WARNING: --grpc %s listens beyond this machine without TLS or --watch-auth:"
+        " anyone who reaches it may hold WatchJwks and WatchRevocations streams open (each one"
+        " costs the server) and read the revoked session ids; use --watch-auth token (a token"
+        " with the ssot.watch scope), or TLS and --watch-auth mtls with --client-ca",
+        config.grpc_address,
+    )

@@ -17,6 +17,7 @@ from auth_server.ratelimit import RateLimits
 from auth_server.session_policy import MAX_ACCESS_TOKEN_TTL
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
+from auth_server.watch_auth import WATCH_AUTH_MODES
 from interceptors.tls import is_loopback_host
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -111,6 +112,10 @@ class AuthServerConfig:
             listener of its own at this ``HOST:PORT`` instead of the ``--http`` one.
         readiness_interval: Seconds between readiness probes (database, signing key).
         shutdown_grace: Seconds in-flight calls get to finish when the server stops.
+        watch_auth: Who may follow ``WatchJwks``/``WatchRevocations``: ``"none"``
+            (anyone), ``"mtls"`` (a client certificate verified by ``client_ca``) or
+            ``"token"`` (a token with the ``ssot.watch`` scope);
+            :mod:`auth_server.watch_auth`.
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -155,6 +160,7 @@ class AuthServerConfig:
     metrics_address: str | None = None
     readiness_interval: float = 2.0
     shutdown_grace: float = 5.0
+    watch_auth: str = "none"
 
     def __post_init__(self) -> None:
         split_address(self.grpc_address)
@@ -198,6 +204,10 @@ class AuthServerConfig:
             raise ValueError("give both --tls-cert and --tls-key, or neither")
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        if self.watch_auth not in WATCH_AUTH_MODES:
+            raise ValueError(f"--watch-auth must be one of {', '.join(WATCH_AUTH_MODES)}")
+        if self.watch_auth == "mtls" and self.client_ca is None:
+            raise ValueError("--watch-auth mtls needs --client-ca (and --tls-cert, --tls-key)")
         for name in (
             "max_metadata_size",
             "max_message_size",

@@ -194,11 +194,17 @@ class SigningKeyStore:
         self._tx.committed(changes, made=[new])
         return self.current()
 
-    def current(self) -> SigningKey:
+    def current(self, *, after_changes: bool = False) -> SigningKey:
         """Return the key that signs now.
 
         That is the newest activated key that is neither revoked, retired nor
         replaced by a newer activated key.
+
+        Args:
+            after_changes: Read under the key-change lock, after any change being
+                committed right now: for the retry when the current key failed to sign
+                because another replica is revoking it (its token object is destroyed
+                inside the revoking transaction, just before the commit).
 
         Raises:
             KeyStoreError: There is no such key, or it cannot be decrypted.
@@ -206,7 +212,7 @@ class SigningKeyStore:
             StorageError: The database is unavailable.
         """
         now = self._now()
-        with self._db.transaction() as conn:
+        with self._db.transaction(lock=LOCK_NAME if after_changes else None) as conn:
             current = pick_current(keyrows.select_live(conn, now), now)
         if current is None:
             raise KeyStoreError("no signing key is active")

@@ -76,14 +76,29 @@ def _refused(revocations: RevocationPublisher, principal: Principal) -> bool:
     return False
 
 
-def build_oauth_endpoint(
+def build_token_inspector(
     config: AuthServerConfig,
+    *,
+    publisher: JwksPublisher,
+    revocations: RevocationPublisher,
+    now: Callable[[], float] = time.time,
+) -> TokenInspector:
+    """Checks our own tokens over what the running publishers hold (keys, revocations)."""
+    return TokenInspector(
+        lambda: publisher.snapshot,
+        issuer=config.issuer,
+        is_revoked=functools.partial(_refused, revocations),
+        now=now,
+    )
+
+
+def build_oauth_endpoint(
     *,
     authority: TokenAuthority,
     issuer: TokenIssuer,
     sessions: SessionStore,
     client_side: ClientComponents,
-    publisher: JwksPublisher,
+    inspector: TokenInspector,
     revocations: RevocationPublisher,
     database: Database,
     now: Callable[[], float] = time.time,
@@ -97,12 +112,6 @@ def build_oauth_endpoint(
             # The revocation is committed; the poll loop will publish it.
             _LOGGER.warning("could not publish a revocation at once: %s", exc.message)
 
-    inspector = TokenInspector(
-        lambda: publisher.snapshot,
-        issuer=config.issuer,
-        is_revoked=functools.partial(_refused, revocations),
-        now=now,
-    )
     exchange = TokenExchange(
         authenticator=client_side.authenticator,
         clients=client_side.clients,

@@ -38,6 +38,7 @@ from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
 from auth_server.tls import client_cert_thumbprint
+from auth_server.watch_auth import WatchGrant, WatchGuard
 from interceptors._reconnect import SHUTTING_DOWN
 from protos import auth_pb2, auth_pb2_grpc
 
@@ -169,8 +170,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         hashing: HashingPool,
         max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE,
         oauth: OAuthEndpoint | None = None,
+        watch_guard: WatchGuard | None = None,
     ) -> None:
         self._oauth = oauth
+        # Who may follow WatchJwks/WatchRevocations (--watch-auth); GetJwks stays public.
+        self._watch_guard = watch_guard or WatchGuard("none")
         self._authority = authority
         self._hashing = hashing
         self._publisher = publisher
@@ -279,15 +283,27 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> AsyncIterator[auth_pb2.RevocationUpdate]:
         if self._revocations is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "revocations are not published")
+        grant = await self._admit_watcher(context)
         if not request.watermarks:
             _LOGGER.warning(
                 "a verifier at %s follows WatchRevocations without watermark support: it does"
                 " not learn of mass revocations (sessions revoke --user/--all, users disable)",
                 context.peer(),
             )
-        async for batch in self._revocations.watch():
-            yield revocation_message(batch)
+        try:
+            async for batch in self._watch_guard.until_expiry(grant, self._revocations.watch()):
+                yield revocation_message(batch)
+        except AuthServerError as exc:  # the token expired: reconnect with a fresh one
+            await _abort(context, exc)
         await _server_leaving(context)
+
+    async def _admit_watcher(self, context: grpc.aio.ServicerContext[Any, Any]) -> WatchGrant:
+        """The subscriber's grant under ``--watch-auth``; the call ends at once if refused."""
+        try:
+            return self._watch_guard.admit(context.invocation_metadata(), context.auth_context())
+        except AuthServerError as exc:
+            _LOGGER.info("watch refused for %s: %s", context.peer(), exc.message)
+            await _abort(context, exc)
 
     async def _push_revocations(self) -> None:
         if self._revocations is None:
@@ -303,6 +319,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         request: auth_pb2.GetJwksRequest,
         context: grpc.aio.ServicerContext[auth_pb2.GetJwksRequest, auth_pb2.JwkSet],
     ) -> auth_pb2.JwkSet:
+        # Never behind --watch-auth: the same public keys /.well-known/jwks.json serves.
         return self._jwks_message(self._publisher.snapshot)
 
     async def WatchJwks(
@@ -310,8 +327,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         request: auth_pb2.WatchJwksRequest,
         context: grpc.aio.ServicerContext[auth_pb2.WatchJwksRequest, auth_pb2.JwkSet],
     ) -> AsyncIterator[auth_pb2.JwkSet]:
-        async for snapshot in self._publisher.watch():
-            yield self._jwks_message(snapshot)
+        grant = await self._admit_watcher(context)
+        try:
+            async for snapshot in self._watch_guard.until_expiry(grant, self._publisher.watch()):
+                yield self._jwks_message(snapshot)
+        except AuthServerError as exc:  # the token expired: reconnect with a fresh one
+            await _abort(context, exc)
         await _server_leaving(context)
 
     def _jwks_message(self, snapshot: JwksSnapshot) -> auth_pb2.JwkSet:

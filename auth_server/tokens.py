@@ -238,9 +238,10 @@ class TokenIssuer:
         try:
             token = _signed_compact(claims, key)
         except KeyStoreUnavailable:
-            # Another replica may have revoked this key a moment ago and destroyed
-            # its token object: its successor (already current) signs instead.
-            successor = self._keys.current()
+            # Another replica may be revoking this key: its token object is destroyed
+            # just before that commits. Read the current key after the change (under
+            # the key-change lock): its successor signs instead.
+            successor = self._keys.current(after_changes=True)
             if successor.kid == key.kid:
                 raise
             key = successor

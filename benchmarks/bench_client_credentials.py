@@ -55,12 +55,7 @@ from auth_server.app import RunningAuthServer, start_auth_server
 from auth_server.jwk import public_jwk
 from auth_server.ratelimit import RateLimit, RateLimits
 from auth_server.throttle import ThrottlePolicy
-from interceptors._service_identity import (
-    ClientSecret,
-    PrivateKeyJwt,
-    check_credentials,
-    token_request,
-)
+from interceptors._service_identity import ClientAuth, ClientSecret, PrivateKeyJwt
 from protos import auth_pb2_grpc
 
 ISSUER = "http://127.0.0.1:8080"
@@ -80,7 +75,8 @@ def drive(spec: dict[str, Any], seconds: float) -> int:
         credentials: Any = PrivateKeyJwt(client_id=spec["client_id"], key=key, issuer=ISSUER)  # type: ignore[arg-type]
     else:
         credentials = ClientSecret(client_id=spec["client_id"], secret=spec["secret"])
-    signer = check_credentials(credentials)
+    auth = ClientAuth(credentials)
+    signed = isinstance(credentials, PrivateKeyJwt)
     clients = spec["clients"]
     counts = [0] * clients
     failures: list[str] = []
@@ -91,7 +87,7 @@ def drive(spec: dict[str, Any], seconds: float) -> int:
 
     def grpc_loop(index: int, deadline: float) -> None:
         while time.perf_counter() < deadline:
-            stub.Token(token_request(credentials, signer, time.time()), timeout=30)
+            stub.Token(auth.client_credentials_request(time.time()), timeout=30)
             counts[index] += 1
 
     def http_loop(index: int, deadline: float) -> None:
@@ -102,8 +98,8 @@ def drive(spec: dict[str, Any], seconds: float) -> int:
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         while time.perf_counter() < deadline:
             form = {"grant_type": "client_credentials"}
-            if signer is not None:
-                request = token_request(credentials, signer, time.time())
+            if signed:
+                request = auth.client_credentials_request(time.time())
                 form["client_assertion_type"] = request.client_assertion_type
                 form["client_assertion"] = request.client_assertion
             conn.request("POST", "/oauth2/token", urllib.parse.urlencode(form), headers)

@@ -39,7 +39,7 @@ from auth_server.jwk import public_jwk
 from interceptors import (
     AuthInterceptor,
     IdentityPropagator,
-    PrivateKeyJwtAuth,
+    PrivateKeyJwt,
     TokenVerifier,
 )
 from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
@@ -126,9 +126,7 @@ def main() -> int:
                 propagator = IdentityPropagator(
                     auth_channel,
                     audience=B,
-                    client_auth=PrivateKeyJwtAuth(
-                        client_id=A, private_key=key, kid=str(jwk["kid"]), issuer=ISSUER
-                    ),
+                    credentials=PrivateKeyJwt(client_id=A, key=key, issuer=ISSUER),
                 )
                 to_fwd = grpc.insecure_channel(f"127.0.0.1:{port_fwd}")
                 to_prop = grpc.intercept_channel(

@@ -1,7 +1,7 @@
 """How many WatchRevocations streams one auth process holds, and how fast a revocation reaches all.
 
     python benchmarks/bench_push_fanout.py [--streams 1000 5000 10000] [--revocations 5]
-        [--clients 4] [--per-channel 50] [--postgres URL]
+        [--clients 4] [--per-channel 50] [--postgres URL] [--watch-auth none token]
 
 The auth service runs in a process of its own (SQLite in a temporary directory,
 or a fresh schema on PostgreSQL), and the subscribers in ``--clients`` other
@@ -17,6 +17,10 @@ processes, each holding its share of the streams over channels of
     pushed to every stream (from /proc), the figure that stays put on a noisy machine.
 
 Baseline in the same run: one Logout with no stream open (what the push adds).
+With ``--watch-auth none token`` each size runs twice, against two auth processes
+(``--watch-auth none``, and ``token``: every stream opened with a client-credentials
+token of the ``ssot.watch`` scope, checked at open and timed to its ``exp``), so the
+guard's cost per stream and per push shows beside the open streams' in one run.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ async def main():
         key_passphrase={passphrase!r}.encode(),
         argon2=Argon2Parameters(time_cost=1, memory_cost=1024),
         key_kdf=KdfParameters(time_cost=1, memory_cost=1024, parallelism=1),
-        throttle=ThrottlePolicy(enabled=False))
+        throttle=ThrottlePolicy(enabled=False), watch_auth={watch_auth!r})
     server = await start_auth_server(config)
     print(server.grpc_target, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -81,7 +85,8 @@ sys.path.insert(0, {root!r})
 import grpc
 from protos import auth_pb2, auth_pb2_grpc
 
-async def main(target, streams, per_channel):
+async def main(target, streams, per_channel, token):
+    metadata = (("authorization", "Bearer " + token),) if token else None
     seen = {{}}   # sid -> [streams that got it, last receipt]
     synced = 0
     channels = []
@@ -89,7 +94,7 @@ async def main(target, streams, per_channel):
         nonlocal synced
         first = True
         request = auth_pb2.WatchRevocationsRequest(watermarks=True)
-        async for update in stub.WatchRevocations(request):
+        async for update in stub.WatchRevocations(request, metadata=metadata):
             now = time.time()
             if first:
                 synced += 1
@@ -123,7 +128,7 @@ async def main(target, streams, per_channel):
     for channel in channels:
         await channel.close(None)
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
 """
 
 
@@ -152,10 +157,10 @@ def postgres_schema(base_url: str) -> Iterator[str]:
 
 
 class Client:
-    def __init__(self, target: str, streams: int, per_channel: int) -> None:
+    def __init__(self, target: str, streams: int, per_channel: int, token: str) -> None:
         code = CLIENT.format(root=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, target, str(streams), str(per_channel)],
+            [sys.executable, "-c", code, target, str(streams), str(per_channel), token],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -212,10 +217,11 @@ def run_size(
     streams: int,
     args: argparse.Namespace,
     stub: auth_pb2_grpc.AuthServiceStub,
+    watch_token: str = "",
 ) -> dict[str, float]:
     rss_before = proc_rss(server_pid)
     share = [streams // args.clients + (i < streams % args.clients) for i in range(args.clients)]
-    clients = [Client(target, n, args.per_channel) for n in share if n]
+    clients = [Client(target, n, args.per_channel, watch_token) for n in share if n]
     opened = time.perf_counter()
     synced = sum(c.ready() for c in clients)
     open_seconds = time.perf_counter() - opened
@@ -253,6 +259,58 @@ def run_size(
     }
 
 
+def watch_token(url: str, stub: auth_pb2_grpc.AuthServiceStub) -> str:
+    """A client-credentials token with the ``ssot.watch`` scope (a client registered now)."""
+    from auth_server.clients import ClientStore
+    from auth_server.storage import Database
+
+    db = Database(url)
+    try:
+        name = "w" + uuid.uuid4().hex[:8]
+        _, secret = ClientStore(db).add(
+            name, secret=True, scopes=["ssot.watch"], audiences=["bench"]
+        )
+    finally:
+        db.dispose()
+    request = auth_pb2.TokenRequest(
+        grant_type="client_credentials", client_id=name, client_secret=secret or ""
+    )
+    return str(stub.Token(request, timeout=30).access_token)
+
+
+@contextlib.contextmanager
+def auth_process(
+    args: argparse.Namespace, mode: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """An auth service in a process of its own with ``--watch-auth mode``: (process, its DB URL)."""
+    with contextlib.ExitStack() as stack:
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if args.postgres:
+            url = stack.enter_context(postgres_schema(args.postgres))
+        else:
+            url = f"sqlite:///{data / 'ssot-auth.db'}"
+        code = SERVER.format(
+            root=str(ROOT),
+            data=str(data),
+            url=url,
+            passphrase=PASSPHRASE,
+            tune_gc=args.tune_gc,
+            watch_auth=mode,
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None and server.stdin is not None
+        try:
+            yield server, url
+        finally:
+            server.stdin.close()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1000, 5000, 10000])
@@ -260,6 +318,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-channel", type=int, default=50)
     parser.add_argument("--postgres", default=None)
+    parser.add_argument(
+        "--watch-auth", nargs="+", choices=["none", "token"], default=["none"], dest="modes"
+    )
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument(
         "--default-gc",
@@ -268,56 +329,44 @@ def main() -> int:
         help="keep the collector's default schedule (what `ssot-auth serve` changes)",
     )
     args = parser.parse_args()
-
-    with contextlib.ExitStack() as stack:
-        data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        if args.postgres:
-            url = stack.enter_context(postgres_schema(args.postgres))
-        else:
-            url = f"sqlite:///{data / 'ssot-auth.db'}"
-        code = SERVER.format(
-            root=str(ROOT), data=str(data), url=url, passphrase=PASSPHRASE, tune_gc=args.tune_gc
-        )
-        server = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert server.stdout is not None and server.stdin is not None
-        target = server.stdout.readline().strip()
-        channel = grpc.insecure_channel(target)
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
-        try:
-            # Baseline: a Logout that pushes to nobody.
-            baseline = []
-            for _, token in sessions_for(url, 5):
-                started = time.perf_counter()
-                stub.Logout(auth_pb2.LogoutRequest(refresh_token=token), timeout=30)
-                baseline.append(time.perf_counter() - started)
-            print(
-                f"baseline: Logout with no stream open {statistics.median(baseline) * 1000:.1f} ms"
-            )
-            print(
-                f"{'streams':>8} {'synced':>7} {'open s':>7} {'to all ms':>10} {'max ms':>8}"
-                f" {'RSS KiB/stream':>15} {'CPU ms/revocation':>18}"
-            )
-            rows = []
-            for streams in args.streams:
-                row = run_size(target, server.pid, url, streams, args, stub)
-                rows.append(row)
-                print(
-                    f"{streams:>8} {row['synced']:>7.0f} {row['open_s']:>7.1f}"
-                    f" {row['median_ms']:>10.0f} {row['max_ms']:>8.0f}"
-                    f" {row['rss_kib_per_stream']:>15.1f} {row['cpu_ms_per_revocation']:>18.0f}",
-                    flush=True,
-                )
-            if args.json:
-                print(json.dumps(rows))
-        finally:
-            channel.close()
-            server.stdin.close()
+    rows = []
+    for mode in args.modes:
+        with auth_process(args, mode) as (server, url):
+            assert server.stdout is not None
+            target = server.stdout.readline().strip()
+            channel = grpc.insecure_channel(target)
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
             try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                token = watch_token(url, stub) if mode == "token" else ""
+                # Baseline: a Logout that pushes to nobody.
+                baseline = []
+                for _, refresh in sessions_for(url, 5):
+                    started = time.perf_counter()
+                    stub.Logout(auth_pb2.LogoutRequest(refresh_token=refresh), timeout=30)
+                    baseline.append(time.perf_counter() - started)
+                print(
+                    f"--watch-auth {mode}; baseline: Logout with no stream open"
+                    f" {statistics.median(baseline) * 1000:.1f} ms"
+                )
+                print(
+                    f"{'streams':>8} {'synced':>7} {'open s':>7} {'to all ms':>10} {'max ms':>8}"
+                    f" {'RSS KiB/stream':>15} {'CPU ms/revocation':>18}"
+                )
+                for streams in args.streams:
+                    row = run_size(target, server.pid, url, streams, args, stub, token)
+                    row["watch_auth"] = mode  # type: ignore[assignment]
+                    rows.append(row)
+                    print(
+                        f"{streams:>8} {row['synced']:>7.0f} {row['open_s']:>7.1f}"
+                        f" {row['median_ms']:>10.0f} {row['max_ms']:>8.0f}"
+                        f" {row['rss_kib_per_stream']:>15.1f}"
+                        f" {row['cpu_ms_per_revocation']:>18.0f}",
+                        flush=True,
+                    )
+            finally:
+                channel.close()
+    if args.json:
+        print(json.dumps(rows))
     return 0
 
 

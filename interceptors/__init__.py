@@ -6,14 +6,16 @@ Use these:
     Server side: ``AuthInterceptor``, ``AsyncAuthInterceptor``, ``MethodPolicy``,
     ``TokenPolicy``, ``TokenVerifier`` (``TokenVerifier.from_source`` owns its
     parts), a key source (``AuthServiceSource``, formerly ``GrpcJwksSource``;
-    ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``), ``current_principal``,
+    ``HttpJwksSource``, ``DiscoverySource``, ``StaticSource``; ``AuthServiceSource(...,
+    tokens=TokenManager.for_service(...))`` for an auth service run with ``--watch-auth
+    token``), ``current_principal``,
     ``bearer_token``, ``cert_thumbprint``; ``KeyCache`` with ``CacheSettings`` and
     ``RevocationList`` to assemble a verifier yourself.
     Client side: ``TokenManager``, ``AsyncTokenManager`` (``for_service`` with
     ``PrivateKeyJwt`` or ``ClientSecret`` for a service identity), ``BearerClientInterceptor``.
     Calling on behalf of the user (RFC 8693 exchange): ``IdentityPropagator``,
-    ``AsyncIdentityPropagator`` with ``PrivateKeyJwtAuth`` or ``ClientSecretAuth``;
-    ``current_bearer_token``.
+    ``AsyncIdentityPropagator`` (``credentials=``: the same ``PrivateKeyJwt`` or
+    ``ClientSecret``); ``current_bearer_token``.
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
@@ -65,7 +67,6 @@ from interceptors._errors import (
     TokenRequestError,
     UnknownKey,
 )
-from interceptors._exchange_core import ClientSecretAuth, PrivateKeyJwtAuth
 from interceptors._keyset import KeySet, VerificationKey
 from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
 from interceptors._observe import VerifyObserver
@@ -114,7 +115,6 @@ __all__ = [
     "CertBinding",
     "CertificateMismatch",
     "ClientSecret",
-    "ClientSecretAuth",
     "DelegationRefused",
     "DiscoverySource",
     "ExpiredToken",
@@ -141,7 +141,6 @@ __all__ = [
     "NoCallerToken",
     "Principal",
     "PrivateKeyJwt",
-    "PrivateKeyJwtAuth",
     "RevocationBatch",
     "RevocationChecker",
     "RevocationList",

@@ -5,6 +5,16 @@ and ``WatchRevocations`` pushes revocations (sessions and "issued before"
 watermarks; the request asks for the watermarks). A broken key stream raises
 :class:`~interceptors.KeySourceError`, a broken revocation stream
 :class:`~interceptors.RevocationStreamError`, never a key error.
+
+An auth service run with ``--watch-auth`` admits only known subscribers to the
+two streams: a client certificate (``credentials`` from
+:func:`interceptors.tls.channel_credentials` with a client cert and key), or a
+token with the ``ssot.watch`` scope (``tokens``: a
+:meth:`TokenManager.for_service <interceptors.TokenManager.for_service>`). The
+token is asked for each time a stream opens, so a reconnect carries a fresh one
+(the manager renews ahead of expiry); a stream refused or ended with
+``UNAUTHENTICATED`` (its token expired: the server ends it at ``exp``) drops that
+token, so the next attempt gets a new one.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from interceptors._client_interceptors import Metadata, TokenSource, bearer_metadata
 from interceptors._errors import AuthError, KeySourceError, RevocationStreamError
 from interceptors._revocation import RevocationBatch, RevocationStream
 from interceptors._revocation_entries import Watermark
@@ -43,6 +54,7 @@ class AuthServiceSource:
         *,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         """Use ``channel``, or open one to ``target``.
 
@@ -56,6 +68,10 @@ class AuthServiceSource:
         Raises:
             ValueError: Not exactly one of ``target`` and ``channel``, or
                 ``credentials`` given with ``channel``.
+            tokens: Sends its token (``authorization: Bearer``) on the watch streams,
+                for an auth service run with ``--watch-auth token``; e.g.
+                ``TokenManager.for_service(channel, PrivateKeyJwt(..., scope="ssot.watch"))``.
+                ``GetJwks`` is public and goes without it.
         """
         if (target is None) == (channel is None):
             raise ValueError("give exactly one of target and channel")
@@ -75,7 +91,18 @@ class AuthServiceSource:
                     )
                 channel = grpc.insecure_channel(target, options=options)
             self._owned = channel
+        self._channel = channel
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._tokens = tokens
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the auth service (e.g. for the ``tokens`` manager's ``Token`` RPC)."""
+        return self._channel
+
+    def use_tokens(self, tokens: TokenSource | None) -> None:
+        """Send ``tokens``' token on the watch streams opened from now on (``None``: none)."""
+        self._tokens = tokens
 
     def fetch(self, timeout: float) -> FetchResult:
         """Call ``GetJwks`` with a deadline of ``timeout`` seconds.
@@ -97,8 +124,8 @@ class AuthServiceSource:
         Raises:
             KeySourceError: The stream cannot be opened (the channel is closed).
         """
-        return _StreamWatch.open(
-            lambda: self._stub.WatchJwks(auth_pb2.WatchJwksRequest()),
+        return self._open(
+            lambda metadata: self._stub.WatchJwks(auth_pb2.WatchJwksRequest(), metadata=metadata),
             jwk_set_result,
             "WatchJwks",
             KeySourceError,
@@ -110,12 +137,33 @@ class AuthServiceSource:
         Raises:
             RevocationStreamError: The stream cannot be opened (the channel is closed).
         """
-        return _StreamWatch.open(
-            lambda: self._stub.WatchRevocations(auth_pb2.WatchRevocationsRequest(watermarks=True)),
+        return self._open(
+            lambda metadata: self._stub.WatchRevocations(
+                auth_pb2.WatchRevocationsRequest(watermarks=True), metadata=metadata
+            ),
             revocation_batch,
             "WatchRevocations",
             RevocationStreamError,
         )
+
+    def _open(
+        self,
+        start: Callable[[Metadata | None], Any],
+        convert: Callable[[Any], _T],
+        name: str,
+        error: type[AuthError],
+    ) -> _StreamWatch[_T]:
+        tokens = self._tokens
+        if tokens is None:
+            return _StreamWatch.open(lambda: start(None), convert, name, error)
+        try:
+            token = tokens.token()
+        except Exception as exc:  # the follower retries with backoff
+            # Its type only: a token endpoint's error text is the auth service's to show.
+            raise error(f"{name}: no watch token ({type(exc).__name__})") from exc
+        stream = _StreamWatch.open(lambda: start(bearer_metadata((), token)), convert, name, error)
+        stream.on_unauthenticated = lambda: tokens.invalidate(token)
+        return stream
 
     def close(self) -> None:
         """Close the channel this source opened (not one it was given). Idempotent."""
@@ -147,6 +195,8 @@ class _StreamWatch(Generic[_T]):
         self._name = name
         self._error = error
         self._cancelled = threading.Event()
+        #: Called when the server refuses or ends the stream with UNAUTHENTICATED.
+        self.on_unauthenticated: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -171,6 +221,8 @@ class _StreamWatch(Generic[_T]):
             if self._cancelled.is_set():
                 return
             why = _status_name(exc) if isinstance(exc, grpc.RpcError) else "channel closed"
+            if why == "UNAUTHENTICATED" and self.on_unauthenticated is not None:
+                self.on_unauthenticated()  # e.g. the token expired: the next one is fresh
             raise self._error(f"{self._name} stream broke: {why}") from exc
 
     def cancel(self) -> None:

@@ -14,85 +14,20 @@ exchanged token until shortly before it expires, bounded in size.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-import jwt
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from interceptors._context import BEARER
 from interceptors._errors import NoCallerToken, TokenRequestError
+from interceptors._service_identity import ClientAuth, ServiceCredentials
 from protos import auth_pb2
 
 _LOGGER = logging.getLogger(__name__)
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
-_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _MAX_MARGIN_SHARE = 0.2
-
-#: What a client authentication adds to a ``TokenRequest``: its RFC 6749 fields by name.
-ClientAuth = Callable[[], Mapping[str, str]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientSecretAuth:
-    """Authenticate the acting service with its client secret (``client_secret_post``).
-
-    Attributes:
-        client_id: The service's client id.
-        client_secret: Its secret (never logged; not in the repr).
-    """
-
-    client_id: str
-    client_secret: str = field(repr=False)
-
-    def __call__(self) -> Mapping[str, str]:
-        """The request fields."""
-        return {"client_id": self.client_id, "client_secret": self.client_secret}
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrivateKeyJwtAuth:
-    """Authenticate the acting service with a fresh RFC 7523 assertion per request.
-
-    Attributes:
-        client_id: The service's client id (``iss`` and ``sub`` of the assertion).
-        private_key: Its private key (a ``cryptography`` key object or PEM).
-        kid: The ``kid`` of the registered public key; ``None`` when it is the client's
-            only key.
-        issuer: The auth service's issuer identifier: the assertion's exact ``aud``.
-        algorithm: The key's algorithm (RS256, PS256, ES256, EdDSA).
-        lifetime: Seconds the assertion is good for (the server allows at most 300).
-    """
-
-    client_id: str
-    private_key: Any = field(repr=False)
-    kid: str | None
-    issuer: str
-    algorithm: str = "RS256"
-    lifetime: int = 60
-
-    def __call__(self) -> Mapping[str, str]:
-        """The request fields, with an assertion good for one request."""
-        now = int(time.time())
-        assertion = jwt.encode(
-            {
-                "iss": self.client_id,
-                "sub": self.client_id,
-                "aud": self.issuer,
-                "iat": now,
-                "exp": now + self.lifetime,
-                "jti": uuid.uuid4().hex,
-            },
-            self.private_key,
-            algorithm=self.algorithm,
-            headers=None if self.kid is None else {"kid": self.kid},
-        )
-        return {"client_assertion_type": _ASSERTION_TYPE, "client_assertion": assertion}
 
 
 def caller_token() -> str:
@@ -121,7 +56,7 @@ class ExchangeCore:
         self,
         *,
         audience: str,
-        client_auth: ClientAuth,
+        credentials: ServiceCredentials,
         scope: str,
         refresh_margin: float,
         max_entries: int,
@@ -134,7 +69,8 @@ class ExchangeCore:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.audience = audience
-        self._client_auth = client_auth
+        # The credentials' own scope and audience belong to the client-credentials grant.
+        self._auth = ClientAuth(credentials)
         self._scope = scope
         self._margin = refresh_margin
         self._max = max_entries
@@ -153,15 +89,15 @@ class ExchangeCore:
 
     def request(self, subject: str) -> auth_pb2.TokenRequest:
         """The ``Token`` request exchanging ``subject`` for this audience."""
-        return auth_pb2.TokenRequest(
+        request = auth_pb2.TokenRequest(
             grant_type=TOKEN_EXCHANGE,
             subject_token=subject,
             subject_token_type=ACCESS_TOKEN_TYPE,
             requested_token_type=ACCESS_TOKEN_TYPE,
             audience=self.audience,
             scope=self._scope,
-            **self._client_auth(),
         )
+        return self._auth.apply(request, self._now())
 
     def accept(self, subject: str, response: auth_pb2.TokenResponse, sent_at: float) -> str:
         """Cache the answer to :meth:`request` and return its token.

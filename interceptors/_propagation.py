@@ -5,8 +5,7 @@ puts a propagator on its channel to that service::
 
     propagator = IdentityPropagator(
         auth_channel, audience="inventory-api",
-        client_auth=PrivateKeyJwtAuth(client_id="orders-api", private_key=key, kid=kid,
-                                      issuer=ISSUER),
+        credentials=PrivateKeyJwt(client_id="orders-api", key="orders.pem", issuer=ISSUER),
     )
     inventory = grpc.intercept_channel(grpc.insecure_channel(target), propagator.interceptor())
 
@@ -39,7 +38,8 @@ import grpc
 from grpc import aio
 
 from interceptors._client_interceptors import BearerClientInterceptor, async_bearer_interceptors
-from interceptors._exchange_core import ClientAuth, ExchangeCore, caller_token
+from interceptors._exchange_core import ExchangeCore, caller_token
+from interceptors._service_identity import ServiceCredentials
 from interceptors._token_core import check_timeout
 from protos import auth_pb2, auth_pb2_grpc
 
@@ -52,8 +52,10 @@ class IdentityPropagator:
     Args:
         auth_channel: A channel to the auth service (without this propagator on it).
         audience: The audience of the service called through the channel.
-        client_auth: How this service authenticates as the acting client
-            (:class:`~interceptors.PrivateKeyJwtAuth`, :class:`~interceptors.ClientSecretAuth`).
+        credentials: How this service authenticates as the acting client: the
+            :class:`~interceptors.PrivateKeyJwt` or :class:`~interceptors.ClientSecret`
+            its :meth:`TokenManager.for_service <interceptors.TokenManager.for_service>`
+            takes (their ``scope`` and ``audience`` are that grant's, unused here).
         scope: Scopes to ask for (space-separated); empty: all the caller may pass on.
         refresh_margin: Exchange again when fewer seconds than this (or 20% of the
             lifetime) are left.
@@ -67,7 +69,7 @@ class IdentityPropagator:
         auth_channel: grpc.Channel,
         *,
         audience: str,
-        client_auth: ClientAuth,
+        credentials: ServiceCredentials,
         scope: str = "",
         refresh_margin: float = 30.0,
         timeout: float = 5.0,
@@ -77,7 +79,7 @@ class IdentityPropagator:
         check_timeout(timeout)
         self._core = ExchangeCore(
             audience=audience,
-            client_auth=client_auth,
+            credentials=credentials,
             scope=scope,
             refresh_margin=refresh_margin,
             max_entries=max_entries,
@@ -152,7 +154,7 @@ class AsyncIdentityPropagator:
         auth_channel: aio.Channel,
         *,
         audience: str,
-        client_auth: ClientAuth,
+        credentials: ServiceCredentials,
         scope: str = "",
         refresh_margin: float = 30.0,
         timeout: float = 5.0,
@@ -162,7 +164,7 @@ class AsyncIdentityPropagator:
         check_timeout(timeout)
         self._core = ExchangeCore(
             audience=audience,
-            client_auth=client_auth,
+            credentials=credentials,
             scope=scope,
             refresh_margin=refresh_margin,
             max_entries=max_entries,

@@ -3,8 +3,12 @@
 :class:`PrivateKeyJwt` (RFC 7523 §2.2, the recommended way: the auth service
 holds no secret of the client) signs a fresh client assertion for every token
 request; :class:`ClientSecret` sends the secret the auth service generated.
-:func:`token_request` turns either into the ``TokenRequest`` the ``Token`` RPC
-takes. Nothing here performs I/O besides reading a key file once.
+They are the one pair of client credentials: a
+:meth:`TokenManager.for_service <interceptors.TokenManager.for_service>` (the
+client-credentials grant) and an :class:`~interceptors.IdentityPropagator` (token
+exchange, where the service is the acting client) both take them, and both add
+them to their ``TokenRequest`` through one :class:`ClientAuth`.
+Nothing here performs I/O besides reading a key file once.
 """
 
 from __future__ import annotations
@@ -138,40 +142,48 @@ class AssertionSigner:
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
 
 
-def token_request(
-    credentials: ServiceCredentials, signer: AssertionSigner | None, now: float
-) -> auth_pb2.TokenRequest:
-    """The client-credentials ``TokenRequest`` for ``credentials`` (``signer`` for a key)."""
-    request = auth_pb2.TokenRequest(
-        grant_type=CLIENT_CREDENTIALS,
-        client_id=credentials.client_id,
-        scope=credentials.scope,
-        audience=credentials.audience,
-    )
-    if isinstance(credentials, ClientSecret):
-        request.client_secret = credentials.secret
-    else:
-        assert signer is not None
-        request.client_assertion_type = ASSERTION_TYPE
-        request.client_assertion = signer.sign(now)
-    return request
-
-
-def check_credentials(credentials: ServiceCredentials) -> AssertionSigner | None:
-    """Validate ``credentials``; the signer for a :class:`PrivateKeyJwt`, else ``None``.
+class ClientAuth:
+    """Adds one identity's client authentication to token requests (both token cores use it).
 
     Raises:
+        TypeError: ``credentials`` is neither :class:`PrivateKeyJwt` nor :class:`ClientSecret`.
         ValueError: See :class:`AssertionSigner`; or an empty client id or secret.
     """
-    if isinstance(credentials, PrivateKeyJwt):
-        return AssertionSigner(credentials)
-    if not isinstance(credentials, ClientSecret):
-        raise TypeError("credentials must be PrivateKeyJwt or ClientSecret")
-    if not credentials.client_id:
-        raise ValueError("client_id must not be empty")
-    if not credentials.secret:
-        raise ValueError("secret must not be empty")
-    return None
+
+    def __init__(self, credentials: ServiceCredentials) -> None:
+        self._signer: AssertionSigner | None = None
+        if isinstance(credentials, PrivateKeyJwt):
+            self._signer = AssertionSigner(credentials)
+        elif not isinstance(credentials, ClientSecret):
+            raise TypeError("credentials must be PrivateKeyJwt or ClientSecret")
+        elif not credentials.client_id:
+            raise ValueError("client_id must not be empty")
+        elif not credentials.secret:
+            raise ValueError("secret must not be empty")
+        self.credentials = credentials
+
+    def __repr__(self) -> str:
+        return f"ClientAuth(client_id={self.credentials.client_id!r})"
+
+    def apply(self, request: auth_pb2.TokenRequest, now: float) -> auth_pb2.TokenRequest:
+        """Add the client fields to ``request`` (a new assertion issued at ``now``); return it."""
+        request.client_id = self.credentials.client_id
+        if self._signer is None:
+            assert isinstance(self.credentials, ClientSecret)
+            request.client_secret = self.credentials.secret
+        else:
+            request.client_assertion_type = ASSERTION_TYPE
+            request.client_assertion = self._signer.sign(now)
+        return request
+
+    def client_credentials_request(self, now: float) -> auth_pb2.TokenRequest:
+        """The client-credentials ``TokenRequest``, with the credentials' scope and audience."""
+        request = auth_pb2.TokenRequest(
+            grant_type=CLIENT_CREDENTIALS,
+            scope=self.credentials.scope,
+            audience=self.credentials.audience,
+        )
+        return self.apply(request, now)
 
 
 def jwk_thumbprint(key: PrivateKey) -> str:

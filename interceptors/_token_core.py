@@ -14,11 +14,7 @@ from collections.abc import Callable
 import grpc
 
 from interceptors._errors import TokenRequestError
-from interceptors._service_identity import (
-    ServiceCredentials,
-    check_credentials,
-    token_request,
-)
+from interceptors._service_identity import ClientAuth, ServiceCredentials
 from protos import auth_pb2
 
 _LOGGER = logging.getLogger(__name__)
@@ -172,8 +168,7 @@ class ClientCredentialsCore:
     ) -> None:
         if refresh_margin < 0:
             raise ValueError("refresh_margin must not be negative")
-        self._signer = check_credentials(credentials)
-        self._credentials = credentials
+        self._auth = ClientAuth(credentials)
         self.client_id = credentials.client_id
         self.scope = credentials.scope
         self._lease = _Lease(refresh_margin=refresh_margin, now=now)
@@ -193,7 +188,7 @@ class ClientCredentialsCore:
     def first_step(self) -> Step:
         """The ``Token`` request that obtains a new token (a new assertion each time)."""
         now = self._lease.start()
-        return TokenStep(token_request(self._credentials, self._signer, now))
+        return TokenStep(self._auth.client_credentials_request(now))
 
     def after_failure(self, step: Step, code: grpc.StatusCode | None) -> Step | None:
         """Never retried here: a refused grant is final, a transient one is the caller's."""

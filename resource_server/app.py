@@ -20,10 +20,13 @@ from interceptors import (
     AuthServiceSource,
     CacheSettings,
     CertBinding,
+    ClientSecret,
     DiscoverySource,
     HttpJwksSource,
     KeySource,
     MethodPolicy,
+    PrivateKeyJwt,
+    TokenManager,
     TokenPolicy,
     TokenVerifier,
     VerifyObserver,
@@ -65,6 +68,8 @@ DEFAULT_MAX_TOKEN_LENGTH = 8192
 DEFAULT_MAX_JSON_DEPTH = 16
 DEFAULT_MAX_TOKEN_LIFETIME = 86400
 HEALTH_SERVICES = ("", SERVICE_NAME)
+#: The scope a watch token asks for (the auth service's ``--watch-auth token``).
+WATCH_SCOPE = "ssot.watch"
 
 
 class StartupError(Exception):
@@ -107,6 +112,11 @@ class ResourceServerConfig:
             exchange), or ``None``.
         metrics_address: Serve Prometheus ``/metrics`` at this ``HOST:PORT``.
         shutdown_grace: Seconds in-flight calls get when the server stops.
+        watch_identity: With ``auth_target``: the service identity whose
+            client-credentials token (scope ``ssot.watch``, renewed ahead of expiry)
+            opens ``WatchJwks`` and ``WatchRevocations`` at an auth service run with
+            ``--watch-auth token``; ``None`` sends none. (For ``--watch-auth mtls``,
+            ``auth_client_cert``/``auth_client_key`` are the credential.)
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -136,6 +146,7 @@ class ResourceServerConfig:
     downstream: DownstreamSettings | None = None
     metrics_address: str | None = None
     shutdown_grace: float = 5.0
+    watch_identity: PrivateKeyJwt | ClientSecret | None = None
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
@@ -144,6 +155,8 @@ class ResourceServerConfig:
         if self.downstream is not None and self.downstream.client_id != self.audience:
             # The auth service exchanges only tokens addressed to the acting client.
             raise ValueError("--client-id must equal --audience (the tokens this service gets)")
+        if self.watch_identity is not None and self.auth_target is None:
+            raise ValueError("--watch-token needs --auth-target")
         if self.revocations_fail_closed is not None:
             if self.auth_target is None:
                 raise ValueError("--revocations-fail-closed needs --auth-target")
@@ -192,7 +205,11 @@ def build_key_source(config: ResourceServerConfig) -> KeySource:
             credentials = channel_credentials(
                 ca_cert, config.auth_client_cert, config.auth_client_key
             )
-        return AuthServiceSource(config.auth_target, credentials=credentials)
+        source = AuthServiceSource(config.auth_target, credentials=credentials)
+        if config.watch_identity is not None:
+            # Token requests ride the same channel; the manager renews ahead of expiry.
+            source.use_tokens(TokenManager.for_service(source.channel, config.watch_identity))
+        return source
     return DiscoverySource(
         config.issuer, allow_insecure_http=config.allow_insecure_http, ca_cert=ca_cert
     )

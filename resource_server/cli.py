@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from interceptors import CERT_BINDINGS
+from interceptors import CERT_BINDINGS, ClientSecret, PrivateKeyJwt
 from interceptors._cli import (
     CLIENT_TLS_FLAGS,
     SettingsError,
@@ -42,6 +42,7 @@ from resource_server.app import (
     DEFAULT_MAX_TOKEN_LENGTH,
     DEFAULT_MAX_TOKEN_LIFETIME,
     HEALTH_SERVICES,
+    WATCH_SCOPE,
     ResourceServerConfig,
     StartupError,
     build_server,
@@ -230,7 +231,20 @@ def _add_downstream_arguments(serve: argparse.ArgumentParser) -> None:
         serve,
         "--client-key-file",
         type=Path,
-        help="PEM private key of the client (private_key_jwt) for the exchange",
+        help="PEM private key of the client (private_key_jwt) for the exchange and --watch-token",
+    )
+    add_env_argument(
+        serve,
+        "--client-secret-file",
+        type=Path,
+        help="file holding the client's secret, for --watch-token instead of --client-key-file",
+    )
+    add_env_argument(
+        serve,
+        "--watch-token",
+        action="store_true",
+        help=f"open the --auth-target streams with a {WATCH_SCOPE} client-credentials token of"
+        " --client-id (for an auth service run with --watch-auth token)",
     )
 
 
@@ -243,6 +257,26 @@ def _downstream(ns: argparse.Namespace) -> DownstreamSettings | None:
         auth_target=ns.auth_target or "",
         client_id=ns.client_id or "",
         client_key_file=ns.client_key_file or Path(),
+    )
+
+
+def _watch_identity(ns: argparse.Namespace) -> PrivateKeyJwt | ClientSecret | None:
+    if not ns.watch_token:
+        return None
+    if not ns.client_id or (ns.client_key_file is None) == (ns.client_secret_file is None):
+        raise CommandError(
+            "--watch-token needs --client-id and one of --client-key-file, --client-secret-file"
+        )
+    if ns.client_secret_file is not None:
+        try:
+            secret = ns.client_secret_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read --client-secret-file: {type(exc).__name__}") from None
+        if not secret:
+            raise CommandError("--client-secret-file is empty")
+        return ClientSecret(client_id=ns.client_id, secret=secret, scope=WATCH_SCOPE)
+    return PrivateKeyJwt(
+        client_id=ns.client_id, key=ns.client_key_file, issuer=ns.issuer, scope=WATCH_SCOPE
     )
 
 
@@ -282,6 +316,7 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             downstream=_downstream(ns),
             metrics_address=ns.metrics,
             shutdown_grace=ns.shutdown_grace,
+            watch_identity=_watch_identity(ns),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

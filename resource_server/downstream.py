@@ -17,7 +17,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from interceptors import AsyncIdentityPropagator, IdentityPropagator, PrivateKeyJwtAuth
+from interceptors import AsyncIdentityPropagator, IdentityPropagator, PrivateKeyJwt
 from protos import resource_pb2_grpc
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class DownstreamSettings:
         auth_target: The auth service's gRPC ``HOST:PORT`` (the ``Token`` RPC).
         client_id: This service's client id (also the audience its callers' tokens name).
         client_key_file: PEM private key whose public half is registered for the client
-            (its only key: the assertion names no ``kid``).
+            (the assertion names its RFC 7638 thumbprint as ``kid``).
     """
 
     target: str
@@ -53,7 +53,7 @@ class DownstreamSettings:
             )
 
 
-def client_auth(settings: DownstreamSettings, issuer: str) -> PrivateKeyJwtAuth:
+def client_credentials(settings: DownstreamSettings, issuer: str) -> PrivateKeyJwt:
     """RFC 7523 assertions signed with the key in ``client_key_file``.
 
     Raises:
@@ -69,17 +69,14 @@ def client_auth(settings: DownstreamSettings, issuer: str) -> PrivateKeyJwtAuth:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise ValueError("--client-key-file is not an unencrypted PEM private key") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        algorithm = "RS256"
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
-        algorithm = "ES256"
-    elif isinstance(key, ed25519.Ed25519PrivateKey):
-        algorithm = "EdDSA"
-    else:
+    p256 = isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    if not (p256 or isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey)):
         raise ValueError("--client-key-file must hold an RSA, P-256 or Ed25519 key")
-    return PrivateKeyJwtAuth(
-        client_id=settings.client_id, private_key=key, kid=None, issuer=issuer, algorithm=algorithm
+    assert isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     )
+    # The kid is the key's RFC 7638 thumbprint: what `clients add --public-key-file` registers.
+    return PrivateKeyJwt(client_id=settings.client_id, key=key, issuer=issuer)
 
 
 def sync_downstream(
@@ -94,7 +91,7 @@ def sync_downstream(
     propagator = IdentityPropagator(
         grpc.intercept_channel(grpc.insecure_channel(settings.auth_target), *traced),
         audience=settings.audience,
-        client_auth=client_auth(settings, issuer),
+        credentials=client_credentials(settings, issuer),
     )
     channel = grpc.intercept_channel(
         grpc.insecure_channel(settings.target), *traced, propagator.interceptor()
@@ -110,7 +107,7 @@ def aio_downstream(
     propagator = AsyncIdentityPropagator(
         grpc.aio.insecure_channel(settings.auth_target, interceptors=traced or None),
         audience=settings.audience,
-        client_auth=client_auth(settings, issuer),
+        credentials=client_credentials(settings, issuer),
     )
     channel = grpc.aio.insecure_channel(
         settings.target, interceptors=[*traced, *propagator.interceptors()]

@@ -307,11 +307,14 @@ def test_a_token_outage_is_unavailable_and_signing_resumes_when_it_returns(
 
 @pytest.mark.slow
 def test_two_replicas_on_one_token_rotate_retire_and_revoke_under_live_traffic(
-    loop_thread: EventLoopThread, tmp_path: Path, token: Token
+    loop_thread: EventLoopThread, tmp_path: Path, token: Token, database_url: str
 ) -> None:
-    """Pre-publish, activate, retire and revoke while clients log in on both replicas."""
+    """Pre-publish, activate, retire and revoke while clients log in on both replicas.
+
+    On SQLite (one file) and on PostgreSQL (replicas hear each other by LISTEN/NOTIFY).
+    """
     clock = Clock(time.time())
-    url = f"sqlite:///{tmp_path / 'ssot-auth.db'}"
+    url = database_url
     replicas = [
         start_harness(
             loop_thread,

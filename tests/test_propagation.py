@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,10 +40,11 @@ from interceptors import (
     IdentityPropagator,
     MethodPolicy,
     NoCallerToken,
-    PrivateKeyJwtAuth,
+    PrivateKeyJwt,
     TokenVerifier,
     current_principal,
 )
+from interceptors._service_identity import ClientAuth
 from protos import auth_pb2, resource_pb2, resource_pb2_grpc
 from resource_server.app import (
     ResourceServerConfig,
@@ -76,21 +77,43 @@ def auth(loop_thread: EventLoopThread, tmp_path: Path, database_url: str) -> Ite
     harness.stop()
 
 
-class CountingAuth:
-    """Service A's private_key_jwt authentication, counting the exchanges it signs."""
+TOKEN_METHOD = "/ssot.auth.v1.AuthService/Token"
 
-    def __init__(self, key: Any) -> None:
-        kid = str(public_jwk(key, "RS256")["kid"])
-        self._inner = PrivateKeyJwtAuth(
-            client_id=SERVICE_A, private_key=key, kid=kid, issuer=ISSUER
-        )
+
+def credentials_of_a(key: Any) -> PrivateKeyJwt:
+    """Service A's private_key_jwt identity (the kid: its key's RFC 7638 thumbprint)."""
+    return PrivateKeyJwt(client_id=SERVICE_A, key=key, issuer=ISSUER)
+
+
+class ExchangeCounter:
+    """Counts the Token RPCs (the exchanges) service A sends to the auth service."""
+
+    def __init__(self) -> None:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def __call__(self) -> Mapping[str, str]:
-        with self._lock:
-            self.calls += 1
-        return self._inner()
+    def count(self, method: str | bytes) -> None:
+        if method in (TOKEN_METHOD, TOKEN_METHOD.encode()):  # grpc.aio passes bytes
+            with self._lock:
+                self.calls += 1
+
+
+class _Counting(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, counter: ExchangeCounter) -> None:
+        self._counter = counter
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._counter.count(details.method)
+        return continuation(details, request)
+
+
+class _AsyncCounting(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, counter: ExchangeCounter) -> None:
+        self._counter = counter
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._counter.count(details.method)
+        return await continuation(details, request)
 
 
 def register_a(auth: AuthHarness, key: Any) -> None:
@@ -147,7 +170,7 @@ class AsyncRelay(resource_pb2_grpc.ResourceServiceServicer):
 class Chain:
     a: resource_pb2_grpc.ResourceServiceStub
     b: resource_pb2_grpc.ResourceServiceStub
-    client_auth: CountingAuth
+    exchanges: ExchangeCounter
     token_for_b: Callable[[], str]  # the propagator's token(), outside any handler
 
 
@@ -161,13 +184,13 @@ def running_chain(
     policy_b: MethodPolicy | None = None,
 ) -> Iterator[Chain]:
     register_a(auth, key)
-    counting = CountingAuth(key)
+    counting = ExchangeCounter()
     with verifier_for(auth, SERVICE_B) as verifier_b, verifier_for(auth, SERVICE_A) as verifier_a:
         stops: list[Callable[[], object]] = []
         try:
             if aio:
                 port_b, port_a, propagator_token, close = loop_thread.run(
-                    _start_aio(auth, verifier_a, verifier_b, counting, policy_b)
+                    _start_aio(auth, verifier_a, verifier_b, counting, policy_b, key)
                 )
                 stops.append(lambda: loop_thread.run(close()))
 
@@ -175,7 +198,7 @@ def running_chain(
                     return loop_thread.run(propagator_token())
             else:
                 port_b, port_a, token_for_b = _start_sync(
-                    auth, verifier_a, verifier_b, counting, policy_b, stops
+                    auth, verifier_a, verifier_b, counting, policy_b, stops, key
                 )
             channel_a = grpc.insecure_channel(f"127.0.0.1:{port_a}")
             channel_b = grpc.insecure_channel(f"127.0.0.1:{port_b}")
@@ -184,7 +207,7 @@ def running_chain(
             yield Chain(
                 a=resource_pb2_grpc.ResourceServiceStub(channel_a),
                 b=resource_pb2_grpc.ResourceServiceStub(channel_b),
-                client_auth=counting,
+                exchanges=counting,
                 token_for_b=token_for_b,
             )
         finally:
@@ -196,9 +219,10 @@ def _start_sync(
     auth: AuthHarness,
     verifier_a: TokenVerifier,
     verifier_b: TokenVerifier,
-    counting: CountingAuth,
+    counting: ExchangeCounter,
     policy_b: MethodPolicy | None,
     stops: list[Callable[[], object]],
+    key: Any,
 ) -> tuple[int, int, Callable[[], str]]:
     server_b = grpc.server(
         futures.ThreadPoolExecutor(8), interceptors=[AuthInterceptor(verifier_b, policy_b)]
@@ -211,7 +235,11 @@ def _start_sync(
     stops.append(lambda: server_b.stop(0.5).wait())
     auth_channel = grpc.insecure_channel(auth.target)
     stops.append(auth_channel.close)
-    propagator = IdentityPropagator(auth_channel, audience=SERVICE_B, client_auth=counting)
+    propagator = IdentityPropagator(
+        grpc.intercept_channel(auth_channel, _Counting(counting)),
+        audience=SERVICE_B,
+        credentials=credentials_of_a(key),
+    )
     to_b = grpc.intercept_channel(
         grpc.insecure_channel(f"127.0.0.1:{port_b}"), propagator.interceptor()
     )
@@ -232,8 +260,9 @@ async def _start_aio(
     auth: AuthHarness,
     verifier_a: TokenVerifier,
     verifier_b: TokenVerifier,
-    counting: CountingAuth,
+    counting: ExchangeCounter,
     policy_b: MethodPolicy | None,
+    key: Any,
 ) -> tuple[int, int, Callable[[], Any], Callable[[], Any]]:
     server_b = grpc.aio.server(interceptors=[AsyncAuthInterceptor(verifier_b, policy_b)])
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
@@ -241,8 +270,10 @@ async def _start_aio(
     )
     port_b = server_b.add_insecure_port("127.0.0.1:0")
     await server_b.start()
-    auth_channel = grpc.aio.insecure_channel(auth.target)
-    propagator = AsyncIdentityPropagator(auth_channel, audience=SERVICE_B, client_auth=counting)
+    auth_channel = grpc.aio.insecure_channel(auth.target, interceptors=[_AsyncCounting(counting)])
+    propagator = AsyncIdentityPropagator(
+        auth_channel, audience=SERVICE_B, credentials=credentials_of_a(key)
+    )
     to_b = grpc.aio.insecure_channel(f"127.0.0.1:{port_b}", interceptors=propagator.interceptors())
     server_a = grpc.aio.server(interceptors=[AsyncAuthInterceptor(verifier_a)])
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
@@ -286,7 +317,7 @@ def test_b_sees_the_user_as_subject_and_a_as_actor(
         assert list(answer.user.actors) == [SERVICE_A]
         # The second call is served from the cache: still one exchange.
         chain.a.GetProtectedResource(request(), metadata=bearer(alice.access_token))
-        assert chain.client_auth.calls == 1
+        assert chain.exchanges.calls == 1
 
 
 @pytest.mark.parametrize("aio", [False, True])
@@ -298,7 +329,7 @@ def test_outside_a_handler_the_propagator_fails_closed(
         pytest.raises(NoCallerToken, match="no authenticated caller"),
     ):
         chain.token_for_b()
-    assert chain.client_auth.calls == 0
+    assert chain.exchanges.calls == 0
 
 
 @pytest.mark.parametrize("aio", [False, True])
@@ -328,19 +359,14 @@ def test_logout_makes_b_refuse_the_derived_token_within_a_second(
 
 
 def exchange_by_a(auth: AuthHarness, key: Any, subject: str) -> str:
-    fields = CountingAuth(key)()
-    return str(
-        auth.stub.Token(
-            auth_pb2.TokenRequest(
-                grant_type=TOKEN_EXCHANGE,
-                subject_token=subject,
-                subject_token_type=ACCESS_TOKEN_TYPE,
-                audience=SERVICE_B,
-                **fields,
-            ),
-            timeout=10,
-        ).access_token
+    request = auth_pb2.TokenRequest(
+        grant_type=TOKEN_EXCHANGE,
+        subject_token=subject,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        audience=SERVICE_B,
     )
+    ClientAuth(credentials_of_a(key)).apply(request, time.time())
+    return str(auth.stub.Token(request, timeout=10).access_token)
 
 
 @pytest.mark.parametrize("aio", [False, True])
@@ -359,7 +385,7 @@ def test_concurrent_calls_of_two_users_never_get_each_others_tokens(
         answers = run_concurrently(call, names)
         assert answers == names
         # One exchange per user, shared by all of that user's concurrent calls.
-        assert chain.client_auth.calls == 2
+        assert chain.exchanges.calls == 2
 
 
 @pytest.mark.parametrize("aio", [False, True])

@@ -272,8 +272,11 @@ def test_listening_beyond_loopback_without_tls_logs_a_loud_warning(
     if tls:
         assert warnings == []
     else:
-        assert len(warnings) == 3  # auth gRPC, auth HTTP, resource gRPC
-        assert all("WITHOUT TLS" in w and "--tls-cert" in w for w in warnings)
+        # auth gRPC, auth HTTP, resource gRPC; and the auth service's open push streams
+        # (--watch-auth none: tests/test_watch_auth.py).
+        assert len(warnings) == 4
+        assert sum("WITHOUT TLS" in w and "--tls-cert" in w for w in warnings) == 3
+        assert sum("--watch-auth token" in w for w in warnings) == 1
 
 
 @pytest.mark.parametrize(

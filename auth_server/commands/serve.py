@@ -37,6 +37,7 @@ from auth_server.passwords import Argon2Parameters
 from auth_server.ratelimit import RateLimit, RateLimits
 from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
+from auth_server.watch_auth import WATCH_AUTH_MODES, WATCH_SCOPE
 from interceptors._cli import (
     add_env_argument,
     add_server_tls_arguments,
@@ -144,6 +145,16 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     _add_throttle_arguments(parser)
     _add_argon2_arguments(parser)
     add_server_tls_arguments(parser, serves="gRPC and HTTP")
+    add_env_argument(
+        parser,
+        "--watch-auth",
+        choices=WATCH_AUTH_MODES,
+        default="none",
+        help="who may follow WatchJwks/WatchRevocations: anyone, a client certificate"
+        f" (mtls, needs --client-ca) or a token with the {WATCH_SCOPE} scope, whose stream"
+        " ends at its exp",
+        default_help="none",
+    )
     add_limit_arguments(parser)
     _add_rate_limit_arguments(parser)
 
@@ -414,6 +425,7 @@ def server_config(
                 parallelism=ns.argon2_parallelism,
             ),
             hashing=HashingPolicy(workers=ns.hash_workers or None, max_wait=ns.hash_max_wait),
+            watch_auth=ns.watch_auth,
             tls_cert=ns.tls_cert,
             tls_key=ns.tls_key,
             client_ca=ns.client_ca,
