@@ -21,6 +21,7 @@ from auth_server._keyrows import NewKey
 from auth_server._keytxn import LOCK_NAME, KeyTransactions, announce
 from auth_server.audit import audit_event
 from auth_server.errors import KeyStoreError
+from auth_server.idps import rewrap_credentials
 from auth_server.lifecycle import (
     KeyRecord,
     is_live,
@@ -162,6 +163,7 @@ class KeyUpkeep:
             for kid, stored in found:
                 keyrows.update(conn, kid, private_key=keyrows.reencrypt(kid, stored, old, new))
             deployment_secrets.rewrap_all(conn, old, new)
+            rewrap_credentials(conn, old, new)  # upstream identity providers' credentials
         self._tx.material.rewrapped(new)
         _LOGGER.info(
             "re-encrypted %d signing keys (%d from the legacy format) under a new passphrase",

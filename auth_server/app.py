@@ -200,6 +200,8 @@ async def _start(
         inspector=inspector,
         revocations=revocations,
         database=components.database,
+        users=components.users,
+        throttle=components.throttle,
         now=now,
     )
     # Logins (argon2) run on their own bounded threads; everything else keeps

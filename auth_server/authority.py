@@ -15,7 +15,7 @@ from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore, SessionTerms
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
-from auth_server.users import UserStore, validate_scopes
+from auth_server.users import User, UserStore, validate_scopes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class TokenAuthority:
         """The audiences user tokens may carry; the first is the default."""
         return self._audiences
 
-    def _audience(self, requested: str) -> str | None:
+    def audience_for(self, requested: str) -> str | None:
         """The ``aud`` for a user token: ``None`` means the default.
 
         Raises:
@@ -172,7 +172,7 @@ class TokenAuthority:
         if len(scope.encode()) > MAX_SCOPE_BYTES:
             raise InvalidRequest(f"scope is longer than {MAX_SCOPE_BYTES} bytes")
         wanted = validate_scopes(scope.split()) if scope.strip() else None
-        chosen = self._audience(audience)
+        chosen = self.audience_for(audience)
         # Throttled before argon2 runs: a refused attempt costs a database round trip only.
         attempt = self._throttle.admit(username, address) if self._throttle else None
         # Audited by the servicer (login.failed / login.succeeded, with the peer).
@@ -182,6 +182,28 @@ class TokenAuthority:
         granted = (
             user.scopes if wanted is None else tuple(s for s in wanted if s in set(user.scopes))
         )
+        return self.open_session(
+            user, granted, cert_thumbprint=cert_thumbprint, audience_choice=chosen
+        )
+
+    def open_session(
+        self,
+        user: User,
+        granted: Sequence[str],
+        *,
+        cert_thumbprint: str | None = None,
+        audience_choice: str | None = None,
+        idp: str | None = None,
+    ) -> TokenGrant:
+        """Start a session for an already authenticated user and issue its first token pair.
+
+        Args:
+            user: Who signed in (a password login, or an upstream ID token).
+            granted: The scopes granted.
+            cert_thumbprint: The client certificate the tokens are bound to, or ``None``.
+            audience_choice: ``aud`` as :meth:`audience_for` chose it (``None``: default).
+            idp: The upstream provider of a federated sign-in, or ``None``.
+        """
         # Before the session exists: a token outage must not leave sessions behind
         # (each counts against --max-sessions-per-user) for logins that got no token.
         self._keys.check_ready()
@@ -190,7 +212,8 @@ class TokenAuthority:
             scope=granted,
             access_ttl=self._issuer.ttl,
             cert_thumbprint=cert_thumbprint,
-            audience=chosen,
+            audience=audience_choice,
+            idp=idp,
         )
         token = self._issuer.issue(
             user,
@@ -198,7 +221,7 @@ class TokenAuthority:
             session_id=session.session_id,
             issued_at=session.issued_at,
             cert_thumbprint=cert_thumbprint,
-            audience=chosen,
+            audience=audience_choice,
         )
         _LOGGER.info("login succeeded user_id=%s sid=%s", user.id, session.session_id)
         return TokenGrant(

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from auth_server.app import StartupError
-from auth_server.commands import clients, keys, login, serve, sessions, token, up, users
+from auth_server.commands import clients, idp, keys, login, serve, sessions, token, up, users
 from auth_server.commands._common import CommandError, close_databases
 from auth_server.errors import AuthServerError
 from interceptors._cli import SettingsError, add_log_level_argument, parse_command_line
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, up, users, clients, sessions, keys, login, token):
+    for module in (serve, up, users, clients, idp, sessions, keys, login, token):
         module.register(commands)
     return parser
 

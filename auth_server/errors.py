@@ -17,7 +17,9 @@
     │   └── Overloaded                                   the password pool sheds the login
     ├── CallerGone                   DEADLINE_EXCEEDED   the caller left before the work began
     ├── OAuthError                   (per class)         RFC 6749 §5.2 ``error``: drawn below
-    └── ClientExists, ClientNotFound ALREADY_EXISTS, NOT_FOUND
+    ├── ClientExists, ClientNotFound ALREADY_EXISTS, NOT_FOUND
+    ├── IdpExists, IdpNotFound       ALREADY_EXISTS, NOT_FOUND   upstream identity providers
+    └── IdentityLinked               ALREADY_EXISTS      (provider, subject) already has a user
 
 A servicer maps any of these to the wire with ``context.abort(exc.code, exc.message)``.
 Unlike the verifier's :class:`interceptors.AuthError` (a fixed class ``message`` plus
@@ -278,6 +280,12 @@ class ClientAuthThrottled(OAuthError):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+class SignInThrottled(ClientAuthThrottled):
+    """Too many refused upstream ID tokens from this address; retry later."""
+
+    message = "too many failed sign-ins, retry later"
+
+
 class TemporarilyUnavailable(OAuthError):
     """Storage is down; retrying later may succeed."""
 
@@ -308,6 +316,27 @@ class ClientNotFound(AuthServerError):
 
     code = grpc.StatusCode.NOT_FOUND
     message = "client not found"
+
+
+class IdpExists(AuthServerError):
+    """An identity provider with that name (or issuer) already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    message = "identity provider already exists"
+
+
+class IdpNotFound(AuthServerError):
+    """No identity provider has that name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    message = "identity provider not found"
+
+
+class IdentityLinked(AuthServerError):
+    """That provider subject is already linked to a user."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    message = "that identity is already linked to a user"
 
 
 def as_oauth_error(exc: BaseException) -> OAuthError:

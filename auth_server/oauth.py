@@ -7,7 +7,8 @@ RFC 6749 §5.2 code; the faces only render them. Blocking work runs in worker
 threads; a revocation is pushed to verifiers before the call returns.
 
 Grants: ``client_credentials`` (RFC 6749 §4.4), ``refresh_token`` (§6) and token
-exchange (RFC 8693, :mod:`auth_server.token_exchange`). The resource-owner
+exchange (RFC 8693, :mod:`auth_server.token_exchange`; with an upstream ID token as
+the subject, a federated sign-in: :mod:`auth_server.federation`). The resource-owner
 password grant is the gRPC ``Login`` only (RFC 9700 §2.4).
 """
 
@@ -37,9 +38,15 @@ from auth_server.errors import (
     UnsupportedGrantType,
     as_oauth_error,
 )
+from auth_server.federation import ID_TOKEN_TYPE, FederatedSignIn, SignInRequest
 from auth_server.refresh_tokens import checked_hash
 from auth_server.sessions import SessionStore
-from auth_server.token_exchange import TOKEN_EXCHANGE, ExchangeRequest, TokenExchange
+from auth_server.token_exchange import (
+    ACCESS_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+    ExchangeRequest,
+    TokenExchange,
+)
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
 from auth_server.users import validate_scopes
@@ -106,6 +113,7 @@ class OAuthEndpoint:
         inspector: TokenInspector,
         push_revocations: Callable[[], Awaitable[None]] | None = None,
         exchange: TokenExchange | None = None,
+        federation: FederatedSignIn | None = None,
     ) -> None:
         self._authority = authority
         self._clients = clients
@@ -115,6 +123,7 @@ class OAuthEndpoint:
         self._inspector = inspector
         self._push = push_revocations
         self._exchange = exchange
+        self._federation = federation
 
     # -- the async faces' entry points ------------------------------------------------------
 
@@ -185,6 +194,22 @@ class OAuthEndpoint:
             return self._client_credentials(request)
         if request.grant_type == REFRESH_TOKEN:
             return self._refresh(request)
+        if (
+            request.grant_type == TOKEN_EXCHANGE
+            and request.subject_token_type == ID_TOKEN_TYPE
+            and self._federation is not None
+        ):
+            if request.requested_token_type not in ("", ACCESS_TOKEN_TYPE):
+                raise OAuthInvalidRequest("only access tokens are issued")
+            return self._federation.sign_in(
+                SignInRequest(
+                    id_token=request.subject_token,
+                    scope=request.scope,
+                    audience=request.audience or request.resource,
+                    credentials=request.credentials,
+                    address=request.address,
+                )
+            )
         if request.grant_type == TOKEN_EXCHANGE and self._exchange is not None:
             return self._exchange.exchange(
                 ExchangeRequest(

@@ -32,6 +32,7 @@ from auth_server.errors import (
     OAuthInvalidRequest,
     OAuthServerError,
 )
+from auth_server.federation import ID_TOKEN_TYPE
 from auth_server.http import MAX_BODY_SIZE, extend_discovery
 from auth_server.oauth import GRANT_TYPES, OAuthEndpoint, TokenRequest
 from auth_server.throttle import client_address
@@ -97,6 +98,8 @@ def add_oauth_routes(
             "introspection_endpoint_auth_methods_supported": methods,
             "introspection_endpoint_auth_signing_alg_values_supported": algorithms,
             "tls_client_certificate_bound_access_tokens": True,
+            # RFC 8693 subjects: our access tokens, and upstream ID tokens (sign-in).
+            "ssot_subject_token_types_supported": [ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE],
             "claims_supported": [
                 *("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "scope"),
                 *("username", "client_id", "cnf"),

@@ -15,14 +15,20 @@ from auth_server.client_throttle import ClientThrottle
 from auth_server.clients import ClientStore
 from auth_server.config import AuthServerConfig
 from auth_server.errors import AuthServerError
+from auth_server.federation import FederatedSignIn
+from auth_server.id_tokens import IdTokenVerifier
+from auth_server.identities import IdentityStore
+from auth_server.idps import IdpStore
 from auth_server.oauth import OAuthEndpoint
 from auth_server.publisher import JwksPublisher
 from auth_server.revocations import RevocationPublisher
 from auth_server.sessions import SessionStore
 from auth_server.storage import Database
+from auth_server.throttle import LoginThrottle
 from auth_server.token_exchange import TokenExchange, session_revoked_in
 from auth_server.token_inspector import TokenInspector
 from auth_server.tokens import TokenIssuer
+from auth_server.users import UserStore
 from interceptors import Principal
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,9 +107,15 @@ def build_oauth_endpoint(
     inspector: TokenInspector,
     revocations: RevocationPublisher,
     database: Database,
+    users: UserStore | None = None,
+    throttle: LoginThrottle | None = None,
     now: Callable[[], float] = time.time,
 ) -> OAuthEndpoint:
-    """The token/revocation/introspection core over the running publishers."""
+    """The token/revocation/introspection core over the running publishers.
+
+    With ``users``, upstream ID tokens sign people in (:mod:`auth_server.federation`),
+    throttled by ``throttle`` like password logins.
+    """
 
     async def push() -> None:
         try:
@@ -120,6 +132,16 @@ def build_oauth_endpoint(
         session_revoked=session_revoked_in(database),
         now=now,
     )
+    federation = None
+    if users is not None:
+        federation = FederatedSignIn(
+            authority=authority,
+            idps=IdpStore(database, now=now),
+            identities=IdentityStore(database, users, now=now),
+            verifier=IdTokenVerifier(now=now),
+            authenticator=client_side.authenticator,
+            throttle=throttle,
+        )
     return OAuthEndpoint(
         authority=authority,
         clients=client_side.clients,
@@ -129,4 +151,5 @@ def build_oauth_endpoint(
         inspector=inspector,
         push_revocations=push,
         exchange=exchange,
+        federation=federation,
     )

@@ -12,6 +12,7 @@ __all__ = [
     "client_assertions",
     "clients",
     "deployment_secrets",
+    "identity_providers",
     "login_throttle",
     "metadata",
     "revocation_counter",
@@ -19,6 +20,7 @@ __all__ = [
     "sessions",
     "signing_keys",
     "spent_refresh_tokens",
+    "user_identities",
     "users",
 ]
 
@@ -78,6 +80,9 @@ sessions = sa.Table(
     # Ended together with a watermark entry ("every token of this subject issued
     # before T", revocation_watermarks): not listed one by one.
     sa.Column("watermarked", sa.Boolean, nullable=True),
+    # The upstream identity provider the session was signed in with (federation);
+    # NULL for a password login. Disabling the provider ends its sessions.
+    sa.Column("idp", sa.String(64), nullable=True, index=True),
 )
 # The revocation list that verifiers follow: revoked sessions whose access
 # tokens may still be unexpired. Polled several times a second, so indexed.
@@ -204,4 +209,40 @@ client_assertions = sa.Table(
     metadata,
     sa.Column("key", sa.String(64), primary_key=True),  # SHA-256 of client id and jti
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+# Upstream OpenID Providers people sign in with (auth_server/idps.py). The client
+# credential at the provider (a secret or a private key) must be usable again for
+# the device flow, so it is sealed under the key passphrase like the private keys
+# (auth_server._envelope), with the provider's name as associated data.
+identity_providers = sa.Table(
+    "identity_providers",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("issuer", sa.String(2048), nullable=False, unique=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    # none | client_secret | private_key_jwt
+    sa.Column("auth_method", sa.String(32), nullable=False),
+    sa.Column("sealed_credential", sa.LargeBinary, nullable=True),
+    sa.Column("scope", sa.Text, nullable=False),  # asked of the provider
+    sa.Column("username_claim", sa.String(64), nullable=False),
+    sa.Column("allowed_domains", sa.Text, nullable=False, default=""),
+    sa.Column("default_scopes", sa.Text, nullable=False, default=""),  # ours, for new users
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Who a provider's subject is here: identities are linked by (provider, sub),
+# never by e-mail, so the same address from a second provider is someone else
+# until an operator links it (``ssot-auth users link``).
+user_identities = sa.Table(
+    "user_identities",
+    metadata,
+    sa.Column("idp", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("email", sa.Text, nullable=True),  # as last asserted; informational only
+    sa.Column("created_at", sa.Float, nullable=False),
 )

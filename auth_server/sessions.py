@@ -120,6 +120,7 @@ class SessionStore:
         access_ttl: int = 0,
         cert_thumbprint: str | None = None,
         audience: str | None = None,
+        idp: str | None = None,
     ) -> NewSession:
         """Start a session for a user, with a new random refresh token.
 
@@ -185,6 +186,7 @@ class SessionStore:
                         scope=" ".join(scope),
                         cert_thumbprint=cert_thumbprint,
                         audience=audience,
+                        idp=idp,
                     )
                 )
         except exc.IntegrityError as err:

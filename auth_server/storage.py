@@ -24,6 +24,7 @@ from auth_server.schema import (
     client_assertions,
     clients,
     deployment_secrets,
+    identity_providers,
     login_throttle,
     metadata,
     revocation_counter,
@@ -31,6 +32,7 @@ from auth_server.schema import (
     sessions,
     signing_keys,
     spent_refresh_tokens,
+    user_identities,
     users,
 )
 
@@ -39,6 +41,7 @@ __all__ = [
     "client_assertions",
     "clients",
     "deployment_secrets",
+    "identity_providers",
     "login_throttle",
     "metadata",
     "revocation_counter",
@@ -47,6 +50,7 @@ __all__ = [
     "signing_keys",
     "spent_refresh_tokens",
     "sqlite_url_for",
+    "user_identities",
     "users",
 ]
 

@@ -192,6 +192,41 @@ class LoginThrottle:
             raise error
         return Attempt(keys=keys, address=address, counted=counted)
 
+    def check(self, username: str, address: str) -> None:
+        """Refuse if :meth:`admit` would, without counting anything (one read, no write).
+
+        For checks where a failure cannot be a guess at a secret (a forged or stale
+        ID token): the caller counts only real failures, with :meth:`admit`, so an
+        honest request costs a read instead of two writes.
+
+        Raises:
+            LoginThrottled: A layer's limit is reached.
+            StorageError: The database is unavailable.
+        """
+        if not self.policy.enabled:
+            return
+        policy = self.policy
+        keys = {
+            _USER_ADDRESS: _key(_USER_ADDRESS, username, address),
+            _ADDRESS: _key(_ADDRESS, address),
+            _USER: _key(_USER, username),
+        }
+        with self._db.transaction() as conn:
+            now = self._now()
+            rows = conn.execute(
+                sa.select(login_throttle).where(login_throttle.c.key.in_(keys.values()))
+            ).all()
+        found = {row.key: _Counter.of(row, now, policy.window) for row in rows}
+        empty = _Counter(0, now, None, None)
+        pair, by_address, user = (
+            found.get(keys[k], empty) for k in (_USER_ADDRESS, _ADDRESS, _USER)
+        )
+        known = pair.succeeded_at is not None and now - pair.succeeded_at < policy.known_address_ttl
+        layer, retry_after = self._verdict(pair, by_address, user, now, known=known)
+        if layer is not None:
+            _LOGGER.info("attempt throttled (%s layer) from %s", layer, address)
+            raise LoginThrottled(retry_after)
+
     def succeeded(self, attempt: Attempt) -> None:
         """Take back the failure :meth:`admit` counted; the address becomes known for the user.
 

@@ -49,6 +49,9 @@ class TokenStep:
 #: The RPC the core asks a manager to send next.
 Step = LoginStep | RefreshStep | TokenStep
 
+_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+_ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 - a URN
+
 # The trailing metadata entry in which the auth service's Token RPC names the RFC 6749
 # §5.2 error code (see protos/auth.proto).
 _OAUTH_ERROR_KEY = "oauth-error"
@@ -69,17 +72,21 @@ class TokenCore:
         scope: str,
         refresh_margin: float,
         now: Callable[[], float],
+        id_token: str | None = None,
     ) -> None:
         if not username:
             raise ValueError("username must not be empty")
-        if password is None and not refresh_token:
-            raise ValueError("a password or a refresh token is required")
+        if password is None and not refresh_token and not id_token:
+            raise ValueError("a password, a refresh token or an ID token is required")
         if refresh_margin < 0:
             raise ValueError("refresh_margin must not be negative")
         self.username = username
         self.scope = scope
         self._password = password
         self._refresh_token = refresh_token or None
+        # An upstream provider's ID token signs in once (it is short-lived by design);
+        # the session it opens is then kept with Refresh.
+        self._id_token = id_token or None
         self._lease = _Lease(refresh_margin=refresh_margin, now=now)
 
     def __repr__(self) -> str:
@@ -96,6 +103,17 @@ class TokenCore:
 
     def first_step(self) -> Step:
         """The RPC that starts a renewal: ``Refresh`` when possible, else ``Login``."""
+        if self._id_token is not None and self._refresh_token is None:
+            return self._start(
+                TokenStep(
+                    auth_pb2.TokenRequest(
+                        grant_type=_TOKEN_EXCHANGE,
+                        subject_token=self._id_token,
+                        subject_token_type=_ID_TOKEN_TYPE,
+                        scope=self.scope,
+                    )
+                )
+            )
         if self._refresh_token is not None:
             return self._start(
                 RefreshStep(auth_pb2.RefreshRequest(refresh_token=self._refresh_token))
@@ -125,6 +143,7 @@ class TokenCore:
             TokenRequestError: the response holds no usable token.
         """
         token = self._lease.accept(response)
+        self._id_token = None  # spent (or superseded): never presented twice
         if response.refresh_token:
             self._refresh_token = response.refresh_token
         _LOGGER.debug(

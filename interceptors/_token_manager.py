@@ -130,6 +130,43 @@ class TokenManager:
         self._setup(auth_channel, core, timeout)
 
     @classmethod
+    def from_id_token(
+        cls,
+        auth_channel: grpc.Channel,
+        id_token: str,
+        *,
+        scope: str = "",
+        refresh_margin: float = 60.0,
+        timeout: float = 10.0,
+        now: Callable[[], float] = time.time,
+    ) -> TokenManager:
+        """A manager that signs in with an upstream provider's ID token, then refreshes.
+
+        The first renewal exchanges ``id_token`` (RFC 8693, ``subject_token_type``
+        ``urn:ietf:params:oauth:token-type:id_token``) at the ``Token`` RPC for a
+        session; later ones use its refresh token. Once that session ends the manager
+        fails: get a new ID token from the provider and make a new manager.
+
+        Raises:
+            ValueError: an empty ID token, a negative margin or a non-positive timeout.
+        """
+        check_timeout(timeout)
+        if not id_token:
+            raise ValueError("id_token must not be empty")
+        self = cls.__new__(cls)
+        core = TokenCore(
+            username="(id_token)",
+            password=None,
+            refresh_token=None,
+            id_token=id_token,
+            scope=scope,
+            refresh_margin=refresh_margin,
+            now=now,
+        )
+        self._setup(auth_channel, core, timeout)
+        return self
+
+    @classmethod
     def for_service(
         cls,
         auth_channel: grpc.Channel,

@@ -286,3 +286,17 @@ def test_argon2_parameters_come_from_the_configuration_and_old_hashes_are_upgrad
     finally:
         harness.channel.close()
         harness.stop()
+
+
+def test_check_refuses_as_admit_would_without_counting(database: Database, clock: Clock) -> None:
+    t = throttle(database, clock)
+    for _ in range(10):
+        t.check("alice", "198.51.100.7")  # counts nothing: never refused
+    for _ in range(3):
+        assert refused(t, "alice", "198.51.100.7") is None
+    with pytest.raises(LoginThrottled) as info:
+        t.check("alice", "198.51.100.7")
+    assert info.value.retry_after == 600
+    t.check("alice", "203.0.113.9")  # the user from elsewhere
+    clock.now += 600
+    t.check("alice", "198.51.100.7")  # the window is over

@@ -33,6 +33,14 @@ SID = "5f0c7a52-8a43-4a57-9c3e-1f0b5e0d9a11"
 CHEAP = Argon2Parameters(time_cost=1, memory_cost=1024, parallelism=1)
 
 
+@pytest.fixture(autouse=True)
+def _near_now() -> None:
+    # Set per test, not once at import: when a whole suite runs longer than a token's
+    # lifetime, an import-time T0 lets PyJWT's wall-clock exp check fail the test.
+    global T0
+    T0 = float(int(time.time()))
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock(T0)

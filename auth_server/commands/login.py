@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from auth_server.commands._common import CommandError
+from auth_server.commands.idp_login import add_idp_arguments, sign_in_with_idp
 from auth_server.commands.settings import add_password_argument, read_password
 from auth_server.config import DEFAULT_GRPC_ADDRESS
 from auth_server.tls import TlsError, channel_credentials
@@ -22,9 +23,14 @@ from protos import auth_pb2, auth_pb2_grpc
 
 
 def register(commands: Any) -> None:
-    login = commands.add_parser("login", help="log in and print the token response as JSON")
-    login.add_argument("name")
+    login = commands.add_parser(
+        "login",
+        help="log in (with a password, or at an upstream identity provider with --idp)"
+        " and print the token response as JSON",
+    )
+    login.add_argument("name", nargs="?", help="the user (password login)")
     add_connection_arguments(login)
+    add_idp_arguments(login)
     login.add_argument("--scope", default="", help="space-separated scopes to ask for")
     login.add_argument(
         "--audience", default="", help="the audience (aud) to ask for; default: the server's"
@@ -40,6 +46,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_login(ns: argparse.Namespace) -> int:
+    if ns.idp is not None:
+        if ns.name is not None:
+            raise CommandError("give a user name or --idp, not both")
+        with open_channel(ns) as channel:
+            print_token_response(sign_in_with_idp(ns, channel))
+        return 0
+    if ns.name is None:
+        raise CommandError("give the user name to log in as (or --idp NAME)")
     password = read_password(ns, confirm=False)
     with open_channel(ns) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
@@ -51,9 +65,19 @@ def _cmd_login(ns: argparse.Namespace) -> int:
                 timeout=15,
             )
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = exc.details() if isinstance(exc, grpc.Call) else ""
-            raise CommandError(f"login failed: {code.name}: {details}") from None
+            raise CommandError(f"login failed: {_rpc_error(exc)}") from None
+    print_token_response(response)
+    return 0
+
+
+def _rpc_error(exc: grpc.RpcError) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else ""
+    return f"{code.name}: {details}"
+
+
+def print_token_response(response: auth_pb2.TokenResponse) -> None:
+    """Print our token response as the JSON object of RFC 6749 §5.1."""
     print(
         json.dumps(
             {
@@ -66,7 +90,6 @@ def _cmd_login(ns: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    return 0
 
 
 def open_channel(ns: argparse.Namespace) -> grpc.Channel:

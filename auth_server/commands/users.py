@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from auth_server.commands._common import CommandError, open_user_store
+from auth_server.commands._common import CommandError, open_database, open_user_store
 from auth_server.commands.settings import (
     add_password_argument,
     add_storage_arguments,
@@ -37,7 +37,14 @@ def register(commands: Any) -> None:
     setpw.add_argument("name")
     add_password_argument(setpw)
     setpw.set_defaults(run=_cmd_users_set_password)
-    for sub in (add, listing, setpw, *(users.choices[a] for a in ("disable", "enable"))):
+    link = users.add_parser(
+        "link", help="link a user to an identity at an upstream provider (sign-in as that user)"
+    )
+    link.add_argument("name")
+    link.add_argument("--idp", required=True, help="the provider's name (ssot-auth idp list)")
+    link.add_argument("--subject", required=True, help="the person's sub claim at the provider")
+    link.set_defaults(run=_cmd_users_link)
+    for sub in (add, listing, setpw, link, *(users.choices[a] for a in ("disable", "enable"))):
         add_storage_arguments(sub)
 
 
@@ -82,4 +89,16 @@ def _cmd_users_set_password(ns: argparse.Namespace) -> int:
         raise CommandError(f"no user named {ns.name!r}")
     user = store.set_password(ns.name, read_password(ns, confirm=True))
     print(f"password set for {user.username}")
+    return 0
+
+
+def _cmd_users_link(ns: argparse.Namespace) -> int:
+    from auth_server.identities import IdentityStore
+    from auth_server.passwords import PasswordHasher
+    from auth_server.users import UserStore
+
+    database = open_database(ns)
+    store = IdentityStore(database, UserStore(database, PasswordHasher()))
+    identity = store.link(ns.name, ns.idp, ns.subject)
+    print(f"linked user {ns.name} to subject {identity.subject} at {identity.idp}")
     return 0
