@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -56,6 +57,7 @@ from interceptors import (
     TokenManager,
     TokenPolicy,
     TokenVerifier,
+    cert_thumbprint,
 )
 from pki import Pki, make_pki
 from protos import auth_pb2, auth_pb2_grpc
@@ -299,6 +301,55 @@ def test_the_stream_ends_at_token_expiry_and_resumes_with_a_fresh_token(
                 ),
                 1.0,
             )
+    finally:
+        harness.channel.close()
+        harness.stop()
+
+
+def test_a_certificate_bound_watch_token_needs_its_certificate(token_auth: AuthHarness) -> None:
+    # Plaintext: no certificate on the connection, so a cnf-bound token proves nothing.
+    bound = token_auth.forge({"scope": WATCH_SCOPE, "cnf": {"x5t#S256": "A" * 43}})
+    unbound = token_auth.forge({"scope": WATCH_SCOPE})
+    for method in ("WatchJwks", "WatchRevocations"):
+        assert stream_status(token_auth.channel, method, bound) == grpc.StatusCode.UNAUTHENTICATED
+        assert stream_status(token_auth.channel, method, unbound) == grpc.StatusCode.OK
+
+
+def test_a_watch_token_bound_to_one_certificate_is_refused_from_another(
+    loop_thread: EventLoopThread, tmp_path: Path, pki: Pki
+) -> None:
+    config = make_config(
+        tmp_path,
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        client_ca=pki.ca,
+        watch_auth="token",
+    )
+    harness = start_harness(loop_thread, config)
+    alice, bob = pki.clients["alice"], pki.clients["bob"]
+
+    def connect(identity: Any) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(pki.ca_pem, identity.key_pem, identity.cert_pem)
+        return grpc.secure_channel(harness.target, creds)
+
+    def login(channel: grpc.Channel) -> str:
+        request = auth_pb2.LoginRequest(username="watcher", password=PASSWORD)
+        token = auth_pb2_grpc.AuthServiceStub(channel).Login(request, timeout=10).access_token
+        return str(token)
+
+    try:
+        harness.add_user("watcher", PASSWORD, (WATCH_SCOPE,))
+        with connect(alice) as as_alice, connect(bob) as as_bob:
+            # A login over mutual TLS binds the token to that certificate (RFC 8705).
+            alices, bobs = login(as_alice), login(as_bob)
+            cnf = jwt.decode(alices, options={"verify_signature": False})["cnf"]
+            assert cnf == {"x5t#S256": cert_thumbprint(alice.cert_pem)}
+            for method in ("WatchJwks", "WatchRevocations"):
+                # Alice's token copied onto Bob's connection (same CA, valid) is refused ...
+                assert stream_status(as_bob, method, alices) == grpc.StatusCode.UNAUTHENTICATED
+                # ... and each token passes from its own certificate.
+                assert stream_status(as_alice, method, alices) == grpc.StatusCode.OK
+                assert stream_status(as_bob, method, bobs) == grpc.StatusCode.OK
     finally:
         harness.channel.close()
         harness.stop()
