@@ -238,6 +238,7 @@ def test_huge_and_deep_tokens_are_refused_cheaply(
     base = world.auth.server.http_base_url
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(base + "/oauth2/token", data=form, timeout=10)
+    info.value.close()
     assert 400 <= info.value.code < 500
     world.honest()
 
