@@ -241,12 +241,9 @@ def _free_name(conn: sa.Connection, idp: str, subject: str, hint: str | None) ->
 
 
 def _names_another_provider(conn: sa.Connection, idp: str, hint: str) -> bool:
-    prefix, dot, _ = hint.partition(".")
-    if not dot or prefix.lower() == idp.lower():
-        return False
-    found = conn.execute(
-        sa.select(identity_providers.c.name).where(
-            sa.func.lower(identity_providers.c.name) == prefix.lower()
-        )
-    ).first()
-    return found is not None
+    # Provider names may hold dots themselves ("corp.eu"): compare with each (a handful).
+    names = conn.execute(sa.select(identity_providers.c.name)).scalars()
+    lowered = hint.lower()
+    return any(
+        lowered.startswith(name.lower() + ".") for name in names if name.lower() != idp.lower()
+    )

@@ -28,6 +28,7 @@ from fake_idp import FakeProvider, b64, new_rsa_key, serve_provider
 from test_federation import World, claims_of
 
 from auth_server.federation import ID_TOKEN_TYPE
+from auth_server.throttle import ThrottlePolicy
 from auth_server.token_exchange import TOKEN_EXCHANGE
 from helpers import (
     AUDIENCE,
@@ -243,6 +244,27 @@ def test_huge_and_deep_tokens_are_refused_cheaply(
     world.honest()
 
 
+def test_unknown_kids_cannot_make_us_hammer_the_providers_jwks(
+    loop_thread: EventLoopThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lenient = ThrottlePolicy(per_user_address=100, per_address=100, per_user=100)
+    with serve_provider(loop_thread) as corp, serve_provider(loop_thread) as other:
+        harness = start_harness(loop_thread, make_config(tmp_path, throttle=lenient))
+        try:
+            world = World(harness, corp, other)
+            world.honest()
+            fetched = corp.fetches
+            for n in range(20):
+                token = corp.id_token(key=new_rsa_key(), kid=f"k-{n}")
+                _refused_for(world, token, "key:", caplog)
+            # The unknown-kid refetch is single-flight behind a cooldown: one more fetch at most.
+            assert corp.fetches - fetched <= 1, corp.fetches - fetched
+            world.honest()
+        finally:
+            harness.channel.close()
+            harness.stop()
+
+
 # -- e-mail domains and names --------------------------------------------------------------
 
 
@@ -309,6 +331,8 @@ def test_a_new_users_name_never_looks_like_an_existing_one(
             # "corp.alice" from "other" is other's user, named as such.
             spoof = name_of(other, "o-9", "corp.alice")
             assert spoof["username"] == "other.corp.alice"
+            world.idps.add("corp.eu", issuer=corp.issuer + "/eu", client_id=corp.client_id)
+            assert name_of(other, "o-10", "Corp.EU.bob")["username"] == "other.Corp.EU.bob"
             # A free name the provider chooses is kept (the honest case).
             assert name_of(corp, "c-1", "carol")["username"] == "carol"
             assert name_of(corp, "c-2", "corp.dave")["username"] == "corp.dave"
@@ -463,8 +487,6 @@ def test_jwks_on_another_host_is_the_providers_own_choice(
 def test_a_provider_that_is_down_is_retryable_and_uncounted(
     loop_thread: EventLoopThread, tmp_path: Path
 ) -> None:
-    from auth_server.throttle import ThrottlePolicy
-
     policy = ThrottlePolicy(per_user_address=2, per_address=2, per_user=2)
     with serve_provider(loop_thread) as corp, serve_provider(loop_thread) as other:
         harness = start_harness(loop_thread, make_config(tmp_path, throttle=policy))
