@@ -27,15 +27,18 @@ from aiohttp import web
 from fake_idp import FakeProvider, b64, new_rsa_key, serve_provider
 from test_federation import World, claims_of
 
+from auth_server.__main__ import main
 from auth_server.federation import ID_TOKEN_TYPE
 from auth_server.throttle import ThrottlePolicy
 from auth_server.token_exchange import TOKEN_EXCHANGE
 from helpers import (
     AUDIENCE,
     ISSUER,
+    PASSPHRASE,
     EventLoopThread,
     make_config,
     protected_call,
+    run_cli,
     running_resource,
     start_harness,
     wait_until,
@@ -511,3 +514,31 @@ def test_replaying_one_id_token_opens_sessions_of_the_same_user_only(world: Worl
     first = claims_of(world.sign_in(token).access_token)
     again = claims_of(world.sign_in(token).access_token)
     assert again["sub"] == first["sub"] and again["sid"] != first["sid"]
+
+
+# -- the provider's sealed client secret -------------------------------------------------------
+
+
+def test_the_sealed_client_secret_never_shows(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "upstream-secret-Zq9pX2vL7mN4"
+    storage = ["--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}"]
+    monkeypatch.setenv("SSOT_KEY_PASSPHRASE", PASSPHRASE.decode())
+    add = ["idp", "add", "corp", "--issuer", "https://login.example.com", "--client-id", "ssot"]
+    add += ["--client-secret-stdin", "--key-kdf-memory-cost", "1024", *storage]
+    with caplog.at_level(logging.DEBUG):
+        assert run_cli(main, add, secret + "\n") == 0
+        # The same name again: an error, without the secret.
+        assert run_cli(main, add, secret + "\n") == 1
+        for argv in (["idp", "show", "corp"], ["idp", "list", "--json"], ["idp", "list"]):
+            assert run_cli(main, [*argv, *storage]) == 0
+    seen = capsys.readouterr()
+    shown = json.loads(seen.out[seen.out.index("{") : seen.out.index("}\n") + 1])
+    assert shown["auth_method"] == "client_secret" and shown["name"] == "corp"
+    assert secret not in seen.out + seen.err + caplog.text
+    for stored in tmp_path.glob("db.sqlite*"):  # the database and any WAL beside it
+        assert secret.encode() not in stored.read_bytes(), stored
