@@ -119,12 +119,17 @@ class KeyInfo:
     revoked_at: float | None
 
 
-def live(now: float) -> sa.ColumnElement[bool]:
+def live(now: float | sa.BindParameter[float]) -> sa.ColumnElement[bool]:
     """SQL for :func:`auth_server.lifecycle.is_live`."""
     return sa.and_(
         signing_keys.c.revoked_at.is_(None),
         sa.or_(signing_keys.c.retires_at.is_(None), signing_keys.c.retires_at > now),
     )
+
+
+# Built once: every token issued reads the live keys (the current one may have
+# changed on another replica), and a statement reused finds its compiled form at once.
+_SELECT_LIVE = sa.select(*_RECORD_COLUMNS).where(live(sa.bindparam("now", type_=sa.Float)))
 
 
 def select_all(conn: sa.Connection) -> list[KeyRecord]:
@@ -134,7 +139,7 @@ def select_all(conn: sa.Connection) -> list[KeyRecord]:
 
 def select_live(conn: sa.Connection, now: float) -> list[KeyRecord]:
     """The keys published at ``now`` (neither revoked nor retired)."""
-    found = conn.execute(sa.select(*_RECORD_COLUMNS).where(live(now))).all()
+    found = conn.execute(_SELECT_LIVE, {"now": now}).all()
     return [_record(row) for row in found]
 
 

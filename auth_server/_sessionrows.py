@@ -51,13 +51,27 @@ def session_info(row: Any, now: float, idle_timeout: float) -> SessionInfo:
     )
 
 
+# The statements of every refresh, built once: SQLAlchemy then finds their compiled
+# form by identity instead of building and hashing a new statement per call.
+_SPENT_AT = sa.select(spent_refresh_tokens.c.spent_at).where(
+    spent_refresh_tokens.c.token_hash == sa.bindparam("token_hash")
+)
+_SPENT_SESSION = sa.select(spent_refresh_tokens.c.session_id).where(
+    spent_refresh_tokens.c.token_hash == sa.bindparam("token_hash")
+)
+_BY_CURRENT_TOKEN = (
+    sa.select(sessions)
+    .where(sessions.c.refresh_token_hash == sa.bindparam("token_hash"))
+    .with_for_update()
+)
+_BY_ID = sa.select(sessions).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
+_SPEND = spent_refresh_tokens.insert()
+_TOUCH = sessions.update().where(sessions.c.id == sa.bindparam("touched_id"))
+
+
 def spent_at(conn: sa.Connection, token_hash: str) -> float | None:
     """When the refresh token ``token_hash`` was spent, or None if it never was."""
-    found: float | None = conn.execute(
-        sa.select(spent_refresh_tokens.c.spent_at).where(
-            spent_refresh_tokens.c.token_hash == token_hash
-        )
-    ).scalar()
+    found: float | None = conn.execute(_SPENT_AT, {"token_hash": token_hash}).scalar()
     return found
 
 
@@ -67,21 +81,23 @@ def locked_session(conn: sa.Connection, token_hash: str) -> Any:
     # concurrent refresh that rotated the row while we waited for its lock
     # makes this find nothing (the WHERE is re-checked on the new version):
     # the token is then among the spent ones, committed by that refresh.
-    row = conn.execute(
-        sa.select(sessions).where(sessions.c.refresh_token_hash == token_hash).with_for_update()
-    ).first()
+    row = conn.execute(_BY_CURRENT_TOKEN, {"token_hash": token_hash}).first()
     if row is not None:
         return row
-    session_id = conn.execute(
-        sa.select(spent_refresh_tokens.c.session_id).where(
-            spent_refresh_tokens.c.token_hash == token_hash
-        )
-    ).scalar()
+    session_id = conn.execute(_SPENT_SESSION, {"token_hash": token_hash}).scalar()
     if session_id is None:
         return None
-    return conn.execute(
-        sa.select(sessions).where(sessions.c.id == session_id).with_for_update()
-    ).one()
+    return conn.execute(_BY_ID, {"session_id": session_id}).one()
+
+
+def spend(conn: sa.Connection, token_hash: str, session_id: str, now: float) -> None:
+    """Record that ``token_hash`` was spent at ``now`` (a repeat of it finds its session)."""
+    conn.execute(_SPEND, {"token_hash": token_hash, "session_id": session_id, "spent_at": now})
+
+
+def touch(conn: sa.Connection, session_id: str, **values: object) -> None:
+    """Set ``values`` (column: value) on the session ``session_id``."""
+    conn.execute(_TOUCH, {"touched_id": session_id, **values})
 
 
 def revoke_user_sessions(

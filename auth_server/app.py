@@ -217,7 +217,7 @@ async def start_auth_server(
     host, port = split_address(config.http_address)
     if http_context is None:
         _warn_if_exposed(config.http_address, "--http", "the signing keys verifiers trust")
-    site = web.TCPSite(runner, host, port, reuse_port=False, ssl_context=http_context)
+    site = web.TCPSite(runner, host, port, reuse_port=config.reuse_port, ssl_context=http_context)
     try:
         await site.start()
     except OSError as exc:
@@ -290,7 +290,9 @@ def grpc_server_options(config: AuthServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_metadata_size", config.max_metadata_size),
         ("grpc.absolute_max_metadata_size", config.max_metadata_size),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
-        ("grpc.so_reuseport", 0),
+        # Off unless the workers of `serve --workers N` share the port: a second
+        # server started on a taken port by mistake must fail, not share it.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
 
 

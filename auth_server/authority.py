@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidScope, InvalidTarget
 from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore, SessionTerms
@@ -274,17 +276,22 @@ class TokenAuthority:
             if not set(scope) <= set(terms.scope):
                 raise InvalidScope()
 
-        rotation = self._sessions.refresh(
+        def user_and_key(conn: sa.Connection, user_id: str) -> tuple[User, str]:
+            # In the rotation's transaction: a refresh is one transaction, not three.
+            user = self._users.get_by_id_in(conn, user_id)
+            if user is None or user.disabled:
+                # Disabling a user revokes its sessions in the same transaction; this
+                # is only the moment between the two. Raised here, it spends nothing.
+                raise InvalidRefreshToken()
+            return user, self._keys.current_kid(conn)
+
+        rotation, (user, kid) = self._sessions.refresh_loading(
             refresh_token,
+            user_and_key,
             access_ttl=self._issuer.ttl,
             cert_thumbprint=cert_thumbprint,
             check=within_terms,
         )
-        user = self._users.get_by_id(rotation.user_id)
-        if user is None or user.disabled:
-            # Disabling a user revokes its sessions in the same transaction; this
-            # is only the moment between the two.
-            raise InvalidRefreshToken()
         held = set(user.scopes)
         granted = tuple(s for s in rotation.scope if s in held)
         token = self._issuer.issue(
@@ -294,6 +301,7 @@ class TokenAuthority:
             issued_at=rotation.issued_at,
             cert_thumbprint=rotation.cert_thumbprint,
             audience=rotation.audience,
+            key=self._keys.load(kid),
         )
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",

@@ -123,6 +123,9 @@ def parse_assertion(assertion: str) -> ParsedAssertion:
     )
 
 
+_INSERT = client_assertions.insert()  # built once: every assertion is recorded
+
+
 class ReplayStore:
     """Remembers used assertion ids until they expire; shared through the database."""
 
@@ -135,7 +138,7 @@ class ReplayStore:
         key = hashlib.sha256(f"{client_id}\x00{jti}".encode("utf-8", "surrogatepass")).hexdigest()
         try:
             with self._db.transaction(write=True) as conn:
-                conn.execute(client_assertions.insert().values(key=key, expires_at=expires_at))
+                conn.execute(_INSERT, {"key": key, "expires_at": expires_at})
         except exc.IntegrityError:
             return False
         return True

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server.audit import audit_event
@@ -287,7 +288,7 @@ class ClientStore:
         if not is_valid_client_id(client_id):
             return None
         with self._db.transaction() as conn:
-            row = conn.execute(clients.select().where(clients.c.id == client_id)).first()
+            row = conn.execute(_BY_ID, {"client_id": client_id}).first()
         return None if row is None else _to_client(row._mapping)
 
     def require(self, client_id: str) -> Client:
@@ -409,6 +410,10 @@ class ClientStore:
             row = conn.execute(clients.select().where(clients.c.id == client_id)).one()
         _LOGGER.info("client changed: %s (%s)", client_id, ", ".join(sorted(values)))
         return _to_client(row._mapping)
+
+
+# Built once: every client-credentials grant reads its client.
+_BY_ID = clients.select().where(clients.c.id == sa.bindparam("client_id"))
 
 
 def validate_jwks_uri(uri: str) -> str:

@@ -112,6 +112,8 @@ class AuthServerConfig:
             (anyone), ``"mtls"`` (a client certificate verified by ``client_ca``) or
             ``"token"`` (a token with the ``ssot.watch`` scope);
             :mod:`auth_server.watch_auth`.
+        reuse_port: Bind the gRPC and HTTP ports with ``SO_REUSEPORT``, so the
+            workers of ``serve --workers N`` share them (:mod:`interceptors._workers`).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -143,6 +145,7 @@ class AuthServerConfig:
     revocation_poll_interval: float = 0.25
     listen_for_changes: bool = True
     listening_poll_interval: float = 2.0
+    reuse_port: bool = False
     cleanup_interval: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server import _keyrows as keyrows
@@ -211,12 +212,33 @@ class SigningKeyStore:
             KeyStoreUnavailable: The PKCS#11 token holding it does not answer.
             StorageError: The database is unavailable.
         """
-        now = self._now()
         with self._db.transaction(lock=LOCK_NAME if after_changes else None) as conn:
-            current = pick_current(keyrows.select_live(conn, now), now)
+            kid = self.current_kid(conn)
+        return self.load(kid)
+
+    def current_kid(self, conn: sa.Connection) -> str:
+        """The kid of the key that signs now, read in the caller's transaction.
+
+        With :meth:`load` after the transaction: what :meth:`current` does, for a
+        caller that reads other rows in the same transaction (a refresh).
+
+        Raises:
+            KeyStoreError: No key signs now.
+        """
+        now = self._now()
+        current = pick_current(keyrows.select_live(conn, now), now)
         if current is None:
             raise KeyStoreError("no signing key is active")
-        return self._material.load(current.kid)
+        return current.kid
+
+    def load(self, kid: str) -> SigningKey:
+        """The signing key ``kid``, from memory once loaded (see :meth:`current_kid`).
+
+        Raises:
+            KeyStoreError: It cannot be decrypted.
+            KeyStoreUnavailable: The PKCS#11 token holding it does not answer.
+        """
+        return self._material.load(kid)
 
     # -- publishing ------------------------------------------------------------------
 

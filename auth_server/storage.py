@@ -285,15 +285,19 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout first: switching to WAL takes a lock too, and without it a
+        # process opening the file while another does fails at once (workers starting).
         cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
 
 
 def _on_sqlite_begin(conn: sa.Connection) -> None:
-    if conn.get_execution_options().get(_BEGIN_IMMEDIATE, False):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    # On the driver's connection, not through exec_driver_sql: a statement through
+    # SQLAlchemy costs a cursor result and its events, and every transaction begins.
+    immediate = conn.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+        "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    )

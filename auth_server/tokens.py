@@ -99,6 +99,7 @@ class TokenIssuer:
         issued_at: float | None = None,
         cert_thumbprint: str | None = None,
         audience: str | None = None,
+        key: SigningKey | None = None,
     ) -> IssuedToken:
         """Sign an access token for ``user``.
 
@@ -112,6 +113,8 @@ class TokenIssuer:
                 bound to (RFC 8705 §3.1, the ``cnf`` claim), or ``None``.
             audience: The ``aud`` (RFC 8707), already checked by the caller; the
                 default audience if ``None``.
+            key: The current signing key, when the caller read which one it is in
+                its own transaction; read here if ``None``.
 
         Returns:
             The token and its metadata.
@@ -132,7 +135,7 @@ class TokenIssuer:
             raise InvalidCredentials()
         extra = {"sid": session_id, "username": user.username}
         return self._sign(
-            user.id, granted, extra, issued_at, cert_thumbprint, audience or self._audience
+            user.id, granted, extra, issued_at, cert_thumbprint, audience or self._audience, key=key
         )
 
     def issue_for_client(
@@ -186,8 +189,10 @@ class TokenIssuer:
         audience: str,
         *,
         not_after: int | None = None,
+        key: SigningKey | None = None,
     ) -> IssuedToken:
-        key = self._keys.current()
+        if key is None:
+            key = self._keys.current()
         issued_at = int(self._now() if issued_at is None else issued_at)
         expires_at = issued_at + self._ttl
         if not_after is not None and not_after < expires_at:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc
 
 from auth_server.errors import (
@@ -170,7 +171,12 @@ class UserStore:
     def get_by_id(self, user_id: str) -> User | None:
         """Return the user whose id is ``user_id``, or None if there is none."""
         with self._db.transaction() as conn:
-            row = conn.execute(users.select().where(users.c.id == user_id)).first()
+            return self.get_by_id_in(conn, user_id)
+
+    @staticmethod
+    def get_by_id_in(conn: sa.Connection, user_id: str) -> User | None:
+        """:meth:`get_by_id` in the caller's transaction (a refresh reads it with the session)."""
+        row = conn.execute(_BY_ID, {"user_id": user_id}).first()
         return None if row is None else _to_user(row._mapping)
 
     def list(self) -> list[User]:
@@ -286,6 +292,10 @@ class UserStore:
 
 def _is_valid_username(name: object) -> bool:
     return isinstance(name, str) and _USERNAME_RE.fullmatch(name) is not None
+
+
+# Built once: every refresh reads its user.
+_BY_ID = users.select().where(users.c.id == sa.bindparam("user_id"))
 
 
 def _to_user(record: Mapping[Any, Any]) -> User:

@@ -253,7 +253,16 @@ class KeyCache(Background):
         if isinstance(step, VerificationKey):
             return step
         if isinstance(step, AuthError):
-            raise step
+            # Deleted on the way out: a frame holding the exception it raises, on that
+            # exception's own traceback, is a reference cycle. It kept the whole refused
+            # call (the interceptor's frames, the gRPC context, its HTTP/2 stream, which
+            # counts against max_concurrent_streams) alive until a garbage collection;
+            # with the collector's first threshold raised (auth_server._gc), an
+            # unknown-kid flood met REFUSED_STREAM.
+            try:
+                raise step
+            finally:
+                del step
         with contextlib.suppress(TimeoutError):
             step.result(timeout=self._settings.fetch_timeout)
         return self._resolve(kid, step)
@@ -264,7 +273,10 @@ class KeyCache(Background):
         if isinstance(step, VerificationKey):
             return step
         if isinstance(step, AuthError):
-            raise step
+            try:
+                raise step
+            finally:
+                del step  # see get_key
         # The flight future is already running, so cancelling the asyncio
         # wrapper on timeout cannot cancel the fetch other callers share.
         with contextlib.suppress(TimeoutError):

@@ -115,6 +115,12 @@ def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     return error
 
 
+def _refusal(exc: Exception, method: str, context: Any) -> tuple[grpc.StatusCode, str]:
+    """The status and message that refuse a call (:func:`_rejection`), holding no exception."""
+    error = _rejection(exc, method, _peer(context))
+    return error.code, error.message
+
+
 def _peer(context: Any) -> str:
     try:
         return str(context.peer())
@@ -171,9 +177,14 @@ class _MethodCheck:
             principal = self._verifier.verify(token)
             self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method, _peer(context))
-            context.abort(error.code, error.message)
-        return _PrincipalScope(principal, token)
+            code, message = _refusal(exc, self._method, context)
+        else:
+            return _PrincipalScope(principal, token)
+        # Aborted outside the except block, with no local holding the refused
+        # exception: its traceback holds this frame, this frame would hold it, and
+        # that cycle would keep the call (and its HTTP/2 stream, counted against
+        # max_concurrent_streams) alive until a garbage collection.
+        context.abort(code, message)
 
     async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
         try:
@@ -181,9 +192,10 @@ class _MethodCheck:
             principal = await self._verifier.averify(token)
             self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            error = _rejection(exc, self._method, _peer(context))
-            await context.abort(error.code, error.message)
-        return _PrincipalScope(principal, token)
+            code, message = _refusal(exc, self._method, context)
+        else:
+            return _PrincipalScope(principal, token)
+        await context.abort(code, message)  # outside the except block: see admit
 
 
 def _wrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:

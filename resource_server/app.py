@@ -102,6 +102,8 @@ class ResourceServerConfig:
             opens ``WatchJwks`` and ``WatchRevocations`` at an auth service run with
             ``--watch-auth token``; ``None`` sends none. (For ``--watch-auth mtls``,
             ``auth_client_cert``/``auth_client_key`` are the credential.)
+        reuse_port: Bind the port with ``SO_REUSEPORT``, so the workers of
+            ``serve --workers N`` share it (:mod:`interceptors._workers`).
     """
 
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -130,6 +132,7 @@ class ResourceServerConfig:
     revocations_fail_closed: float | None = None
     downstream: DownstreamSettings | None = None
     watch_identity: PrivateKeyJwt | ClientSecret | None = None
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         chosen = [self.jwks_url is not None, self.auth_target is not None, self.discover]
@@ -237,7 +240,9 @@ def token_policy(config: ResourceServerConfig) -> TokenPolicy:
 def server_options(config: ResourceServerConfig) -> list[tuple[str, Any]]:
     """The gRPC channel arguments that carry the server's limits."""
     return [
-        ("grpc.so_reuseport", 0),
+        # Off unless the workers of `serve --workers N` share the port: a second
+        # server started on a taken port by mistake must fail, not share it.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ("grpc.max_receive_message_length", config.max_message_size),
         # Soft and hard limit alike: grpc otherwise refuses calls between the two at random.
         ("grpc.max_metadata_size", config.max_metadata_size),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ from interceptors._cli import (
     run_until_signalled,
     wants_tls,
 )
+from interceptors._workers import WorkerError, add_workers_argument, reserve_ports, run_workers
 from interceptors.tls import TlsError, channel_credentials
 from protos import resource_pb2, resource_pb2_grpc
 from resource_server.app import (
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_downstream_arguments(serve)
     _add_tls_arguments(serve)
     _add_limit_arguments(serve)
+    add_workers_argument(serve)
     serve.set_defaults(run=_cmd_serve)
 
     get = commands.add_parser("get", help="call the service with an access token")
@@ -302,6 +305,28 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     config = _config(ns)
+    if ns.workers == 1:
+        return _serve_one(config, aio=ns.aio, ready=lambda: None)
+    try:
+        held = reserve_ports([(config.grpc_address, "--grpc")])
+    except WorkerError as exc:
+        raise CommandError(str(exc)) from None
+    shared = dataclasses.replace(config, reuse_port=True)
+    try:
+        return run_workers(
+            ns.workers,
+            lambda ready: _serve_one(shared, aio=ns.aio, ready=ready),
+            prog=PROG,
+            errors=(CommandError, StartupError),
+            held=held,
+        )
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _serve_one(config: ResourceServerConfig, *, aio: bool, ready: Callable[[], None]) -> int:
+    # In each worker of --workers N: its own key cache and push streams.
     try:
         verifier = open_verifier(config)
     except TlsError as exc:
@@ -309,11 +334,12 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     with verifier:
-        if ns.aio:
+        if aio:
 
             async def serve(stop: asyncio.Event) -> None:
                 server, port = await start_aio_server(config, verifier)
                 print(f"ssot-resource (aio) serving on port {port}", flush=True)
+                ready()
                 await stop.wait()
                 await server.stop(2)
 
@@ -321,6 +347,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         else:
             server, port = build_server(config, verifier)
             print(f"ssot-resource serving on port {port}", flush=True)
+            ready()
             stopped = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stopped.set())

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from auth_server._gc import tune_gc_for_streams
-from auth_server.app import start_auth_server
+from auth_server.app import StartupError, start_auth_server
 from auth_server.commands._common import CommandError
 from auth_server.commands._keystore import add_key_store_arguments, pkcs11_settings
 from auth_server.commands.settings import (
@@ -30,6 +31,7 @@ from auth_server.config import (
     DEFAULT_MAX_METADATA_SIZE,
     AuthServerConfig,
 )
+from auth_server.errors import AuthServerError
 from auth_server.hashing import DEFAULT_MAX_WAIT, HashingPolicy
 from auth_server.jwk import ALGORITHMS
 from auth_server.lifecycle import parse_duration
@@ -39,11 +41,13 @@ from auth_server.sessions import SessionPolicy
 from auth_server.throttle import ThrottlePolicy
 from auth_server.watch_auth import WATCH_AUTH_MODES, WATCH_SCOPE
 from interceptors._cli import (
+    SettingsError,
     add_env_argument,
     add_server_tls_arguments,
     env_value,
     run_until_signalled,
 )
+from interceptors._workers import WorkerError, add_workers_argument, reserve_ports, run_workers
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -51,6 +55,7 @@ _LOGGER = logging.getLogger("ssot_auth")
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the auth service")
     add_server_arguments(serve, required=True)
+    add_workers_argument(serve)
     serve.set_defaults(run=_cmd_serve)
 
 
@@ -431,7 +436,29 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     # collections run in the middle of pushes (auth_server._gc). Not done in
     # start_auth_server, which also runs inside other programs (and tests).
     tune_gc_for_streams()
+    if ns.workers == 1:
+        return run_until_signalled(_serving(config, lambda: None))
+    try:
+        held = reserve_ports([(config.grpc_address, "--grpc"), (config.http_address, "--http")])
+    except WorkerError as exc:
+        raise CommandError(str(exc)) from None
+    shared = dataclasses.replace(config, reuse_port=True)
+    try:
+        return run_workers(
+            ns.workers,
+            lambda ready: run_until_signalled(_serving(shared, ready)),
+            prog="ssot-auth",
+            errors=(CommandError, SettingsError, StartupError, AuthServerError),
+            held=held,
+        )
+    finally:
+        for sock in held:
+            sock.close()
 
+
+def _serving(
+    config: AuthServerConfig, ready: Callable[[], None]
+) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     async def serve(stop: asyncio.Event) -> None:
         server = await start_auth_server(config)
         print(
@@ -439,8 +466,9 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             f"JWKS on {server.http_base_url}/.well-known/jwks.json",
             flush=True,
         )
+        ready()
         await stop.wait()
         _LOGGER.info("shutting down")
         await server.stop()
 
-    return run_until_signalled(serve)
+    return serve
