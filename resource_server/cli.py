@@ -374,9 +374,7 @@ def _serve_one(config: ResourceServerConfig, *, aio: bool, ready: Callable[[], N
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
             except OSError:
-                raise CommandError(
-                    f"cannot listen on {metrics_address} (--metrics)"
-                ) from None
+                raise CommandError(f"cannot listen on {metrics_address} (--metrics)") from None
             opened.callback(endpoint.close)
             observer = endpoint.observer
             print(f"ssot-resource metrics on port {endpoint.port}", flush=True)
