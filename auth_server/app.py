@@ -27,17 +27,22 @@ from auth_server.config import AuthServerConfig, split_address
 from auth_server.errors import AuthServerError
 from auth_server.hashing import HashingPool
 from auth_server.http import build_http_app
+from auth_server.metrics import AuthMetrics
 from auth_server.notifications import KEYS, REVOCATIONS, ChangeListener
 from auth_server.oauth_http import add_oauth_routes
 from auth_server.oauth_wiring import build_oauth_endpoint, build_token_inspector
+from auth_server.ops_http import add_ops_routes, metrics_app
 from auth_server.publisher import JwksPublisher
+from auth_server.readiness import Readiness
 from auth_server.revocation_store import REVOCATION_RETENTION
 from auth_server.revocations import RevocationPublisher
+from auth_server.rpc_observer import ObservingInterceptor, SpanFactory
 from auth_server.scheduler import KeyScheduler
 from auth_server.service import AuthServicer
 from auth_server.tls import TlsError, grpc_server_credentials, http_server_context
 from auth_server.watch_auth import WatchGuard
 from interceptors._cli import SERVER_TLS_FLAGS
+from interceptors.audit import audit_listener
 from interceptors.tls import is_loopback_host
 from protos import auth_pb2, auth_pb2_grpc
 
@@ -64,6 +69,10 @@ class RunningAuthServer:
     cleanup_calls: ThreadCalls = field(default_factory=ThreadCalls)
     hashing: HashingPool | None = None
     listener: ChangeListener | None = None
+    metrics: AuthMetrics = field(default_factory=AuthMetrics)
+    readiness: Readiness | None = None
+    metrics_runner: web.AppRunner | None = None
+    metrics_port: int | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -76,11 +85,24 @@ class RunningAuthServer:
         scheme = "https" if self.config.tls_cert is not None else "http"
         return f"{scheme}://{host}:{self.http_port}"
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Stop both servers, letting in-flight RPCs finish within ``grace`` seconds."""
+    @property
+    def metrics_url(self) -> str:
+        """Where ``/metrics`` is served (the ``--metrics`` listener, else ``--http``)."""
+        if self.metrics_port is None or self.config.metrics_address is None:
+            return f"{self.http_base_url}/metrics"
+        return f"http://{split_address(self.config.metrics_address)[0]}:{self.metrics_port}/metrics"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: health says NOT_SERVING first, push streams end with
+        ``UNAVAILABLE`` "server shutting down" (verifiers reopen them elsewhere at
+        once), in-flight RPCs get ``grace`` seconds (default ``--shutdown-grace``).
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
+        grace = self.config.shutdown_grace if grace is None else grace
+        if self.readiness is not None:
+            await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await self.scheduler.stop()
         if self.cleanup_task is not None:
@@ -98,6 +120,8 @@ class RunningAuthServer:
         if self.hashing is not None:
             await asyncio.to_thread(self.hashing.close)
         await self.http_runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         self.components.client_side.close()
         await asyncio.to_thread(self.components.database.dispose)
         self.components.keys.close()
@@ -107,16 +131,35 @@ class RunningAuthServer:
 
 
 async def start_auth_server(
-    config: AuthServerConfig, *, now: Callable[[], float] = time.time
+    config: AuthServerConfig,
+    *,
+    now: Callable[[], float] = time.time,
+    span: SpanFactory | None = None,
 ) -> RunningAuthServer:
     """Build everything and start serving; the ports in ``config`` may be 0.
 
-    ``now`` is the server's clock (see :func:`build_components`).
+    ``now`` is the server's clock (see :func:`build_components`). ``span`` wraps
+    each call in a trace span (``Tracing().server_span`` of :mod:`interceptors.otel`);
+    ``None``: no tracing.
 
     Raises:
         StartupError: an address cannot be bound.
         AuthServerError: storage or keys are unusable (wrong passphrase, ...).
     """
+    metrics = AuthMetrics(now=now)
+    metrics.expect_algorithm(config.algorithm)
+    # Everything started from here (tasks, threads, the servers' handlers) inherits
+    # this server's audit listener: its events count on its metrics only.
+    with audit_listener(metrics.on_event):
+        return await _start(config, now, metrics, span)
+
+
+async def _start(
+    config: AuthServerConfig,
+    now: Callable[[], float],
+    metrics: AuthMetrics,
+    span: SpanFactory | None,
+) -> RunningAuthServer:
     try:
         grpc_credentials, http_context = _tls_material(config)
     except TlsError as exc:
@@ -165,7 +208,37 @@ async def start_auth_server(
     # the default executor (issue 15).
     hasher = components.users.hasher
     hashing = HashingPool(config.hashing, cost=lambda: hasher.cost)
-    server = grpc.aio.server(options=grpc_server_options(config))
+    health_servicer = health.aio.HealthServicer()
+
+    async def health_follows(ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", AUTH_SERVICE_NAME):
+            await health_servicer.set(service, status)
+
+    readiness = Readiness(
+        components.keys,
+        interval=config.readiness_interval,
+        on_change=health_follows,
+        next_set_change=lambda: publisher.snapshot.next_change_at,
+        now=now,
+    )
+    metrics.sources.keys = lambda: readiness.figures
+    metrics.sources.ready = lambda: readiness.ready
+    metrics.sources.subscribers = lambda: {
+        "jwks": publisher.watchers,
+        "revocations": revocations.watchers,
+    }
+    metrics.sources.revocations = lambda: (
+        len(revocations.state.sessions),
+        len(revocations.state.watermarks),
+    )
+    server = grpc.aio.server(
+        interceptors=[ObservingInterceptor(metrics, span)], options=grpc_server_options(config)
+    )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(
             components.authority,
@@ -178,7 +251,6 @@ async def start_auth_server(
         ),
         server,
     )
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(
@@ -205,6 +277,11 @@ async def start_auth_server(
         now=now,
         rate_limits=config.http_rate_limits,
     )
+    add_ops_routes(
+        app,
+        registry=None if config.metrics_address else metrics.registry,
+        not_ready=lambda: None if readiness.ready else readiness.reason,
+    )
     add_oauth_routes(
         app,
         oauth,
@@ -228,9 +305,29 @@ async def start_auth_server(
         await revocations.stop()
         raise StartupError(f"cannot listen on {config.http_address} (--http)") from exc
     http_port = runner.addresses[0][1]
+    metrics_runner, metrics_port = None, None
+    if config.metrics_address is not None:
+        metrics_runner = web.AppRunner(
+            metrics_app(metrics.registry, lambda: None if readiness.ready else readiness.reason),
+            access_log=None,
+            handle_signals=False,
+        )
+        await metrics_runner.setup()
+        m_host, m_port = split_address(config.metrics_address)
+        try:
+            await web.TCPSite(metrics_runner, m_host, m_port, reuse_port=False).start()
+        except OSError as exc:
+            await server.stop(0)
+            await runner.cleanup()
+            await metrics_runner.cleanup()
+            await scheduler.stop()
+            await publisher.stop()
+            await revocations.stop()
+            raise StartupError(f"cannot listen on {config.metrics_address} (--metrics)") from exc
+        metrics_port = metrics_runner.addresses[0][1]
 
-    for service in ("", AUTH_SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    # Health follows the readiness probe from its first result on.
+    await readiness.start()
     _LOGGER.info(
         "auth service ready grpc=%s http=%s issuer=%s",
         f"{host}:{grpc_port}",
@@ -258,6 +355,10 @@ async def start_auth_server(
         revocations=revocations,
         hashing=hashing,
         listener=listener,
+        metrics=metrics,
+        readiness=readiness,
+        metrics_runner=metrics_runner,
+        metrics_port=metrics_port,
         cleanup_task=asyncio.create_task(
             _clean_up_periodically(components, config.cleanup_interval, cleanup_calls),
             name="cleanup",

@@ -9,6 +9,6 @@ lines and the auth service's events share one format.
 
 from __future__ import annotations
 
-from interceptors.audit import AUDIT_LOGGER, audit_event
+from interceptors.audit import AUDIT_LOGGER, audit_event, notify_listener
 
-__all__ = ["AUDIT_LOGGER", "audit_event"]
+__all__ = ["AUDIT_LOGGER", "audit_event", "notify_listener"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from auth_server.audit import notify_listener
 from auth_server.errors import InvalidRefreshToken, InvalidRequest, InvalidScope, InvalidTarget
 from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore, SessionTerms
@@ -302,7 +303,9 @@ class TokenAuthority:
             cert_thumbprint=rotation.cert_thumbprint,
             audience=rotation.audience,
             key=self._keys.load(kid),
+            grant_type="refresh_token",
         )
+        notify_listener("refresh.grace_repeat" if rotation.repeated else "refresh.rotated")
         _LOGGER.info(
             "refresh succeeded user_id=%s sid=%s%s",
             user.id,

@@ -108,6 +108,10 @@ class AuthServerConfig:
         allow_insecure_token_http: Accept ``/oauth2/*`` requests (which carry
             secrets and tokens) over plain HTTP from beyond loopback.
         http_rate_limits: Per-address token buckets of the HTTP route groups.
+        metrics_address: Serve ``/metrics`` (and ``/healthz``, ``/readyz``) on a
+            listener of its own at this ``HOST:PORT`` instead of the ``--http`` one.
+        readiness_interval: Seconds between readiness probes (database, signing key).
+        shutdown_grace: Seconds in-flight calls get to finish when the server stops.
         watch_auth: Who may follow ``WatchJwks``/``WatchRevocations``: ``"none"``
             (anyone), ``"mtls"`` (a client certificate verified by ``client_ca``) or
             ``"token"`` (a token with the ``ssot.watch`` scope);
@@ -156,6 +160,9 @@ class AuthServerConfig:
     max_login_request_size: int = DEFAULT_MAX_LOGIN_REQUEST_SIZE
     allow_insecure_token_http: bool = False
     http_rate_limits: RateLimits = field(default_factory=RateLimits)
+    metrics_address: str | None = None
+    readiness_interval: float = 2.0
+    shutdown_grace: float = 5.0
     watch_auth: str = "none"
 
     def __post_init__(self) -> None:
@@ -220,6 +227,10 @@ class AuthServerConfig:
             raise ValueError("revocation_poll_interval and cleanup_interval must be positive")
         if self.key_check_interval <= 0:
             raise ValueError("key_check_interval must be positive")
+        if not self.readiness_interval > 0:
+            raise ValueError("readiness_interval must be positive")
+        if not self.shutdown_grace >= 0:
+            raise ValueError("--shutdown-grace must not be negative")
         # Refuse a schedule that lets a verifier meet an unknown kid or a token outlive its key.
         self.key_lifecycle.check(
             jwks_max_age=self.jwks_max_age, access_token_ttl=self.access_token_ttl

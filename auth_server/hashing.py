@@ -26,6 +26,7 @@ Nothing here knows about users: the pool runs any blocking credential check
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import os
@@ -185,7 +186,11 @@ class HashingPool:
         """
         ticket = self._admit(time_left)
         try:
-            future = self._executor.submit(self._work, ticket, check)
+            # The caller's context goes along: the server's audit listener counts
+            # what the check records (a throttled login, the hash's duration).
+            future = self._executor.submit(
+                contextvars.copy_context().run, self._work, ticket, check
+            )
         except BaseException:
             self._finished(None)
             raise

@@ -202,7 +202,10 @@ class IdTokenVerifier:
             # The domain rule trusts only an address the provider verified.
             if email is None:
                 raise IdTokenRefused("no verified e-mail for the domain rule")
-            if email.rpartition("@")[2].lower() not in provider.allowed_domains:
+            domain = email.rpartition("@")[2]
+            # ASCII before lower(): "\u212a" (KELVIN SIGN).lower() is "k", so a domain no
+            # one can register would otherwise pass as an allowed ASCII one.
+            if not domain.isascii() or domain.lower() not in provider.allowed_domains:
                 raise IdTokenRefused("e-mail domain not allowed")
         return VerifiedIdToken(subject=subject, email=email, claims=dict(claims))
 

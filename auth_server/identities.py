@@ -212,11 +212,19 @@ class IdentityStore:
 
 
 def _free_name(conn: sa.Connection, idp: str, subject: str, hint: str | None) -> str:
-    """A username nobody has: the hint, else ``idp.hint``, else ``idp.<hash of sub>``."""
+    """A username nobody has: the hint, else ``idp.hint``, else ``idp.<hash of sub>``.
+
+    "Nobody has" is case-insensitive ("Admin" is not free beside "admin"), and the
+    bare hint may not start with another provider's name and a dot: ``corp.alice``
+    is what corp's alice is called when "alice" is taken, so provider "other" must
+    not hand that name to one of its users.
+    """
     digest = hashlib.sha256(subject.encode()).hexdigest()[:16]
     candidates = []
     if hint:
-        candidates += [hint, f"{idp}.{hint}"]
+        if not _names_another_provider(conn, idp, hint):
+            candidates.append(hint)
+        candidates.append(f"{idp}.{hint}")
     candidates += [f"{idp}.{digest}"]
     candidates += [f"{idp}.{digest}-{n}" for n in range(2, _NAME_ATTEMPTS)]
     for candidate in candidates:
@@ -224,7 +232,18 @@ def _free_name(conn: sa.Connection, idp: str, subject: str, hint: str | None) ->
             validate_username(candidate)
         except InvalidRequest:
             continue
-        taken = conn.execute(sa.select(users.c.id).where(users.c.username == candidate)).first()
+        taken = conn.execute(
+            sa.select(users.c.id).where(sa.func.lower(users.c.username) == candidate.lower())
+        ).first()
         if taken is None:
             return candidate
     raise InvalidRequest("no free username for this identity")
+
+
+def _names_another_provider(conn: sa.Connection, idp: str, hint: str) -> bool:
+    # Provider names may hold dots themselves ("corp.eu"): compare with each (a handful).
+    names = conn.execute(sa.select(identity_providers.c.name)).scalars()
+    lowered = hint.lower()
+    return any(
+        lowered.startswith(name.lower() + ".") for name in names if name.lower() != idp.lower()
+    )

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from auth_server.audit import notify_listener
+
 # Weight of the newest hash in PasswordHasher.cost.
 _COST_SMOOTHING = 0.2
 
@@ -76,6 +78,7 @@ class PasswordHasher:
         # A plain float update: a lost one between threads only slows the average a little.
         took = time.perf_counter() - started
         self.cost = (1 - _COST_SMOOTHING) * self.cost + _COST_SMOOTHING * took
+        notify_listener("password.hashed", seconds=took)
 
     def hash(self, password: str) -> str:
         """Return an encoded argon2id hash (PHC string) of ``password`` with a fresh salt."""

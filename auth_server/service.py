@@ -18,13 +18,14 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
-from auth_server.audit import audit_event
+from auth_server.audit import audit_event, notify_listener
 from auth_server.authority import JwksSnapshot, TokenAuthority, TokenGrant
 from auth_server.config import DEFAULT_MAX_LOGIN_REQUEST_SIZE
 from auth_server.errors import (
     AuthServerError,
     InvalidCredentials,
     InvalidRequest,
+    LoginThrottled,
     OAuthError,
     OAuthServerError,
     RefreshTokenReused,
@@ -38,6 +39,7 @@ from auth_server.revocations import RevocationBatch, RevocationPublisher
 from auth_server.throttle import client_address
 from auth_server.tls import client_cert_thumbprint
 from auth_server.watch_auth import WatchGrant, WatchGuard
+from interceptors._reconnect import SHUTTING_DOWN
 from protos import auth_pb2, auth_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -139,6 +141,15 @@ def _time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return left if left is not None and left < 1e6 else None
 
 
+async def _server_leaving(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """End a push stream whose publisher stopped: the server is draining.
+
+    ``UNAVAILABLE`` with this exact text tells a verifier to reopen the stream at
+    once (on another replica), not after its backoff (interceptors._reconnect).
+    """
+    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
 def _login_failure_reason(exc: Exception) -> str:
     if isinstance(exc, InvalidCredentials):
         return "bad_credentials"
@@ -186,6 +197,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             # shed ones are counted and logged by the pool, not one line each.
             if not isinstance(exc, RetryLater):
                 audit_event("login.failed", reason=_login_failure_reason(exc), peer=peer)
+            elif not isinstance(exc, LoginThrottled):
+                notify_listener("login.shed")
             raise
         audit_event("login.succeeded", user_id=grant.user_id, sid=grant.session_id, peer=peer)
         return _token_response(grant)
@@ -282,6 +295,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 yield revocation_message(batch)
         except AuthServerError as exc:  # the token expired: reconnect with a fresh one
             await _abort(context, exc)
+        await _server_leaving(context)
 
     async def _admit_watcher(self, context: grpc.aio.ServicerContext[Any, Any]) -> WatchGrant:
         """The subscriber's grant under ``--watch-auth``; the call ends at once if refused."""
@@ -319,6 +333,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 yield self._jwks_message(snapshot)
         except AuthServerError as exc:  # the token expired: reconnect with a fresh one
             await _abort(context, exc)
+        await _server_leaving(context)
 
     def _jwks_message(self, snapshot: JwksSnapshot) -> auth_pb2.JwkSet:
         cached = self._jwks

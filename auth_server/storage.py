@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
+from auth_server.audit import notify_listener
 from auth_server.errors import StorageError
 from auth_server.schema import (
     client_assertions,
@@ -137,8 +138,15 @@ class Database:
         try:
             metadata.create_all(self.engine)
             self._add_missing_columns()
-            with self.engine.begin() as conn:
-                self.insert_ignoring_duplicates(conn, revocation_counter, [{"id": 1, "seq": 0}])
+            # A current schema needs no write: the CLI, run beside serving replicas,
+            # must not wait for SQLite's write lock (busy timeout) just to start.
+            with self.engine.connect() as conn:
+                seeded = conn.execute(
+                    sa.select(revocation_counter.c.id).where(revocation_counter.c.id == 1)
+                ).first()
+            if seeded is None:
+                with self.transaction(write=True) as conn:
+                    self.insert_ignoring_duplicates(conn, revocation_counter, [{"id": 1, "seq": 0}])
         except exc.SQLAlchemyError as err:
             _LOGGER.error("cannot create the database schema: %s", type(err).__name__)
             raise StorageError() from err
@@ -256,6 +264,7 @@ class Database:
             raise
         except (exc.DBAPIError, exc.TimeoutError) as err:
             _LOGGER.warning("database error: %s", type(err).__name__)
+            notify_listener("storage.error")
             raise StorageError() from err
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from auth_server.audit import notify_listener
 from auth_server.errors import (
     InvalidCredentials,
     InvalidGrant,
@@ -44,6 +45,11 @@ class IssuedToken:
 
     def __repr__(self) -> str:
         return f"IssuedToken(token_id={self.token_id!r}, expires_at={self.expires_at!r})"
+
+
+# Metric label values (RFC 6749 §4.4, RFC 8693 §2.1 name the grants by URN; short here).
+_CLIENT = "client_credentials"
+_EXCHANGE = "token_exchange"
 
 
 class TokenIssuer:
@@ -100,6 +106,7 @@ class TokenIssuer:
         cert_thumbprint: str | None = None,
         audience: str | None = None,
         key: SigningKey | None = None,
+        grant_type: str = "password",
     ) -> IssuedToken:
         """Sign an access token for ``user``.
 
@@ -115,6 +122,8 @@ class TokenIssuer:
                 default audience if ``None``.
             key: The current signing key, when the caller read which one it is in
                 its own transaction; read here if ``None``.
+            grant_type: How the token was earned (``password``: a Login;
+                ``refresh_token``), for the metrics.
 
         Returns:
             The token and its metadata.
@@ -135,7 +144,14 @@ class TokenIssuer:
             raise InvalidCredentials()
         extra = {"sid": session_id, "username": user.username}
         return self._sign(
-            user.id, granted, extra, issued_at, cert_thumbprint, audience or self._audience, key=key
+            user.id,
+            granted,
+            extra,
+            issued_at,
+            cert_thumbprint,
+            audience or self._audience,
+            key=key,
+            grant_type=grant_type,
         )
 
     def issue_for_client(
@@ -154,7 +170,9 @@ class TokenIssuer:
         """
         granted = validate_scopes(scopes)
         extra = {"client_id": client_id}
-        return self._sign(client_id, granted, extra, None, cert_thumbprint, audience)
+        return self._sign(
+            client_id, granted, extra, None, cert_thumbprint, audience, grant_type=_CLIENT
+        )
 
     def issue_exchanged(
         self,
@@ -176,7 +194,14 @@ class TokenIssuer:
         """
         granted = validate_scopes(scopes)
         return self._sign(
-            subject, granted, extra, None, cert_thumbprint, audience, not_after=not_after
+            subject,
+            granted,
+            extra,
+            None,
+            cert_thumbprint,
+            audience,
+            not_after=not_after,
+            grant_type=_EXCHANGE,
         )
 
     def _sign(
@@ -190,6 +215,7 @@ class TokenIssuer:
         *,
         not_after: int | None = None,
         key: SigningKey | None = None,
+        grant_type: str,
     ) -> IssuedToken:
         if key is None:
             key = self._keys.current()
@@ -227,6 +253,7 @@ class TokenIssuer:
             key = successor
             token = _signed_compact(claims, key)
         _LOGGER.debug("issued token %s for %s with key %s", token_id, subject, key.kid)
+        notify_listener("token.issued", grant_type=grant_type, algorithm=key.algorithm)
         return IssuedToken(
             access_token=token,
             expires_in=expires_at - issued_at,

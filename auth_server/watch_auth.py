@@ -17,7 +17,9 @@ publishes to anyone, in one message. The modes:
     issuer (checked by :class:`~auth_server.token_inspector.TokenInspector`, the
     verifier's own code over the published keys and revocations; any audience)
     carrying the :data:`WATCH_SCOPE` scope, e.g. a service's client-credentials
-    token (``ssot-auth clients add ID --scope ssot.watch ...``). The stream ends
+    token (``ssot-auth clients add ID --scope ssot.watch ...``). A token bound to a
+    client certificate (``cnf`` ``x5t#S256``, issued over mutual TLS) is accepted
+    only on a connection presenting that certificate. The stream ends
     with ``UNAUTHENTICATED`` when the token expires, so no stream outlives its
     credential: the subscriber reconnects with a fresh token and receives the full
     revocation list again, so nothing revoked meanwhile is missed.
@@ -39,7 +41,8 @@ import grpc
 
 from auth_server.errors import AuthServerError
 from auth_server.token_inspector import TokenInspector
-from interceptors import AuthError
+from interceptors import AuthError, CertificateMismatch
+from interceptors._binding import check_cert_binding
 from interceptors._server_interceptors import bearer_token
 
 _LOGGER = logging.getLogger(__name__)
@@ -133,6 +136,13 @@ class WatchGuard:
         # No leeway here: this server issued the token, by this clock.
         if principal is None or principal.expires_at <= self._now():
             raise WatchUnauthenticated("invalid watch token")
+        if "cnf" in principal.claims:
+            # A certificate-bound token (RFC 8705 §3) is good only on a connection
+            # that presents that certificate: a copy taken off its client is not.
+            try:
+                check_cert_binding(principal, auth_context, "cnf")
+            except CertificateMismatch:
+                raise WatchUnauthenticated("watch token not bound to this certificate") from None
         if WATCH_SCOPE not in principal.scopes:
             raise WatchForbidden()
         return WatchGrant(principal.subject, float(principal.expires_at))

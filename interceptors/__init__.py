@@ -19,7 +19,9 @@ Use these:
 
 Implement these (extension points):
     ``KeySource``, ``KeyWatch``, ``KeyProvider`` (with ``VerificationKeyLike``),
-    ``RevocationChecker`` (or ``WatermarkChecker``), ``RevocationSource``, ``RevocationStream``.
+    ``RevocationChecker`` (or ``WatermarkChecker``), ``RevocationSource``, ``RevocationStream``,
+    ``VerifyObserver`` (metrics and traces of each check: the opt-in modules
+    :mod:`interceptors.prometheus` and :mod:`interceptors.otel` are two).
 
 Inspect these (what the library hands you):
     ``Principal``; ``CacheStats``, ``RevocationStats``; ``FetchResult``,
@@ -67,6 +69,7 @@ from interceptors._errors import (
 )
 from interceptors._keyset import KeySet, VerificationKey
 from interceptors._methods import HEALTH_METHODS, REFLECTION_METHODS, MethodPolicy
+from interceptors._observe import VerifyObserver
 from interceptors._propagation import AsyncIdentityPropagator, IdentityPropagator
 from interceptors._revocation import (
     RevocationBatch,
@@ -156,6 +159,7 @@ __all__ = [
     "UnknownKey",
     "VerificationKey",
     "VerificationKeyLike",
+    "VerifyObserver",
     "Watermark",
     "WatermarkChecker",
     "bearer_token",

@@ -49,6 +49,7 @@ from interceptors._reconnect import (
     StreamEnd,
     check_reconnect,
     follow_with_backoff,
+    server_left,
 )
 from interceptors._sources import FetchResult, KeySource, KeyWatch
 
@@ -126,6 +127,8 @@ class CacheStats:
         pushes: Key sets applied from the push stream.
         stale_serves: Lookups answered from a set past its expiry.
         last_success: Clock time of the last set loaded (fetched or pushed), or ``None``.
+        suppressed_refetches: Unknown-kid lookups refused without a fetch because the
+            cooldown (or the memory of missing kids) holds the refetch back.
     """
 
     fetches: int
@@ -133,6 +136,7 @@ class CacheStats:
     pushes: int
     stale_serves: int
     last_success: float | None
+    suppressed_refetches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,7 @@ class KeyCache(Background):
         self._fetch_failures = 0
         self._pushes = 0
         self._stale_serves = 0
+        self._suppressed = 0
         self._last_success: float | None = None
 
         self._started = False
@@ -330,7 +335,19 @@ class KeyCache(Background):
                 pushes=self._pushes,
                 stale_serves=self._stale_serves,
                 last_success=self._last_success,
+                suppressed_refetches=self._suppressed,
             )
+
+    @property
+    def loads_in_background(self) -> bool:
+        """Whether :meth:`start` loads keys ahead of calls (``background=True``)."""
+        return self._background
+
+    @property
+    def serving_stale(self) -> bool:
+        """Whether the set in use is past its max-age (kept because no fresh one came)."""
+        entry = self._current(self._now())
+        return entry is not None and self._now() >= entry.expires_at
 
     # -- lookup internals --------------------------------------------------------------
 
@@ -355,6 +372,7 @@ class KeyCache(Background):
         with self._lock:
             if entry is not None and kid in self._missing:
                 self._missing.move_to_end(kid)
+                self._suppressed += 1
                 return self._no_fetch_error()
             if self._inflight is not None:
                 return self._inflight
@@ -365,6 +383,7 @@ class KeyCache(Background):
                 and self._last_attempt_at is not None
                 and now - self._last_attempt_at < self._settings.cooldown
             ):
+                self._suppressed += 1
                 return self._no_fetch_error()
             return self._begin_flight_locked()
 
@@ -614,7 +633,9 @@ class KeyCache(Background):
                 got_any = True
                 self._apply_push(result)
         except KeySourceError as exc:
-            return StreamEnd(delivered=got_any, why=f"broke: {exc.log_detail}")
+            return StreamEnd(
+                delivered=got_any, why=f"broke: {exc.log_detail}", server_left=server_left(exc)
+            )
         except Exception:  # keep following the issuer whatever the stream did
             _LOGGER.exception("key push stream failed unexpectedly")
             return StreamEnd(delivered=got_any, why="failed")

@@ -10,7 +10,8 @@ command name its flag in a :class:`~interceptors.tls.TlsError` message
 It lives in ``interceptors`` because ``resource_server`` may import nothing else of
 ours (and ``auth_server`` may use ``interceptors``' leaf helpers); it is private
 because a library user has no use for it and it promises them nothing. A leaf: it
-imports only the standard library.
+imports only the standard library (and :mod:`interceptors.otel` when the ``OTEL_*``
+variables ask for traces).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from interceptors.logformat import LOG_FORMATS, default_log_format, formatter_for
+
+if TYPE_CHECKING:
+    from interceptors.otel import Tracing
 
 ENV_PREFIX = "SSOT_"
 _FALSE = ("", "0", "false")
@@ -60,12 +66,43 @@ def parse_command_line(
     except SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
-    logging.basicConfig(
-        level=ns.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter_for(ns.log_format or default_log_format()))
+    logging.basicConfig(level=ns.log_level, handlers=[handler])
     return ns
+
+
+def tracing_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces: an exporter other than ``none`` is
+    named and the SDK is not disabled. (Tracing is opt-in: the SDK's own default
+    exporter, OTLP to localhost, is not assumed.)"""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    names = {name.strip() for name in env.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    return bool(names - {"", "none"})
+
+
+def start_tracing(service_name: str) -> Tracing | None:
+    """The serving commands' traces: set up from ``OTEL_*`` when they ask for them.
+
+    Raises:
+        SettingsError: Traces are asked for, but the ``otel`` extra or the named
+            exporter is not installed.
+    """
+    if not tracing_requested():
+        return None
+    try:
+        from interceptors.otel import configure_from_env  # the optional extra, only when asked for
+    except ImportError:
+        raise SettingsError(
+            "OTEL_TRACES_EXPORTER asks for traces, but OpenTelemetry is not installed"
+            " (pip install 'ssot-auth[otel]')"
+        ) from None
+    try:
+        return configure_from_env(service_name)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
@@ -173,7 +210,7 @@ def add_env_argument(
 
 
 def add_log_level_argument(parser: Any) -> None:
-    """``--log-level``, the one flag every command has."""
+    """``--log-level`` and ``--log-format``, the flags every command has."""
     add_env_argument(
         parser,
         "--log-level",
@@ -181,6 +218,13 @@ def add_log_level_argument(parser: Any) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level",
         default_help="INFO",
+    )
+    add_env_argument(
+        parser,
+        "--log-format",
+        choices=list(LOG_FORMATS),
+        help="log lines as text or as one JSON object per line",
+        default_help="text on a terminal, json otherwise",
     )
 
 

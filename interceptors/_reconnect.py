@@ -20,6 +20,9 @@ RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
 #: How long :meth:`Background.close` waits for each background thread, seconds.
 JOIN_TIMEOUT = 5.0
+#: The details of the ``UNAVAILABLE`` status an auth service ends its push streams
+#: with when it drains: the follower reconnects at once (to another replica).
+SHUTTING_DOWN = "server shutting down"
 
 
 class StreamEnd(NamedTuple):
@@ -28,10 +31,26 @@ class StreamEnd(NamedTuple):
     Attributes:
         delivered: It delivered anything before it ended (which resets the backoff).
         why: Why it ended, for the log line ("ended", "broke: ...").
+        server_left: The server ended it because it is shutting down; reopen at once.
     """
 
     delivered: bool
     why: str
+    server_left: bool = False
+
+
+def server_left(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is the draining server's ``UNAVAILABLE`` status."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        details = getattr(seen, "details", None)
+        if callable(details):
+            try:
+                return bool(details() == SHUTTING_DOWN)
+            except Exception:  # noqa: BLE001 - a foreign error object: not the drain status
+                return False
+        seen = seen.__cause__
+    return False
 
 
 #: Follow one stream until it ends; ``None`` stops following for good.
@@ -71,6 +90,12 @@ def follow_with_backoff(
             delay, quiet = initial, False
         if closing.is_set():
             return
+        if end.server_left and end.delivered:
+            # A replica draining: another one answers now, and every moment waited is
+            # a moment of missed rotations and revocations. Only after a stream that
+            # worked, so a server that says so at once cannot make us spin.
+            logger.info("%s ended: server shutting down; reconnecting now", what)
+            continue
         log = logger.debug if quiet else logger.warning
         log("%s %s; reconnecting in %.1f s", what, end.why, delay)
         quiet = True

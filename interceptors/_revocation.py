@@ -32,6 +32,7 @@ from interceptors._reconnect import (
     StreamEnd,
     check_reconnect,
     follow_with_backoff,
+    server_left,
 )
 from interceptors._revocation_entries import RevocationEntries, Watermark
 
@@ -297,7 +298,11 @@ class RevocationList(Background):
                 self.apply(batch)
                 delivered = True
         except Exception as exc:  # noqa: BLE001 - keep following whatever the stream did
-            return StreamEnd(delivered=delivered, why=f"broke ({type(exc).__name__})")
+            return StreamEnd(
+                delivered=delivered,
+                why=f"broke ({type(exc).__name__})",
+                server_left=server_left(exc),
+            )
         finally:
             self._release_stream()
         return StreamEnd(delivered=delivered, why="ended")

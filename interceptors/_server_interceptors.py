@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -30,6 +31,7 @@ from interceptors._errors import (
     MissingToken,
 )
 from interceptors._methods import MethodPolicy
+from interceptors._observe import OK, VerifyObserver
 from interceptors._verify import TokenVerifier
 from interceptors.audit import audit_event
 
@@ -117,10 +119,11 @@ def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     return error
 
 
-def _refusal(exc: Exception, method: str, context: Any) -> tuple[grpc.StatusCode, str]:
-    """The status and message that refuse a call (:func:`_rejection`), holding no exception."""
+def _refusal(exc: Exception, method: str, context: Any) -> tuple[grpc.StatusCode, str, str]:
+    """The status, message and reason that refuse a call (:func:`_rejection`), holding no
+    exception."""
     error = _rejection(exc, method, _peer(context))
-    return error.code, error.message
+    return error.code, error.message, error.reason
 
 
 def _peer(context: Any) -> str:
@@ -151,7 +154,15 @@ class _PrincipalScope:
 class _MethodCheck:
     """The token and scope check for one protected method, in a sync and an async face."""
 
-    __slots__ = ("_actors", "_binding", "_method", "_nothing_else", "_scopes", "_verifier")
+    __slots__ = (
+        "_actors",
+        "_binding",
+        "_method",
+        "_nothing_else",
+        "_observer",
+        "_scopes",
+        "_verifier",
+    )
 
     def __init__(
         self,
@@ -160,12 +171,14 @@ class _MethodCheck:
         scopes: frozenset[str],
         binding: CertBinding | None,
         actors: frozenset[str] | None = None,
+        observer: VerifyObserver | None = None,
     ) -> None:
         self._verifier = verifier
         self._method = method
         self._scopes = scopes
         self._binding = binding
         self._actors = actors
+        self._observer = observer
         # Most methods need a valid token and nothing more: decided once, so their
         # calls skip three calls that would check nothing.
         self._nothing_else = binding is None and not scopes and actors is None
@@ -177,15 +190,21 @@ class _MethodCheck:
         _require_actors(principal, self._actors)
 
     def admit(self, context: grpc.ServicerContext) -> _PrincipalScope:
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             token = bearer_token(context.invocation_metadata())
             principal = self._verifier.verify(token)
             if not self._nothing_else:
                 self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message = _refusal(exc, self._method, context)
+            code, message, reason = _refusal(exc, self._method, context)
         else:
+            if observer is not None:
+                observer.verified(self._method, OK, time.perf_counter() - started)
             return _PrincipalScope(principal, token)
+        if observer is not None:
+            observer.verified(self._method, reason, time.perf_counter() - started)
         # Aborted outside the except block, with no local holding the refused
         # exception: its traceback holds this frame, this frame would hold it, and
         # that cycle would keep the call (and its HTTP/2 stream, counted against
@@ -193,15 +212,21 @@ class _MethodCheck:
         context.abort(code, message)
 
     async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             token = bearer_token(context.invocation_metadata())
             principal = await self._verifier.averify(token)
             if not self._nothing_else:
                 self._authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message = _refusal(exc, self._method, context)
+            code, message, reason = _refusal(exc, self._method, context)
         else:
+            if observer is not None:
+                observer.verified(self._method, OK, time.perf_counter() - started)
             return _PrincipalScope(principal, token)
+        if observer is not None:
+            observer.verified(self._method, reason, time.perf_counter() - started)
         await context.abort(code, message)  # outside the except block: see admit
 
 
@@ -274,7 +299,9 @@ class _HandlerWrapper:
         verifier: TokenVerifier,
         policy: MethodPolicy | None,
         cert_binding: CertBinding | None,
+        observer: VerifyObserver | None = None,
     ) -> None:
+        self._observer = observer
         if cert_binding is not None and cert_binding not in CERT_BINDINGS:
             raise ValueError(f"cert_binding must be one of {CERT_BINDINGS} or None")
         self._verifier = verifier
@@ -308,6 +335,7 @@ class _HandlerWrapper:
             self._policy.scopes_for(method),
             self._binding,
             self._policy.actors_for(method),
+            self._observer,
         )
         for attribute, factory, streams_out in _KINDS:
             behaviour: _Behaviour | None = getattr(handler, attribute)
@@ -342,6 +370,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         policy: MethodPolicy | None = None,
         *,
         cert_binding: CertBinding | None = None,
+        observer: VerifyObserver | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -352,8 +381,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             cert_binding: On a mutual-TLS server, require the client certificate to
                 match the token: ``"subject"`` (it names ``sub`` or ``username``) or
                 ``"cnf"`` (RFC 8705 ``x5t#S256``); ``None`` does not look at it.
+            observer: Told of every check's result and duration (metrics, traces:
+                :mod:`interceptors.prometheus`, :mod:`interceptors.otel`); ``None``
+                costs nothing.
         """
-        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding)
+        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding, observer)
 
     def intercept_service(
         self,
@@ -380,6 +412,7 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
         policy: MethodPolicy | None = None,
         *,
         cert_binding: CertBinding | None = None,
+        observer: VerifyObserver | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -388,8 +421,9 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
             policy: Public methods and per-method scopes; by default every method but
                 health and reflection needs a token.
             cert_binding: As for :class:`AuthInterceptor`.
+            observer: As for :class:`AuthInterceptor`.
         """
-        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding)
+        self._wrapper = _HandlerWrapper(verifier, policy, cert_binding, observer)
 
     async def intercept_service(
         self,

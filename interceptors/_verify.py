@@ -165,6 +165,9 @@ class TokenVerifier:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._removals = 0
+        # Verified-token cache lookups, counted under the lock the lookup takes anyway.
+        self._hits = 0
+        self._misses = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
         # Bound once here; it also remembers the headers it has checked. The bound
@@ -323,6 +326,12 @@ class TokenVerifier:
         return self._keys
 
     @property
+    def cache_lookups(self) -> tuple[int, int]:
+        """Verified-token cache ``(hits, misses)`` so far (for metrics)."""
+        with self._lock:
+            return self._hits, self._misses
+
+    @property
     def revocations(self) -> RevocationChecker | None:
         """The revoked-session list this verifier consults, if any."""
         return self._revocations
@@ -354,11 +363,14 @@ class TokenVerifier:
         with self._lock:
             entry = self._cache.get(token)
             if entry is None:
+                self._misses += 1
                 return None
             if entry.not_before <= now < entry.expires:
                 self._cache.move_to_end(token)
+                self._hits += 1
                 return entry.principal
             del self._cache[token]
+            self._misses += 1
             return None
 
     def _remember(self, token: str, entry: _Entry, removals: int) -> None:

@@ -129,6 +129,30 @@ class _Slot:
     pids: list[int] = field(default_factory=list)
 
 
+_WORKER_INDEX: int | None = None
+
+
+def worker_index() -> int | None:
+    """This process's worker number (1..N) under :func:`run_workers`, else ``None``."""
+    return _WORKER_INDEX
+
+
+def per_worker_address(address: str | None) -> str | None:
+    """``HOST:PORT`` moved to ``PORT + n - 1`` in worker ``n``; unchanged outside workers.
+
+    For listeners whose answers are one process's own state (``/metrics``): each
+    worker keeps its own counters, so a scrape that reached a random worker through
+    a shared port would see counters jump. Port 0 stays 0 (each picks a free one).
+    """
+    index = worker_index()
+    if address is None or index is None:
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) == 0:
+        return address
+    return f"{host}:{int(port) + index - 1}"
+
+
 def run_workers(
     count: int,
     serve: Callable[[Callable[[], None]], int],
@@ -162,7 +186,7 @@ def run_workers(
         slot.serving = False
         slot.process = context.Process(
             target=_worker_main,
-            args=(serve, slot.ready, prog, errors, held, os.getpid()),
+            args=(serve, slot.ready, prog, errors, held, os.getpid(), slot.index),
             name=f"{prog}-worker-{slot.index}",
             daemon=False,
         )
@@ -273,7 +297,10 @@ def _worker_main(
     errors: tuple[type[BaseException], ...],
     held: Sequence[socket.socket],
     parent: int,
+    index: int,
 ) -> None:
+    global _WORKER_INDEX  # set once, in the worker process only
+    _WORKER_INDEX = index
     # The parent's handlers only set its flag: a worker stops on its own terms.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,8 +29,10 @@ from interceptors import (
     TokenManager,
     TokenPolicy,
     TokenVerifier,
+    VerifyObserver,
 )
 from interceptors._cli import SERVER_TLS_FLAGS
+from interceptors._observe import Observers
 from interceptors.tls import (
     TlsError,
     channel_credentials,
@@ -38,6 +41,12 @@ from interceptors.tls import (
 )
 from protos import resource_pb2_grpc
 from resource_server.downstream import DownstreamSettings, aio_downstream, sync_downstream
+from resource_server.ops import (
+    AsyncKeyedHealthServicer,
+    KeyedHealthServicer,
+    afollow_keys,
+    follow_keys,
+)
 from resource_server.service import (
     PUBLIC_METHODS,
     REQUIRED_SCOPES,
@@ -47,6 +56,9 @@ from resource_server.service import (
     ResourceServicer,
 )
 
+if TYPE_CHECKING:
+    from interceptors.otel import Tracing
+
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50052"
 DEFAULT_MAX_METADATA_SIZE = 16 * 1024
@@ -55,6 +67,7 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 256
 DEFAULT_MAX_TOKEN_LENGTH = 8192
 DEFAULT_MAX_JSON_DEPTH = 16
 DEFAULT_MAX_TOKEN_LIFETIME = 86400
+HEALTH_SERVICES = ("", SERVICE_NAME)
 #: The scope a watch token asks for (the auth service's ``--watch-auth token``).
 WATCH_SCOPE = "ssot.watch"
 
@@ -97,6 +110,8 @@ class ResourceServerConfig:
             until their ``exp``.
         downstream: Where ``GetResourceOnBehalf`` calls on the caller's behalf (token
             exchange), or ``None``.
+        metrics_address: Serve Prometheus ``/metrics`` at this ``HOST:PORT``.
+        shutdown_grace: Seconds in-flight calls get when the server stops.
         watch_identity: With ``auth_target``: the service identity whose
             client-credentials token (scope ``ssot.watch``, renewed ahead of expiry)
             opens ``WatchJwks`` and ``WatchRevocations`` at an auth service run with
@@ -131,6 +146,8 @@ class ResourceServerConfig:
     max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     revocations_fail_closed: float | None = None
     downstream: DownstreamSettings | None = None
+    metrics_address: str | None = None
+    shutdown_grace: float = 5.0
     watch_identity: PrivateKeyJwt | ClientSecret | None = None
     reuse_port: bool = False
 
@@ -278,15 +295,37 @@ def _bind(server: grpc.Server | grpc.aio.Server, config: ResourceServerConfig) -
         raise StartupError(f"cannot listen on {address} (--grpc)") from exc
 
 
+def _observer(observer: VerifyObserver | None, tracing: Tracing | None) -> VerifyObserver | None:
+    if tracing is None:
+        return observer
+    return tracing if observer is None else Observers(observer, tracing)
+
+
 def build_server(
-    config: ResourceServerConfig, verifier: TokenVerifier, *, max_workers: int = 16
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    max_workers: int = 16,
+    observer: VerifyObserver | None = None,
+    health_servicer: health.HealthServicer | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started sync ``grpc.server`` with the auth interceptor, and its bound port."""
+    """A started sync ``grpc.server`` with the auth interceptor, and its bound port.
+
+    Health is ``NOT_SERVING`` until the verifier holds a key set; ``observer``
+    sees every token check (metrics). With ``tracing`` each call is a server span
+    continuing the caller's trace, the check a span event, and the downstream
+    calls (exchange included) client spans sending it on.
+    """
+    auth = AuthInterceptor(
+        verifier,
+        resource_policy(),
+        cert_binding=config.cert_binding,
+        observer=_observer(observer, tracing),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="resource"),
-        interceptors=[
-            AuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
-        ],
+        interceptors=[auth] if tracing is None else [tracing.interceptor(), auth],
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
@@ -294,42 +333,65 @@ def build_server(
             ResourceLogic(issuer=config.issuer),
             None
             if config.downstream is None
-            else sync_downstream(config.downstream, config.issuer),
+            else sync_downstream(config.downstream, config.issuer, tracing),
         ),
         server,
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer or KeyedHealthServicer(verifier, HEALTH_SERVICES)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_common_services(server, config.reflection)
     port = _bind(server, config)
+    for service in HEALTH_SERVICES:
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    follow_keys(server, health_servicer, verifier, HEALTH_SERVICES)
     return server, port
 
 
 async def start_aio_server(
-    config: ResourceServerConfig, verifier: TokenVerifier
+    config: ResourceServerConfig,
+    verifier: TokenVerifier,
+    *,
+    observer: VerifyObserver | None = None,
+    health_servicer: health.aio.HealthServicer | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A started ``grpc.aio`` server with the async auth interceptor, and its bound port."""
+    """A started ``grpc.aio`` server with the async auth interceptor, and its bound port.
+
+    As :func:`build_server`: health follows the key set; ``observer`` sees each check,
+    ``tracing`` traces each call.
+    """
+    auth = AsyncAuthInterceptor(
+        verifier,
+        resource_policy(),
+        cert_binding=config.cert_binding,
+        observer=_observer(observer, tracing),
+    )
     server = grpc.aio.server(
-        interceptors=[
-            AsyncAuthInterceptor(verifier, resource_policy(), cert_binding=config.cert_binding)
-        ],
+        interceptors=[auth] if tracing is None else [tracing.aio_interceptor(), auth],
         options=server_options(config),
     )
     resource_pb2_grpc.add_ResourceServiceServicer_to_server(
         AsyncResourceServicer(
             ResourceLogic(issuer=config.issuer),
-            config.downstream and aio_downstream(config.downstream, config.issuer),
+            config.downstream and aio_downstream(config.downstream, config.issuer, tracing),
         ),
         server,
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    aio_health = health_servicer or AsyncKeyedHealthServicer(verifier, HEALTH_SERVICES)
+    health_pb2_grpc.add_HealthServicer_to_server(aio_health, server)
     _add_common_services(server, config.reflection)
     port = _bind(server, config)
+    for service in HEALTH_SERVICES:
+        await aio_health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    task = asyncio.create_task(
+        afollow_keys(server, aio_health, verifier, HEALTH_SERVICES), name="resource-health"
+    )
+    _FOLLOWERS.add(task)
+    task.add_done_callback(_FOLLOWERS.discard)
     return server, port
+
+
+# The health followers of running aio servers (a task needs a strong reference).
+_FOLLOWERS: set[asyncio.Task[None]] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,15 +22,23 @@ from google.protobuf.message import Message
 from interceptors import CERT_BINDINGS, ClientSecret, PrivateKeyJwt
 from interceptors._cli import (
     CLIENT_TLS_FLAGS,
+    SettingsError,
     add_client_tls_arguments,
     add_env_argument,
     add_log_level_argument,
     add_server_tls_arguments,
     parse_command_line,
     run_until_signalled,
+    start_tracing,
     wants_tls,
 )
-from interceptors._workers import WorkerError, add_workers_argument, reserve_ports, run_workers
+from interceptors._workers import (
+    WorkerError,
+    add_workers_argument,
+    per_worker_address,
+    reserve_ports,
+    run_workers,
+)
 from interceptors.tls import TlsError, channel_credentials
 from protos import resource_pb2, resource_pb2_grpc
 from resource_server.app import (
@@ -40,6 +49,7 @@ from resource_server.app import (
     DEFAULT_MAX_METADATA_SIZE,
     DEFAULT_MAX_TOKEN_LENGTH,
     DEFAULT_MAX_TOKEN_LIFETIME,
+    HEALTH_SERVICES,
     WATCH_SCOPE,
     ResourceServerConfig,
     StartupError,
@@ -48,6 +58,7 @@ from resource_server.app import (
     start_aio_server,
 )
 from resource_server.downstream import DownstreamSettings
+from resource_server.ops import AsyncKeyedHealthServicer, KeyedHealthServicer, start_metrics
 
 PROG = "ssot-resource"
 _LOGGER = logging.getLogger("ssot_resource")
@@ -118,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --auth-target: refuse every token (UNAVAILABLE) until the revocation "
         "list has synced, and once it has been out of sync for longer than SECONDS "
         "(default: fail open, revoked tokens pass until exp while the stream is down)",
+    )
+    add_env_argument(
+        serve,
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics of the verifier on this address",
+    )
+    add_env_argument(
+        serve,
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, after health turns NOT_SERVING, how long in-flight calls get",
+        default_help=5.0,
     )
     _add_downstream_arguments(serve)
     _add_tls_arguments(serve)
@@ -297,6 +323,8 @@ def _config(ns: argparse.Namespace) -> ResourceServerConfig:
             max_token_lifetime=ns.max_token_lifetime,
             revocations_fail_closed=ns.revocations_fail_closed,
             downstream=_downstream(ns),
+            metrics_address=ns.metrics,
+            shutdown_grace=ns.shutdown_grace,
             watch_identity=_watch_identity(ns),
         )
     except ValueError as exc:
@@ -333,26 +361,60 @@ def _serve_one(config: ResourceServerConfig, *, aio: bool, ready: Callable[[], N
         raise CommandError(exc.naming(AUTH_SOURCE_TLS_FLAGS)) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    with verifier:
+    with verifier, contextlib.ExitStack() as opened:
+        try:
+            tracing = start_tracing("ssot-resource")
+        except SettingsError as exc:
+            raise CommandError(str(exc)) from None
+        observer = None
+        metrics_address = per_worker_address(config.metrics_address)
+        if metrics_address is not None:
+            try:
+                endpoint = start_metrics(verifier, metrics_address)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            except OSError:
+                raise CommandError(f"cannot listen on {metrics_address} (--metrics)") from None
+            opened.callback(endpoint.close)
+            observer = endpoint.observer
+            print(f"ssot-resource metrics on port {endpoint.port}", flush=True)
+        grace = config.shutdown_grace
         if aio:
 
             async def serve(stop: asyncio.Event) -> None:
-                server, port = await start_aio_server(config, verifier)
+                aio_health = AsyncKeyedHealthServicer(verifier, HEALTH_SERVICES)
+                server, port = await start_aio_server(
+                    config,
+                    verifier,
+                    observer=observer,
+                    health_servicer=aio_health,
+                    tracing=tracing,
+                )
                 print(f"ssot-resource (aio) serving on port {port}", flush=True)
                 ready()
                 await stop.wait()
-                await server.stop(2)
+                # Load balancers stop sending first; then calls in flight finish.
+                await aio_health.enter_graceful_shutdown()
+                await server.stop(grace)
 
             run_until_signalled(serve)
         else:
-            server, port = build_server(config, verifier)
+            sync_health = KeyedHealthServicer(verifier, HEALTH_SERVICES)
+            server, port = build_server(
+                config,
+                verifier,
+                observer=observer,
+                health_servicer=sync_health,
+                tracing=tracing,
+            )
             print(f"ssot-resource serving on port {port}", flush=True)
             ready()
             stopped = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stopped.set())
             stopped.wait()
-            server.stop(2).wait()
+            sync_health.enter_graceful_shutdown()
+            server.stop(grace).wait()
     return 0
 
 

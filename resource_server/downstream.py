@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -18,6 +19,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from interceptors import AsyncIdentityPropagator, IdentityPropagator, PrivateKeyJwt
 from protos import resource_pb2_grpc
+
+if TYPE_CHECKING:
+    from interceptors.otel import Tracing
 
 _MAX_KEY_FILE = 64 * 1024
 
@@ -76,28 +80,36 @@ def client_credentials(settings: DownstreamSettings, issuer: str) -> PrivateKeyJ
 
 
 def sync_downstream(
-    settings: DownstreamSettings, issuer: str
+    settings: DownstreamSettings, issuer: str, tracing: Tracing | None = None
 ) -> resource_pb2_grpc.ResourceServiceStub:
-    """A stub whose calls carry the current caller's exchanged token (sync channels)."""
+    """A stub whose calls carry the current caller's exchanged token (sync channels).
+
+    With ``tracing``, the exchange and the downstream call are client spans of the
+    caller's trace, and send it on.
+    """
+    traced = () if tracing is None else (tracing.client_interceptor(),)
     propagator = IdentityPropagator(
-        grpc.insecure_channel(settings.auth_target),
+        grpc.intercept_channel(grpc.insecure_channel(settings.auth_target), *traced),
         audience=settings.audience,
         credentials=client_credentials(settings, issuer),
     )
     channel = grpc.intercept_channel(
-        grpc.insecure_channel(settings.target), propagator.interceptor()
+        grpc.insecure_channel(settings.target), *traced, propagator.interceptor()
     )
     return resource_pb2_grpc.ResourceServiceStub(channel)
 
 
 def aio_downstream(
-    settings: DownstreamSettings, issuer: str
+    settings: DownstreamSettings, issuer: str, tracing: Tracing | None = None
 ) -> resource_pb2_grpc.ResourceServiceStub:
     """The same on ``grpc.aio`` channels (call from the server's event loop)."""
+    traced = [] if tracing is None else tracing.aio_client_interceptors()
     propagator = AsyncIdentityPropagator(
-        grpc.aio.insecure_channel(settings.auth_target),
+        grpc.aio.insecure_channel(settings.auth_target, interceptors=traced or None),
         audience=settings.audience,
         credentials=client_credentials(settings, issuer),
     )
-    channel = grpc.aio.insecure_channel(settings.target, interceptors=propagator.interceptors())
+    channel = grpc.aio.insecure_channel(
+        settings.target, interceptors=[*traced, *propagator.interceptors()]
+    )
     return resource_pb2_grpc.ResourceServiceStub(channel)

@@ -14,11 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -36,6 +40,7 @@ from auth_server.watch_auth import (
 )
 from helpers import (
     AUDIENCE,
+    DROP,
     ISSUER,
     AuthHarness,
     EventLoopThread,
@@ -56,9 +61,10 @@ from interceptors import (
     TokenManager,
     TokenPolicy,
     TokenVerifier,
+    cert_thumbprint,
 )
 from pki import Pki, make_pki
-from protos import auth_pb2, auth_pb2_grpc
+from protos import auth_pb2, auth_pb2_grpc, resource_pb2, resource_pb2_grpc
 from resource_server import ResourceServerConfig, open_verifier
 from resource_server.__main__ import main as resource_main
 from resource_server.cli import _config as resource_config
@@ -299,6 +305,134 @@ def test_the_stream_ends_at_token_expiry_and_resumes_with_a_fresh_token(
                 ),
                 1.0,
             )
+    finally:
+        harness.channel.close()
+        harness.stop()
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        # Expired a moment ago: inside a verifier's usual leeway, still refused here.
+        pytest.param({"exp": int(time.time()) - 5}, "UNAUTHENTICATED", id="just-expired"),
+        pytest.param({"iss": "https://evil.test"}, "UNAUTHENTICATED", id="another-issuer"),
+        pytest.param({"scope": DROP, "scp": [WATCH_SCOPE]}, "PERMISSION_DENIED", id="scp-list"),
+        pytest.param({"scope": [WATCH_SCOPE]}, "UNAUTHENTICATED", id="scope-as-list"),
+        pytest.param({"scope": "ssot.watch.all"}, "PERMISSION_DENIED", id="scope-prefix"),
+        pytest.param({"scope": "x\tssot.watch"}, "PERMISSION_DENIED", id="scope-tab-joined"),
+        pytest.param({"scope": "SSOT.WATCH"}, "PERMISSION_DENIED", id="scope-case"),
+    ],
+)
+def test_a_watch_token_in_the_wrong_form_is_refused(
+    token_auth: AuthHarness, changes: dict[str, Any], status: str
+) -> None:
+    for method in ("WatchJwks", "WatchRevocations"):
+        token = token_auth.forge(changes)
+        assert stream_status(token_auth.channel, method, token).name == status
+        honest = token_auth.forge({"scope": f"resource.read {WATCH_SCOPE}"})
+        assert stream_status(token_auth.channel, method, honest) == grpc.StatusCode.OK
+
+
+def test_a_logged_out_or_refresh_token_cannot_watch(token_auth: AuthHarness) -> None:
+    token_auth.add_user("viewer", PASSWORD, (WATCH_SCOPE,))
+    grant = token_auth.login("viewer", PASSWORD)
+    assert stream_status(token_auth.channel, "WatchJwks", grant.access_token).name == "OK"
+    for method in ("WatchJwks", "WatchRevocations"):
+        assert stream_status(token_auth.channel, method, grant.refresh_token).name == (
+            "UNAUTHENTICATED"
+        )
+    token_auth.logout(grant.refresh_token)
+    for method in ("WatchJwks", "WatchRevocations"):
+        assert stream_status(token_auth.channel, method, grant.access_token).name == (
+            "UNAUTHENTICATED"
+        )
+    fresh = token_auth.login("viewer", PASSWORD)
+    assert stream_status(token_auth.channel, "WatchRevocations", fresh.access_token).name == "OK"
+
+
+def test_a_watch_token_opens_no_other_door(
+    loop_thread: EventLoopThread, token_auth: AuthHarness, rsa_key: Any
+) -> None:
+    tokens = TokenManager.for_service(
+        token_auth.channel,
+        PrivateKeyJwt(client_id=WATCHER, key=rsa_key, issuer=ISSUER, scope=WATCH_SCOPE),
+    )
+    watch = tokens.token()
+    assert stream_status(token_auth.channel, "WatchJwks", watch) == grpc.StatusCode.OK
+    # A method that needs a scope does not take ssot.watch for it (a method that needs
+    # only "a token" of the audience takes any, this one's too, by the resource's policy).
+    token_auth.add_user("boss", PASSWORD, ("resource.admin",))
+    admin = token_auth.login("boss", PASSWORD).access_token
+
+    def admin_report(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+        stub = resource_pb2_grpc.ResourceServiceStub(channel)
+        try:
+            stub.GetAdminReport(
+                resource_pb2.GetAdminReportRequest(), metadata=bearer(token), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[attr-defined,no-any-return]
+        return grpc.StatusCode.OK
+
+    with resource(loop_thread, token_auth.target) as (_, channel):
+        assert admin_report(channel, watch) == grpc.StatusCode.PERMISSION_DENIED
+        assert admin_report(channel, admin) == grpc.StatusCode.OK
+    # Introspection takes client authentication, not a bearer token.
+    request = urllib.request.Request(
+        token_auth.server.http_base_url + "/oauth2/introspect",
+        data=urllib.parse.urlencode({"token": watch}).encode(),
+        headers={"Authorization": f"Bearer {watch}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    info.value.close()
+    assert info.value.code in (400, 401), info.value.code
+
+
+def test_a_certificate_bound_watch_token_needs_its_certificate(token_auth: AuthHarness) -> None:
+    # Plaintext: no certificate on the connection, so a cnf-bound token proves nothing.
+    bound = token_auth.forge({"scope": WATCH_SCOPE, "cnf": {"x5t#S256": "A" * 43}})
+    unbound = token_auth.forge({"scope": WATCH_SCOPE})
+    for method in ("WatchJwks", "WatchRevocations"):
+        assert stream_status(token_auth.channel, method, bound) == grpc.StatusCode.UNAUTHENTICATED
+        assert stream_status(token_auth.channel, method, unbound) == grpc.StatusCode.OK
+
+
+def test_a_watch_token_bound_to_one_certificate_is_refused_from_another(
+    loop_thread: EventLoopThread, tmp_path: Path, pki: Pki
+) -> None:
+    config = make_config(
+        tmp_path,
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        client_ca=pki.ca,
+        watch_auth="token",
+    )
+    harness = start_harness(loop_thread, config)
+    alice, bob = pki.clients["alice"], pki.clients["bob"]
+
+    def connect(identity: Any) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(pki.ca_pem, identity.key_pem, identity.cert_pem)
+        return grpc.secure_channel(harness.target, creds)
+
+    def login(channel: grpc.Channel) -> str:
+        request = auth_pb2.LoginRequest(username="watcher", password=PASSWORD)
+        token = auth_pb2_grpc.AuthServiceStub(channel).Login(request, timeout=10).access_token
+        return str(token)
+
+    try:
+        harness.add_user("watcher", PASSWORD, (WATCH_SCOPE,))
+        with connect(alice) as as_alice, connect(bob) as as_bob:
+            # A login over mutual TLS binds the token to that certificate (RFC 8705).
+            alices, bobs = login(as_alice), login(as_bob)
+            cnf = jwt.decode(alices, options={"verify_signature": False})["cnf"]
+            assert cnf == {"x5t#S256": cert_thumbprint(alice.cert_pem)}
+            for method in ("WatchJwks", "WatchRevocations"):
+                # Alice's token copied onto Bob's connection (same CA, valid) is refused ...
+                assert stream_status(as_bob, method, alices) == grpc.StatusCode.UNAUTHENTICATED
+                # ... and each token passes from its own certificate.
+                assert stream_status(as_alice, method, alices) == grpc.StatusCode.OK
+                assert stream_status(as_bob, method, bobs) == grpc.StatusCode.OK
     finally:
         harness.channel.close()
         harness.stop()

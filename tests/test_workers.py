@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free_port_pair() -> int:
+    """A port P with P + 1 free too: with --workers 2, worker n serves --metrics on P + n - 1."""
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return str(answer.read().decode())
 
 
 def _env() -> dict[str, str]:
@@ -120,6 +139,7 @@ def test_two_workers_of_each_server_serve_restart_and_stop_cleanly(
     )
     assert added.returncode == 0, added.stderr
     grpc_port, http_port, resource_port = _free_port(), _free_port(), _free_port()
+    auth_metrics, resource_metrics = _free_port_pair(), _free_port_pair()
     issuer = f"http://127.0.0.1:{http_port}"
     common = ["--issuer", issuer, "--audience", AUDIENCE]
     auth = _serve(
@@ -127,6 +147,7 @@ def test_two_workers_of_each_server_serve_restart_and_stop_cleanly(
         [
             *("--data-dir", str(data), "--grpc", f"127.0.0.1:{grpc_port}"),
             *("--http", f"127.0.0.1:{http_port}", *common),
+            *("--metrics", f"127.0.0.1:{auth_metrics}"),
         ],
         tmp_path / "auth.log",
     )
@@ -137,6 +158,7 @@ def test_two_workers_of_each_server_serve_restart_and_stop_cleanly(
         [
             *("--grpc", f"127.0.0.1:{resource_port}"),
             *("--auth-target", f"127.0.0.1:{grpc_port}", *common),
+            *("--metrics", f"127.0.0.1:{resource_metrics}"),
         ],
         tmp_path / "resource.log",
     )
@@ -162,6 +184,11 @@ def test_two_workers_of_each_server_serve_restart_and_stop_cleanly(
                 )
 
     calls_pass()
+    # Each worker keeps its own counters, so each has its own metrics port.
+    for port in (auth_metrics, auth_metrics + 1):
+        assert "ssot_auth_rpcs_total" in _scrape(port)
+    for port in (resource_metrics, resource_metrics + 1):
+        assert "ssot_verifier_verifications_total" in _scrape(port)
     before = {served.proc.pid: served.workers() for served in (auth, resource)}
     assert all(len(workers) == 2 for workers in before.values()), before
 

@@ -46,8 +46,16 @@ from interceptors._cli import (
     add_server_tls_arguments,
     env_value,
     run_until_signalled,
+    start_tracing,
 )
-from interceptors._workers import WorkerError, add_workers_argument, reserve_ports, run_workers
+from interceptors._workers import (
+    WorkerError,
+    add_workers_argument,
+    per_worker_address,
+    reserve_ports,
+    run_workers,
+    worker_index,
+)
 
 _LOGGER = logging.getLogger("ssot_auth")
 
@@ -144,6 +152,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         help="on PostgreSQL, hear other replicas and the CLI by polling only, without a LISTEN"
         " connection (for a pooler in transaction mode, which cannot carry LISTEN)",
     )
+    add_operations_arguments(parser)
     _add_session_arguments(parser)
     _add_throttle_arguments(parser)
     _add_argon2_arguments(parser)
@@ -160,6 +169,27 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     )
     add_limit_arguments(parser)
     _add_rate_limit_arguments(parser)
+
+
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("operations")
+    add_env_argument(
+        group,
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics (and /healthz, /readyz) on a listener of its own, not on --http;"
+        " recommended when --http is public",
+    )
+    add_env_argument(
+        group,
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, after health turns NOT_SERVING and push streams end, how long"
+        " in-flight calls get to finish",
+        default_help=5.0,
+    )
 
 
 def _add_number(parser: Any, flag: str, default: float, help_text: str, *, integer: bool) -> None:
@@ -416,6 +446,8 @@ def server_config(
             max_concurrent_streams=ns.max_concurrent_streams,
             max_login_request_size=ns.max_login_request_size,
             allow_insecure_token_http=ns.allow_insecure_token_http,
+            metrics_address=ns.metrics,
+            shutdown_grace=ns.shutdown_grace,
             http_rate_limits=RateLimits(
                 groups={
                     "documents": RateLimit(rate=ns.http_rate_limit, burst=ns.http_rate_burst),
@@ -459,16 +491,27 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 def _serving(
     config: AuthServerConfig, ready: Callable[[], None]
 ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    # Per process: an exporter's threads do not survive the fork of --workers.
+    tracing = start_tracing("ssot-auth")
+    if worker_index() is not None:
+        config = dataclasses.replace(
+            config, metrics_address=per_worker_address(config.metrics_address)
+        )
+
     async def serve(stop: asyncio.Event) -> None:
-        server = await start_auth_server(config)
+        server = await start_auth_server(
+            config, span=None if tracing is None else tracing.server_span
+        )
         print(
             f"ssot-auth serving gRPC on {server.grpc_target}, "
-            f"JWKS on {server.http_base_url}/.well-known/jwks.json",
+            f"JWKS on {server.http_base_url}/.well-known/jwks.json, "
+            f"metrics on {server.metrics_url}",
             flush=True,
         )
         ready()
         await stop.wait()
-        _LOGGER.info("shutting down")
+        _LOGGER.info("shutting down: draining for up to %.1f s", config.shutdown_grace)
         await server.stop()
+        _LOGGER.info("stopped")
 
     return serve
