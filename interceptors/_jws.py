@@ -141,11 +141,14 @@ class CompactParser:
             raise MalformedToken("token too long")
         if not token.isascii():
             raise MalformedToken("token is not ASCII")
-        segments = token.split(".")
-        if len(segments) != 3:
+        # Three finds (memchr) instead of split("."), which walked every character
+        # and built the payload and signature strings that only their lengths and
+        # last characters are needed of.
+        payload_start = token.find(".") + 1
+        payload_end = token.find(".", payload_start)
+        if not payload_start or payload_end < 0 or token.find(".", payload_end + 1) >= 0:
             raise MalformedToken("token is not a compact JWS of three segments")
-        header_segment, payload_segment, signature_segment = segments
-
+        header_segment = token[: payload_start - 1]
         known = self._headers.get(header_segment)
         if known is None:
             known = self._check_header(header_segment)
@@ -156,18 +159,37 @@ class CompactParser:
             headers[header_segment] = known
         kid, alg = known
 
-        claims = _json_object(_b64decode(payload_segment, "payload"), "payload", self._max_depth)
-        signature = _b64decode(signature_segment, "signature")
+        # The payload and the signature, decoded as _b64decode does (the same checks,
+        # the same errors), with one scan, one encode and one translate for the whole
+        # token instead of one set per segment: per-call overhead was a third of the parse.
+        if "+" in token or "/" in token or "=" in token:
+            raise MalformedToken("token is not unpadded base64url")
+        payload_rest = (payload_end - payload_start) % 4
+        signature_rest = (len(token) - payload_end - 1) % 4
+        if payload_rest == 1 or signature_rest == 1:
+            raise MalformedToken("payload or signature is not unpadded base64url")
+        # An empty segment has no last character (its rest is 0, so none is read).
+        if (payload_rest and token[payload_end - 1] not in _CANONICAL_LAST[payload_rest]) or (
+            signature_rest and token[-1] not in _CANONICAL_LAST[signature_rest]
+        ):
+            raise MalformedToken("payload or signature is not canonical base64url")
+        data = token.encode("ascii")
+        standard = data.translate(_TO_STANDARD)
+        try:
+            payload = binascii.a2b_base64(
+                standard[payload_start:payload_end] + _PAD[payload_rest], strict_mode=True
+            )
+            signature = binascii.a2b_base64(
+                standard[payload_end + 1 :] + _PAD[signature_rest], strict_mode=True
+            )
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedToken("payload or signature is not unpadded base64url") from exc
+        claims = _json_object(payload, "payload", self._max_depth)
         if not signature:
             raise InvalidSignature("empty signature")
-        signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
-        return ParsedJws(
-            kid=kid,
-            alg=alg,
-            claims=claims,
-            signing_input=signing_input,
-            signature=signature,
-        )
+        # tuple.__new__ in ParsedJws's field order: the NamedTuple's keyword __new__
+        # is a Python call of its own.
+        return tuple.__new__(ParsedJws, (kid, alg, claims, data[:payload_end], signature))
 
     def _check_header(self, header_segment: str) -> tuple[str, str]:
         """Decode and check the JOSE header; return its ``(kid, alg)``."""
@@ -237,29 +259,25 @@ _DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_const
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
-def _decode_json(text: str) -> Any:
-    """``_DECODER.decode(text)``, scanning a bare ``{...}`` document directly.
-
-    ``decode`` matches whitespace before and after the value with a regular
-    expression; a document that starts with ``{`` and ends with ``}`` has none, so
-    one scan that must end exactly at the last character decides it. Anything else
-    (surrounding whitespace, trailing data, no JSON at all) takes ``decode``, which
-    accepts or refuses it exactly as before.
-    """
-    if text[:1] == "{" and text[-1:] == "}":
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            raise ValueError("not a JSON value") from None
-        if end == len(text):
-            return value
-    return _DECODER.decode(text)
-
-
 def _json_object(raw: bytes, name: str, max_depth: int) -> dict[str, Any]:
     """Parse strict UTF-8 JSON: an object with unique member names, at most ``max_depth`` deep."""
     try:
-        value = _decode_json(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        # ``_DECODER.decode(text)``, scanning a bare ``{...}`` document directly:
+        # ``decode`` matches whitespace before and after the value with a regular
+        # expression; a document that starts with ``{`` and ends with ``}`` has none,
+        # so one scan that must end exactly at the last character decides it.
+        # Anything else (surrounding whitespace, trailing data, no JSON at all) takes
+        # ``decode``, which accepts or refuses it exactly as before.
+        if raw[:1] == b"{" and raw[-1:] == b"}":
+            try:
+                value, end = _SCAN(text, 0)
+            except StopIteration:
+                raise ValueError("not a JSON value") from None
+            if end != len(text):
+                value = _DECODER.decode(text)
+        else:
+            value = _DECODER.decode(text)
     except _DuplicateMember as exc:
         raise MalformedToken(f"{name} repeats a member name") from exc
     except (ValueError, RecursionError) as exc:

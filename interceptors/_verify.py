@@ -170,13 +170,15 @@ class TokenVerifier:
         self._misses = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
-        # Bound once here; it also remembers the headers it has checked.
+        # Bound once here; it also remembers the headers it has checked. The bound
+        # method, not the instance: calling an instance goes through its type's
+        # __call__ lookup on every token.
         self._parse: Callable[[str], ParsedJws] = CompactParser(
             algorithms=policy.algorithms,
             accepted_types=frozenset({token_type, "application/" + token_type}),
             max_length=policy.max_token_length,
             max_depth=policy.max_json_depth,
-        )
+        ).__call__
         self._owned: contextlib.ExitStack | None = None  # set by from_source
         keys.add_removal_listener(self._forget_kids)
 
@@ -302,6 +304,8 @@ class TokenVerifier:
             removals = self._removals
             key = self._keys.get_key(parsed.kid)
             principal = self._finish(token, parsed, key, removals)
+        if self._revocations is None:
+            return principal
         return self._unrevoked(principal)
 
     async def averify(self, token: str) -> Principal:
@@ -312,6 +316,8 @@ class TokenVerifier:
             removals = self._removals
             key = await self._keys.aget_key(parsed.kid)
             principal = self._finish(token, parsed, key, removals)
+        if self._revocations is None:
+            return principal
         return self._unrevoked(principal)
 
     @property
@@ -368,8 +374,6 @@ class TokenVerifier:
             return None
 
     def _remember(self, token: str, entry: _Entry, removals: int) -> None:
-        if not self._cache_size or not entry.not_before <= self._now() < entry.expires:
-            return
         with self._lock:
             # A key left the set while this token was being checked: it may be that key.
             if removals != self._removals:
@@ -378,7 +382,8 @@ class TokenVerifier:
             if token in cache:
                 cache.move_to_end(token)
             cache[token] = entry
-            while len(cache) > self._cache_size:
+            # One entry added at most, so one eviction at most.
+            if len(cache) > self._cache_size:
                 cache.popitem(last=False)
 
     def _forget_kids(self, kids: frozenset[str]) -> None:
@@ -427,8 +432,12 @@ class TokenVerifier:
         if not valid:
             raise InvalidSignature("signature does not verify")
 
-        principal, not_before, expires = check_claims_window(
-            parsed.claims, self._policy, self._now()
-        )
-        self._remember(token, _Entry(principal, not_before, expires, key.kid), removals)
+        now = self._now()
+        principal, not_before, expires = check_claims_window(parsed.claims, self._policy, now)
+        # Remembered only inside its window (the claims check allowed the leeway).
+        if self._cache_size and not_before <= now < expires:
+            # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
+            self._remember(
+                token, tuple.__new__(_Entry, (principal, not_before, expires, key.kid)), removals
+            )
         return principal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -75,6 +76,28 @@ def test_the_principal_carries_the_claims() -> None:
     assert principal.claims["iss"] == ISSUER
     with pytest.raises(TypeError):
         principal.claims["sub"] = "admin"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        claims(iat=NOW - 10, exp=NOW + 890),
+        claims(scope=DROP, sid=DROP, username=DROP),
+        claims(client_id="svc", sub="svc", act={"sub": "gateway", "act": {"sub": "edge"}}),
+    ],
+)
+def test_the_principal_is_the_one_its_constructor_makes(values: dict[str, Any]) -> None:
+    # check_claims fills the frozen dataclass's dict at once instead of calling its
+    # __init__ (speed): it must still be exactly the object the constructor makes.
+    principal = check(values)
+    fields = {field.name for field in dataclasses.fields(Principal)}
+
+    assert set(vars(principal)) == fields
+    rebuilt = Principal(**{name: getattr(principal, name) for name in fields})
+    assert rebuilt == principal
+    assert repr(rebuilt) == repr(principal)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        principal.subject = "admin"  # type: ignore[misc]
 
 
 def test_optional_claims_default_to_empty() -> None:
