@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,12 +55,16 @@ class Replica:
     env: dict[str, str]
     proc: subprocess.Popen[str] | None = None
     exits: list[tuple[int | None, float]] = field(default_factory=list)
+    # The log goes to a file: an undrained stderr pipe fills after ~64 KiB of log
+    # lines and then blocks the server in the middle of a call.
+    log: Any = None
 
     def start(self) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- read and closed by terminate
         self.proc = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             env=self.env,
             cwd=ROOT,
@@ -68,8 +73,8 @@ class Replica:
         line = self.proc.stdout.readline()  # blocks until the server prints that it serves
         if "ssot-auth serving" not in line:
             self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            pytest.fail(f"replica did not start: {line!r} {err[-2000:]}")
+            self.proc.communicate(timeout=10)
+            pytest.fail(f"replica did not start: {line!r} {self._log_text()[-2000:]}")
         assert wait_until(self.serving, timeout=20), "replica never reported SERVING"
 
     def serving(self) -> bool:
@@ -88,18 +93,28 @@ class Replica:
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=GRACE + EXIT_MARGIN)
+            self.proc.communicate(timeout=GRACE + EXIT_MARGIN)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
+            self.proc.communicate(timeout=10)
         took = time.monotonic() - started
         self.exits.append((self.proc.returncode, took))
-        return self.proc.returncode, took, err
+        return self.proc.returncode, took, self._log_text()
+
+    def _log_text(self) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        text = str(self.log.read())
+        self.log.close()
+        self.log = None
+        return text
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate(timeout=10)
+        self._log_text()  # closes the log file
 
 
 @dataclass

@@ -79,16 +79,19 @@ class System:
         return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def _start(cmd: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-    )
+def _start(cmd: list[str], env: dict[str, str], ready: str, log: Path) -> subprocess.Popen[str]:
+    # stderr (the servers' log lines) goes to a file: an undrained pipe fills after
+    # ~64 KiB of log and then blocks the server in the middle of a call.
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=sink, text=True, env=env, cwd=ROOT
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the server prints that it serves
     if ready not in line:
         proc.kill()
-        _, err = proc.communicate(timeout=10)
-        pytest.fail(f"{cmd[2]} did not start: {line!r} {err[-2000:]}")
+        proc.communicate(timeout=10)
+        pytest.fail(f"{cmd[2]} did not start: {line!r} {log.read_text()[-2000:]}")
     return proc
 
 
@@ -153,11 +156,12 @@ def system(tmp_path: Path) -> Iterator[System]:
                 ],
                 env,
                 "ssot-auth serving",
+                tmp_path / "auth.log",
             )
         )
-        for target, source in (
-            (sysm.push_target, ["--auth-target", sysm.auth_target]),
-            (sysm.http_target, ["--jwks-url", f"{issuer}/.well-known/jwks.json"]),
+        for name, target, source in (
+            ("push", sysm.push_target, ["--auth-target", sysm.auth_target]),
+            ("http", sysm.http_target, ["--jwks-url", f"{issuer}/.well-known/jwks.json"]),
         ):
             sysm.procs.append(
                 _start(
@@ -173,6 +177,7 @@ def system(tmp_path: Path) -> Iterator[System]:
                     ],
                     env,
                     "ssot-resource serving",
+                    tmp_path / f"resource-{name}.log",
                 )
             )
         yield sysm
