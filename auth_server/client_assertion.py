@@ -30,8 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import exceptions as crypto_exceptions
-from jwt import exceptions as jwt_errors
 from sqlalchemy import exc
 
 from auth_server.clients import ASSERTION_ALGORITHMS, Client
@@ -47,6 +45,7 @@ from interceptors import (
     VerificationKey,
 )
 from interceptors._jws import parse_compact
+from interceptors._signature import CRYPTO_FAILURES
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -321,18 +320,7 @@ def _verify_signature(parsed: ParsedAssertion, key: VerificationKey) -> None:
     jwk = key.key
     try:
         valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
-    except (
-        jwt_errors.PyJWTError,
-        TypeError,
-        ValueError,
-        LookupError,
-        ArithmeticError,
-        NotImplementedError,
-        crypto_exceptions.InvalidSignature,
-        crypto_exceptions.InvalidKey,
-        crypto_exceptions.UnsupportedAlgorithm,
-        crypto_exceptions.InternalError,
-    ):
+    except CRYPTO_FAILURES:
         raise AssertionRefused("bad_signature") from None
     if not valid:
         raise AssertionRefused("bad_signature")

@@ -35,6 +35,7 @@ from auth_server.idps import IdentityProvider
 from interceptors import AuthError, CacheSettings, DiscoverySource, KeyCache, KeysUnavailable
 from interceptors._jws import CompactParser
 from interceptors._keyset import SUPPORTED_ALGORITHMS
+from interceptors._signature import CRYPTO_FAILURES
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -161,7 +162,11 @@ class IdTokenVerifier:
             raise IdTokenRefused(f"key: {err.log_detail or err.message}") from None
         if key.algorithm != parsed.alg:
             raise IdTokenRefused(f"alg {parsed.alg} is not its key's {key.algorithm}")
-        if not key.verify_signature(parsed.signing_input, parsed.signature):
+        try:
+            valid = key.verify_signature(parsed.signing_input, parsed.signature)
+        except CRYPTO_FAILURES:
+            valid = False  # e.g. a signature of the wrong length: a refusal, not a 500
+        if not valid:
             raise IdTokenRefused("bad signature")
         return self._claims(parsed.claims, provider, nonce)
 

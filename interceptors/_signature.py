@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 import jwt
+from cryptography import exceptions as crypto_exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -22,6 +23,22 @@ from jwt.algorithms import RSAAlgorithm, RSAPSSAlgorithm
 #: ``check(signing_input, signature)``: True when the signature verifies, False when
 #: it does not; other failures of the crypto layer raise.
 SignatureCheck: TypeAlias = Callable[[bytes, bytes], bool]
+
+#: What the crypto layer raises for a signature it cannot check (a wrong length, a
+#: key it cannot use): every caller of a :data:`SignatureCheck` treats these as a
+#: bad signature, never as a server error.
+CRYPTO_FAILURES: tuple[type[Exception], ...] = (
+    jwt.exceptions.PyJWTError,
+    TypeError,
+    ValueError,
+    LookupError,
+    ArithmeticError,
+    NotImplementedError,
+    crypto_exceptions.InvalidSignature,
+    crypto_exceptions.InvalidKey,
+    crypto_exceptions.UnsupportedAlgorithm,
+    crypto_exceptions.InternalError,
+)
 
 
 def signature_checker(jwk: jwt.PyJWK) -> SignatureCheck:

@@ -32,14 +32,13 @@ from types import TracebackType
 from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import jwt
-from cryptography import exceptions as crypto_exceptions
-from jwt import exceptions as jwt_errors
 
 from interceptors._cache import CacheSettings, KeyCache
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
 from interceptors._jws import CompactParser, ParsedJws
 from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
+from interceptors._signature import CRYPTO_FAILURES
 from interceptors._sources import KeySource
 
 _LOGGER = logging.getLogger(__name__)
@@ -416,18 +415,7 @@ class TokenVerifier:
             else:
                 jwk = key.key
                 valid = jwk.Algorithm.verify(parsed.signing_input, jwk.key, parsed.signature)
-        except (
-            jwt_errors.PyJWTError,
-            TypeError,
-            ValueError,
-            LookupError,
-            ArithmeticError,
-            NotImplementedError,
-            crypto_exceptions.InvalidSignature,
-            crypto_exceptions.InvalidKey,
-            crypto_exceptions.UnsupportedAlgorithm,
-            crypto_exceptions.InternalError,
-        ) as exc:
+        except CRYPTO_FAILURES as exc:
             raise InvalidSignature(f"crypto layer failed with {type(exc).__name__}") from exc
         if not valid:
             raise InvalidSignature("signature does not verify")
