@@ -38,6 +38,10 @@ users = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# A first federated sign-in picks a username no local user holds in any case
+# (auth_server.identities): without this, that lookup scans every user.
+sa.Index("ix_users_username_lower", sa.func.lower(users.c.username))
+
 signing_keys = sa.Table(
     "signing_keys",
     metadata,

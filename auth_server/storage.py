@@ -172,7 +172,14 @@ class Database:
                     conn.exec_driver_sql(ddl)
                 _LOGGER.info("added column %s.%s", table.name, column.name)
             for index in table.indexes:
-                index.create(self.engine, checkfirst=True)
+                if self._is_postgresql:
+                    index.create(self.engine, checkfirst=True)
+                else:
+                    # SQLAlchemy does not reflect SQLite's expression indexes (it warns
+                    # and skips them), so checkfirst would miss one and create it twice.
+                    # IF NOT EXISTS takes no write lock when the index is there (WAL).
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
     def insert_ignoring_duplicates(
         self, conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]

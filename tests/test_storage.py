@@ -227,3 +227,25 @@ def test_a_specific_message_does_not_change_the_class_default() -> None:
     InvalidRequest("something specific")
 
     assert InvalidRequest().message == "invalid request"
+
+
+def test_an_older_database_gains_the_case_insensitive_username_index(database: Database) -> None:
+    # A database made before the index existed: starting again adds it, and the
+    # first-sign-in name lookup (lower(username) = ?) is then answered from it.
+    with database.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_users_username_lower")
+    database.create_schema()
+
+    lookup = sa.select(users.c.id).where(sa.func.lower(users.c.username) == "admin")
+    with database.engine.connect() as conn:
+        if database.engine.dialect.name == "sqlite":
+            compiled = lookup.compile(database.engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(
+                str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+            )
+        else:
+            # An empty table is scanned whatever its indexes; ask the planner not to.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            compiled = lookup.compile(database.engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    assert "ix_users_username_lower" in plan
