@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from auth_server.clients import Client, ClientStore
 from auth_server.commands._common import CommandError, open_database
-from auth_server.commands.serve import duration
+from auth_server.commands.serve_flags import duration
 from auth_server.commands.settings import add_storage_arguments
 from auth_server.commands.token import algorithm_for
 from auth_server.jwk import public_jwk

@@ -11,7 +11,7 @@ from typing import Any
 
 from auth_server.commands._common import CommandError, IdArgumentParser, open_database
 from auth_server.commands._keystore import add_key_store_arguments, open_custody
-from auth_server.commands.serve import duration
+from auth_server.commands.serve_flags import duration
 from auth_server.commands.settings import (
     add_passphrase_argument,
     add_storage_arguments,

@@ -12,7 +12,8 @@ from typing import Any
 
 from auth_server.app import start_auth_server
 from auth_server.commands._demo_client import DEMO_CLIENT, ensure_demo_client
-from auth_server.commands.serve import add_server_arguments, audiences_of, server_config
+from auth_server.commands.serve import audiences_of, server_config
+from auth_server.commands.serve_flags import add_server_arguments
 from auth_server.commands.settings import write_secret_file
 from auth_server.users import UserStore
 from interceptors._cli import add_env_argument, run_until_signalled
