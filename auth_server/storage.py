@@ -100,8 +100,14 @@ class Database:
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         self._is_postgresql = parsed.get_backend_name() == "postgresql"
         if self._is_sqlite:
+            # The pool hands out the connection returned last (LIFO), not the one
+            # idle longest: a connection whose last transaction was not the newest
+            # finds the WAL changed and drops its whole page cache, so with writers
+            # serialized and the pool rotating through its connections, every
+            # Refresh re-read its pages from the file (~13 pread calls); the
+            # connection that just committed still has them.
             _prepare_sqlite_file(parsed.database)
-            self.engine: sa.Engine = sa.create_engine(parsed)
+            self.engine: sa.Engine = sa.create_engine(parsed, pool_use_lifo=True)
             event.listen(self.engine, "connect", _on_sqlite_connect)
             event.listen(self.engine, "begin", _on_sqlite_begin)
         else:

@@ -70,6 +70,24 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path: Path
         db.dispose()
 
 
+def test_sqlite_hands_out_the_connection_that_committed_last(tmp_path: Path) -> None:
+    # A connection that did not make the newest commit drops its page cache at its
+    # next transaction (WAL): the pool must not rotate writes through its connections.
+    db = Database(sqlite_url_for(tmp_path))
+    db.create_schema()
+    first, second = db.engine.connect(), db.engine.connect()
+    first_driver = first.connection.driver_connection
+    second_driver = second.connection.driver_connection
+    first.close()
+    second.close()  # returned last
+    with db.transaction(write=True) as conn:
+        assert conn.connection.driver_connection is second_driver
+    with db.transaction(write=True) as conn:
+        assert conn.connection.driver_connection is second_driver
+    assert first_driver is not second_driver
+    db.dispose()
+
+
 def test_sqlite_file_is_created_readable_by_the_owner_only(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     db = Database(sqlite_url_for(data_dir))
