@@ -21,7 +21,7 @@ import grpc.aio
 
 from interceptors._binding import CERT_BINDINGS, CertBinding, check_cert_binding
 from interceptors._claims import Principal
-from interceptors._context import BEARER, PRINCIPAL
+from interceptors._context import CALLER
 from interceptors._errors import (
     AuthError,
     DelegationRefused,
@@ -41,6 +41,7 @@ _TRequest = TypeVar("_TRequest")
 _TResponse = TypeVar("_TResponse")
 _Behaviour: TypeAlias = Callable[[Any, Any], Any]
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Caller: TypeAlias = tuple[Principal, str]
 
 _AUTHORIZATION: Final = "authorization"
 _AUTHORIZATION_BIN: Final = "authorization-bin"
@@ -68,24 +69,27 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
         MalformedToken: There are several, or it is binary, not the Bearer scheme,
             or not exactly one non-empty token after a single space (RFC 6750 §2.1).
     """
-    values: list[str | bytes] = []
+    found: str | bytes | None = None
     for key, value in metadata or ():
-        name = key.lower()
-        if name == _AUTHORIZATION_BIN:
-            raise MalformedToken("binary authorization metadata")
-        if name == _AUTHORIZATION:
-            values.append(value)
-    if not values:
+        # The spelling gRPC hands over needs no lower() call; any other is folded, so
+        # "Authorization" still counts (and a second entry is still refused).
+        if key != _AUTHORIZATION:
+            name = key.lower()
+            if name == _AUTHORIZATION_BIN:
+                raise MalformedToken("binary authorization metadata")
+            if name != _AUTHORIZATION:
+                continue
+        if found is not None:
+            raise MalformedToken("more than one authorization entry")
+        found = value
+    if found is None:
         raise MissingToken()
-    if len(values) > 1:
-        raise MalformedToken("more than one authorization entry")
-    value = values[0]
-    if not isinstance(value, str):
+    if not isinstance(found, str):
         raise MalformedToken("authorization value is not text")
     # partition stops at the first space and ``in`` is a memchr, where split(" ")
     # walked all ~700 characters one by one; "exactly one space" is unchanged.
-    scheme, space, token = value.partition(" ")
-    if not space or " " in token or scheme.lower() != "bearer":
+    scheme, space, token = found.partition(" ")
+    if not space or " " in token or (scheme != "Bearer" and scheme.lower() != "bearer"):
         raise MalformedToken("authorization is not 'Bearer <token>'")
     if not token:
         raise MalformedToken("empty bearer token")
@@ -119,13 +123,6 @@ def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
     return error
 
 
-def _refusal(exc: Exception, method: str, context: Any) -> tuple[grpc.StatusCode, str, str]:
-    """The status, message and reason that refuse a call (:func:`_rejection`), holding no
-    exception."""
-    error = _rejection(exc, method, _peer(context))
-    return error.code, error.message, error.reason
-
-
 def _peer(context: Any) -> str:
     try:
         return str(context.peer())
@@ -133,35 +130,22 @@ def _peer(context: Any) -> str:
         return "unknown"
 
 
-class _PrincipalScope:
-    """Holds ``current_principal()`` (and the raw token) set while the wrapped handler runs."""
-
-    __slots__ = ("_bearer", "_bearer_reset", "_principal", "_token")
-
-    def __init__(self, principal: Principal, bearer: str) -> None:
-        self._principal = principal
-        self._bearer = bearer
-
-    def __enter__(self) -> None:
-        self._token = PRINCIPAL.set(self._principal)
-        self._bearer_reset = BEARER.set(self._bearer)
-
-    def __exit__(self, *exc_info: object) -> None:
-        BEARER.reset(self._bearer_reset)
-        PRINCIPAL.reset(self._token)
-
-
 class _MethodCheck:
-    """The token and scope check for one protected method, in a sync and an async face."""
+    """The token and scope check for one protected method, in a sync and an async face.
+
+    Each admitted call gets its caller, ``(principal, token)``, which the wrappers
+    below hold in :data:`~interceptors._context.CALLER` while the handler runs.
+    """
 
     __slots__ = (
         "_actors",
         "_binding",
-        "_method",
-        "_nothing_else",
-        "_observer",
         "_scopes",
-        "_verifier",
+        "authorize",
+        "averify",
+        "method",
+        "observer",
+        "verify",
     )
 
     def __init__(
@@ -173,15 +157,18 @@ class _MethodCheck:
         actors: frozenset[str] | None = None,
         observer: VerifyObserver | None = None,
     ) -> None:
-        self._verifier = verifier
-        self._method = method
+        self.verify = verifier.verify
+        self.averify = verifier.averify
+        self.method = method
+        self.observer = observer
         self._scopes = scopes
         self._binding = binding
         self._actors = actors
-        self._observer = observer
         # Most methods need a valid token and nothing more: decided once, so their
         # calls skip three calls that would check nothing.
-        self._nothing_else = binding is None and not scopes and actors is None
+        self.authorize: Callable[[Principal, Any], None] | None = (
+            None if binding is None and not scopes and actors is None else self._authorize
+        )
 
     def _authorize(self, principal: Principal, context: Any) -> None:
         if self._binding is not None:
@@ -189,51 +176,62 @@ class _MethodCheck:
         _require_scopes(principal, self._scopes)
         _require_actors(principal, self._actors)
 
-    def admit(self, context: grpc.ServicerContext) -> _PrincipalScope:
-        observer = self._observer
-        started = time.perf_counter() if observer is not None else 0.0
-        try:
-            token = bearer_token(context.invocation_metadata())
-            principal = self._verifier.verify(token)
-            if not self._nothing_else:
-                self._authorize(principal, context)
-        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message, reason = _refusal(exc, self._method, context)
-        else:
-            if observer is not None:
-                observer.verified(self._method, OK, time.perf_counter() - started)
-            return _PrincipalScope(principal, token)
-        if observer is not None:
-            observer.verified(self._method, reason, time.perf_counter() - started)
-        # Aborted outside the except block, with no local holding the refused
-        # exception: its traceback holds this frame, this frame would hold it, and
-        # that cycle would keep the call (and its HTTP/2 stream, counted against
-        # max_concurrent_streams) alive until a garbage collection.
-        context.abort(code, message)
+    def refused(self, exc: Exception, context: Any, started: float) -> tuple[grpc.StatusCode, str]:
+        """Record a refusal (audit line, observer); the status and message to abort with.
 
-    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
-        observer = self._observer
+        Only those are returned, never the exception: a caller that aborted with the
+        exception in a local would make a cycle (exception -> traceback -> frame ->
+        exception) that keeps the call and its HTTP/2 stream, counted against
+        max_concurrent_streams, alive until a garbage collection.
+        """
+        error = _rejection(exc, self.method, _peer(context))
+        if self.observer is not None:
+            self.observer.verified(self.method, error.reason, time.perf_counter() - started)
+        return error.code, error.message
+
+    def admit(self, context: grpc.ServicerContext) -> _Caller:
+        observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
         try:
             token = bearer_token(context.invocation_metadata())
-            principal = await self._verifier.averify(token)
-            if not self._nothing_else:
-                self._authorize(principal, context)
+            principal = self.verify(token)
+            if self.authorize is not None:
+                self.authorize(principal, context)
         except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message, reason = _refusal(exc, self._method, context)
+            refusal = self.refused(exc, context, started)
         else:
             if observer is not None:
-                observer.verified(self._method, OK, time.perf_counter() - started)
-            return _PrincipalScope(principal, token)
-        if observer is not None:
-            observer.verified(self._method, reason, time.perf_counter() - started)
-        await context.abort(code, message)  # outside the except block: see admit
+                observer.verified(self.method, OK, time.perf_counter() - started)
+            return principal, token
+        context.abort(*refusal)  # outside the except block: see refused
+
+    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Caller:
+        observer = self.observer
+        started = time.perf_counter() if observer is not None else 0.0
+        try:
+            token = bearer_token(context.invocation_metadata())
+            principal = await self.averify(token)
+            if self.authorize is not None:
+                self.authorize(principal, context)
+        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
+            refusal = self.refused(exc, context, started)
+        else:
+            if observer is not None:
+                observer.verified(self.method, OK, time.perf_counter() - started)
+            return principal, token
+        await context.abort(*refusal)  # outside the except block: see refused
+        raise AssertionError("abort raises")  # pragma: no cover
 
 
 def _wrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
+    admit = check.admit
+
     def checked(request: Any, context: grpc.ServicerContext) -> Any:
-        with check.admit(context):
+        reset = CALLER.set(admit(context))
+        try:
             return behaviour(request, context)
+        finally:
+            CALLER.reset(reset)
 
     return checked
 
@@ -245,41 +243,73 @@ def _wrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
     return checked
 
 
-def _hold(
-    scope: _PrincipalScope, behaviour: _Behaviour, request: Any, context: Any
-) -> Iterator[Any]:
-    # The principal is set around each step of the handler's iterator, not across a
+def _hold(caller: _Caller, behaviour: _Behaviour, request: Any, context: Any) -> Iterator[Any]:
+    # The caller is set around each step of the handler's iterator, not across a
     # yield: a generator may be finished on another thread, where a reset would fail.
-    with scope:
+    reset = CALLER.set(caller)
+    try:
         responses = iter(behaviour(request, context))
+    finally:
+        CALLER.reset(reset)
     done = object()
     try:
         while True:
-            with scope:
+            reset = CALLER.set(caller)
+            try:
                 response = next(responses, done)
+            finally:
+                CALLER.reset(reset)
             if response is done:
                 return
             yield response
     finally:
         close = getattr(responses, "close", None)
         if close is not None:
-            with scope:
+            reset = CALLER.set(caller)
+            try:
                 close()
+            finally:
+                CALLER.reset(reset)
 
 
 def _awrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
+    averify, authorize, observer, method = (
+        check.averify,
+        check.authorize,
+        check.observer,
+        check.method,
+    )
+
+    # aadmit written out in the handler: this is the path of every cached-token call,
+    # and a coroutine awaited per call (aadmit's) costs more than the rest of its check.
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with await check.aadmit(context):
-            return await behaviour(request, context)
+        started = time.perf_counter() if observer is not None else 0.0
+        try:
+            token = bearer_token(context.invocation_metadata())
+            principal = await averify(token)
+            if authorize is not None:
+                authorize(principal, context)
+        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
+            refusal = check.refused(exc, context, started)
+        else:
+            if observer is not None:
+                observer.verified(method, OK, time.perf_counter() - started)
+            reset = CALLER.set((principal, token))
+            try:
+                return await behaviour(request, context)
+            finally:
+                CALLER.reset(reset)
+        await context.abort(*refusal)  # outside the except block: see _MethodCheck.refused
 
     return checked
 
 
 def _awrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
-    # A coroutine using context.write, so that the principal is set and reset in the
+    # A coroutine using context.write, so that the caller is set and reset in the
     # call's own task even when the client cancels mid-stream.
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        with await check.aadmit(context):
+        reset = CALLER.set(await check.aadmit(context))
+        try:
             responses = behaviour(request, context)
             if inspect.isawaitable(responses):
                 await responses  # the handler writes its responses itself
@@ -287,6 +317,8 @@ def _awrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
             async with contextlib.aclosing(responses) as stream:
                 async for response in stream:
                     await context.write(response)
+        finally:
+            CALLER.reset(reset)
 
     return checked
 
