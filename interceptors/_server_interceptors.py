@@ -54,7 +54,9 @@ _MAX_WRAPPED_METHODS: Final = 1024
 # the wrapped coroutine handler: asking the context again converts it again (a
 # namedtuple per entry, ~1.2 µs a call). grpc does not promise that the two share a
 # context (grpc/grpc#37881); grpc.aio runs both in the call's own task, and the handler
-# takes the metadata only when it was set in its own task, else asks the context.
+# takes the metadata only when it was set in its own task, else asks the context. The
+# handler asks the task's loop for its current task: current_task() without a loop
+# looks the running loop up, which costs a getpid() system call (CPython 3.11).
 _HANDED_OFF: ContextVar[tuple[asyncio.Task[Any], _Metadata]] = ContextVar("ssot_auth_metadata")
 _KINDS: Final[tuple[tuple[str, Callable[..., _Handler], bool], ...]] = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
@@ -235,7 +237,7 @@ class _MethodCheck:
 def _metadata_of(context: grpc.aio.ServicerContext[Any, Any]) -> _Metadata:
     """The call's metadata: as handed off by intercept_service in this task, else the context's."""
     handed = _HANDED_OFF.get(None)
-    if handed is not None and handed[0] is asyncio.current_task():
+    if handed is not None and asyncio.current_task(handed[0].get_loop()) is handed[0]:
         return handed[1]
     return context.invocation_metadata()
 
@@ -304,7 +306,7 @@ def _awrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
         try:
             handed = _HANDED_OFF.get(None)
             metadata: _Metadata
-            if handed is not None and handed[0] is asyncio.current_task():
+            if handed is not None and asyncio.current_task(handed[0].get_loop()) is handed[0]:
                 metadata = handed[1]
             else:
                 metadata = context.invocation_metadata()
