@@ -3,8 +3,10 @@
 Both are thin shells over :class:`_HandlerWrapper`, which decides which methods are
 protected and wraps each one's handler, of any of the four kinds. For every call the
 wrapper runs the method's :class:`_MethodCheck` (token, certificate binding, scopes)
-and only then the handler, inside a :class:`_PrincipalScope` that sets
-:func:`current_principal`. The two classes differ only in ``await``.
+and only then the handler, with the caller set in
+:data:`~interceptors._context.CALLER` (what :func:`current_principal` reads). The two
+classes differ in ``await``, and in one saving of the asyncio one: the handler takes
+the metadata ``intercept_service`` was given instead of converting it again.
 """
 
 from __future__ import annotations
