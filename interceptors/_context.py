@@ -10,11 +10,10 @@ if TYPE_CHECKING:
 
 # Set by the server interceptors inside the wrapped handler, for exactly the span of
 # one authenticated call (grpc does not promise that ``intercept_service`` and the
-# handler share a context: grpc/grpc#37881).
-PRINCIPAL: ContextVar[Principal] = ContextVar("ssot_auth_principal")
-# The raw bearer token of that call, set beside PRINCIPAL, for identity propagation
-# (RFC 8693 exchange). It is a credential: never log it or put it in an error.
-BEARER: ContextVar[str] = ContextVar("ssot_auth_bearer")
+# handler share a context: grpc/grpc#37881): the principal, and the raw bearer token
+# for identity propagation (RFC 8693 exchange). One variable for both, so a call pays
+# one set and one reset. The token is a credential: never log it or put it in an error.
+CALLER: ContextVar[tuple[Principal, str]] = ContextVar("ssot_auth_caller")
 
 
 def current_principal() -> Principal:
@@ -28,7 +27,7 @@ def current_principal() -> Principal:
             e.g. in a public method or in a thread the handler started.
     """
     try:
-        return PRINCIPAL.get()
+        return CALLER.get()[0]
     except LookupError:
         raise LookupError("no authenticated principal in this context") from None
 
@@ -43,6 +42,6 @@ def current_bearer_token() -> str:
         LookupError: Outside a call that the auth interceptor authenticated.
     """
     try:
-        return BEARER.get()
+        return CALLER.get()[1]
     except LookupError:
         raise LookupError("no authenticated call in this context") from None

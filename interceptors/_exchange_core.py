@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from interceptors._context import BEARER
+from interceptors._context import CALLER
 from interceptors._errors import NoCallerToken, TokenRequestError
 from interceptors._service_identity import ClientAuth, ServiceCredentials
 from protos import auth_pb2
@@ -38,7 +38,7 @@ def caller_token() -> str:
             to the service's own identity.
     """
     try:
-        return BEARER.get()
+        return CALLER.get()[1]
     except LookupError:
         raise NoCallerToken() from None
 

@@ -1,49 +1,46 @@
 """Server interceptors, sync and asyncio, that admit a call only with a valid bearer token.
 
 Both are thin shells over :class:`_HandlerWrapper`, which decides which methods are
-protected and wraps each one's handler, of any of the four kinds. For every call the
-wrapper runs the method's :class:`_MethodCheck` (token, certificate binding, scopes)
-and only then the handler, inside a :class:`_PrincipalScope` that sets
-:func:`current_principal`. The two classes differ only in ``await``.
+protected and wraps each one's handler, of any of the four kinds, once per method.
+For every call the wrapped handler runs the method's
+:class:`~interceptors._admission.MethodCheck` (token, certificate binding, scopes)
+and only then the handler, with the caller set in
+:data:`~interceptors._context.CALLER` (what :func:`current_principal` reads). The two
+classes differ in ``await``, and in one saving of the asyncio one: the handler takes
+the metadata ``intercept_service`` was given instead of converting it again.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import inspect
-import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
 
-from interceptors._binding import CERT_BINDINGS, CertBinding, check_cert_binding
-from interceptors._claims import Principal
-from interceptors._context import BEARER, PRINCIPAL
-from interceptors._errors import (
-    AuthError,
-    DelegationRefused,
-    InsufficientScope,
-    InvalidToken,
-    MalformedToken,
-    MissingToken,
+from interceptors._admission import (
+    HANDED_OFF,
+    Behaviour,
+    MethodCheck,
+    awrap_stream,
+    awrap_unary,
+    bearer_token,
+    wrap_stream,
+    wrap_unary,
 )
+from interceptors._binding import CERT_BINDINGS, CertBinding
 from interceptors._methods import MethodPolicy
-from interceptors._observe import OK, VerifyObserver
+from interceptors._observe import VerifyObserver
 from interceptors._verify import TokenVerifier
-from interceptors.audit import audit_event
 
-_LOGGER = logging.getLogger(__name__)
+__all__ = ["AsyncAuthInterceptor", "AuthInterceptor", "bearer_token"]
 
 _TRequest = TypeVar("_TRequest")
 _TResponse = TypeVar("_TResponse")
-_Behaviour: TypeAlias = Callable[[Any, Any], Any]
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
-_AUTHORIZATION: Final = "authorization"
-_AUTHORIZATION_BIN: Final = "authorization-bin"
 _MAX_WRAPPED_METHODS: Final = 1024
 # The four handler kinds: the behaviour attribute, its factory, and whether it streams out.
 _KINDS: Final[tuple[tuple[str, Callable[..., _Handler], bool], ...]] = (
@@ -52,243 +49,6 @@ _KINDS: Final[tuple[tuple[str, Callable[..., _Handler], bool], ...]] = (
     ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
     ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
 )
-
-
-def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """Extract the access token from ``authorization: Bearer <token>`` metadata.
-
-    Args:
-        metadata: The call's invocation metadata, as (key, value) pairs.
-
-    Returns:
-        The token, not yet verified.
-
-    Raises:
-        MissingToken: There is no ``authorization`` entry.
-        MalformedToken: There are several, or it is binary, not the Bearer scheme,
-            or not exactly one non-empty token after a single space (RFC 6750 §2.1).
-    """
-    values: list[str | bytes] = []
-    for key, value in metadata or ():
-        name = key.lower()
-        if name == _AUTHORIZATION_BIN:
-            raise MalformedToken("binary authorization metadata")
-        if name == _AUTHORIZATION:
-            values.append(value)
-    if not values:
-        raise MissingToken()
-    if len(values) > 1:
-        raise MalformedToken("more than one authorization entry")
-    value = values[0]
-    if not isinstance(value, str):
-        raise MalformedToken("authorization value is not text")
-    # partition stops at the first space and ``in`` is a memchr, where split(" ")
-    # walked all ~700 characters one by one; "exactly one space" is unchanged.
-    scheme, space, token = value.partition(" ")
-    if not space or " " in token or scheme.lower() != "bearer":
-        raise MalformedToken("authorization is not 'Bearer <token>'")
-    if not token:
-        raise MalformedToken("empty bearer token")
-    return token
-
-
-def _require_scopes(principal: Principal, scopes: frozenset[str]) -> None:
-    if not scopes <= principal.scopes:
-        raise InsufficientScope(f"missing scopes {sorted(scopes - principal.scopes)!r}")
-
-
-def _require_actors(principal: Principal, allowed: frozenset[str] | None) -> None:
-    if allowed is None or not principal.actors:
-        return
-    strangers = set(principal.actors) - allowed
-    if strangers:
-        raise DelegationRefused(f"actors not allowed on this method: {sorted(strangers)!r}")
-
-
-def _rejection(exc: Exception, method: str, peer: str) -> AuthError:
-    """Record why a call is refused and pick the error to send (never the library's text)."""
-    if isinstance(exc, AuthError):
-        error = exc
-        _LOGGER.debug("rejected call to %s: %s (%s)", method, exc.message, exc.log_detail)
-    else:
-        # Fail closed: an unexpected failure while checking a token is still a refusal.
-        # Only the type is logged, since the text of a foreign exception may echo the token.
-        error = InvalidToken()
-        _LOGGER.error("rejected call to %s: token check failed with %s", method, type(exc).__name__)
-    audit_event("token.rejected", reason=error.reason, method=method, peer=peer)
-    return error
-
-
-def _refusal(exc: Exception, method: str, context: Any) -> tuple[grpc.StatusCode, str, str]:
-    """The status, message and reason that refuse a call (:func:`_rejection`), holding no
-    exception."""
-    error = _rejection(exc, method, _peer(context))
-    return error.code, error.message, error.reason
-
-
-def _peer(context: Any) -> str:
-    try:
-        return str(context.peer())
-    except Exception:  # noqa: BLE001 -- the audit line must never turn a refusal into a crash
-        return "unknown"
-
-
-class _PrincipalScope:
-    """Holds ``current_principal()`` (and the raw token) set while the wrapped handler runs."""
-
-    __slots__ = ("_bearer", "_bearer_reset", "_principal", "_token")
-
-    def __init__(self, principal: Principal, bearer: str) -> None:
-        self._principal = principal
-        self._bearer = bearer
-
-    def __enter__(self) -> None:
-        self._token = PRINCIPAL.set(self._principal)
-        self._bearer_reset = BEARER.set(self._bearer)
-
-    def __exit__(self, *exc_info: object) -> None:
-        BEARER.reset(self._bearer_reset)
-        PRINCIPAL.reset(self._token)
-
-
-class _MethodCheck:
-    """The token and scope check for one protected method, in a sync and an async face."""
-
-    __slots__ = (
-        "_actors",
-        "_binding",
-        "_method",
-        "_nothing_else",
-        "_observer",
-        "_scopes",
-        "_verifier",
-    )
-
-    def __init__(
-        self,
-        verifier: TokenVerifier,
-        method: str,
-        scopes: frozenset[str],
-        binding: CertBinding | None,
-        actors: frozenset[str] | None = None,
-        observer: VerifyObserver | None = None,
-    ) -> None:
-        self._verifier = verifier
-        self._method = method
-        self._scopes = scopes
-        self._binding = binding
-        self._actors = actors
-        self._observer = observer
-        # Most methods need a valid token and nothing more: decided once, so their
-        # calls skip three calls that would check nothing.
-        self._nothing_else = binding is None and not scopes and actors is None
-
-    def _authorize(self, principal: Principal, context: Any) -> None:
-        if self._binding is not None:
-            check_cert_binding(principal, context.auth_context(), self._binding)
-        _require_scopes(principal, self._scopes)
-        _require_actors(principal, self._actors)
-
-    def admit(self, context: grpc.ServicerContext) -> _PrincipalScope:
-        observer = self._observer
-        started = time.perf_counter() if observer is not None else 0.0
-        try:
-            token = bearer_token(context.invocation_metadata())
-            principal = self._verifier.verify(token)
-            if not self._nothing_else:
-                self._authorize(principal, context)
-        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message, reason = _refusal(exc, self._method, context)
-        else:
-            if observer is not None:
-                observer.verified(self._method, OK, time.perf_counter() - started)
-            return _PrincipalScope(principal, token)
-        if observer is not None:
-            observer.verified(self._method, reason, time.perf_counter() - started)
-        # Aborted outside the except block, with no local holding the refused
-        # exception: its traceback holds this frame, this frame would hold it, and
-        # that cycle would keep the call (and its HTTP/2 stream, counted against
-        # max_concurrent_streams) alive until a garbage collection.
-        context.abort(code, message)
-
-    async def aadmit(self, context: grpc.aio.ServicerContext[Any, Any]) -> _PrincipalScope:
-        observer = self._observer
-        started = time.perf_counter() if observer is not None else 0.0
-        try:
-            token = bearer_token(context.invocation_metadata())
-            principal = await self._verifier.averify(token)
-            if not self._nothing_else:
-                self._authorize(principal, context)
-        except Exception as exc:  # noqa: BLE001 -- every failure is a refusal
-            code, message, reason = _refusal(exc, self._method, context)
-        else:
-            if observer is not None:
-                observer.verified(self._method, OK, time.perf_counter() - started)
-            return _PrincipalScope(principal, token)
-        if observer is not None:
-            observer.verified(self._method, reason, time.perf_counter() - started)
-        await context.abort(code, message)  # outside the except block: see admit
-
-
-def _wrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
-    def checked(request: Any, context: grpc.ServicerContext) -> Any:
-        with check.admit(context):
-            return behaviour(request, context)
-
-    return checked
-
-
-def _wrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
-    def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        return _hold(check.admit(context), behaviour, request, context)
-
-    return checked
-
-
-def _hold(
-    scope: _PrincipalScope, behaviour: _Behaviour, request: Any, context: Any
-) -> Iterator[Any]:
-    # The principal is set around each step of the handler's iterator, not across a
-    # yield: a generator may be finished on another thread, where a reset would fail.
-    with scope:
-        responses = iter(behaviour(request, context))
-    done = object()
-    try:
-        while True:
-            with scope:
-                response = next(responses, done)
-            if response is done:
-                return
-            yield response
-    finally:
-        close = getattr(responses, "close", None)
-        if close is not None:
-            with scope:
-                close()
-
-
-def _awrap_unary(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with await check.aadmit(context):
-            return await behaviour(request, context)
-
-    return checked
-
-
-def _awrap_stream(check: _MethodCheck, behaviour: _Behaviour) -> _Behaviour:
-    # A coroutine using context.write, so that the principal is set and reset in the
-    # call's own task even when the client cancels mid-stream.
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        with await check.aadmit(context):
-            responses = behaviour(request, context)
-            if inspect.isawaitable(responses):
-                await responses  # the handler writes its responses itself
-                return
-            async with contextlib.aclosing(responses) as stream:
-                async for response in stream:
-                    await context.write(response)
-
-    return checked
 
 
 class _HandlerWrapper:
@@ -329,7 +89,7 @@ class _HandlerWrapper:
     def _wrap(self, handler: _Handler, method: str) -> _Handler | None:
         if self._policy.is_public(method):
             return handler
-        check = _MethodCheck(
+        check = MethodCheck(
             self._verifier,
             method,
             self._policy.scopes_for(method),
@@ -338,16 +98,16 @@ class _HandlerWrapper:
             self._observer,
         )
         for attribute, factory, streams_out in _KINDS:
-            behaviour: _Behaviour | None = getattr(handler, attribute)
+            behaviour: Behaviour | None = getattr(handler, attribute)
             if behaviour is None:
                 continue
             is_async = inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(
                 behaviour
             )
             if is_async:
-                make = _awrap_stream if streams_out else _awrap_unary
+                make = awrap_stream if streams_out else awrap_unary
             else:
-                make = _wrap_stream if streams_out else _wrap_unary
+                make = wrap_stream if streams_out else wrap_unary
             return factory(
                 make(check, behaviour),
                 request_deserializer=handler.request_deserializer,
@@ -435,4 +195,9 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
         """Wrap the method's handler so that it authenticates first (grpc calls this)."""
         handler = await continuation(handler_call_details)
-        return self._wrapper.wrap(handler, handler_call_details.method)
+        wrapped = self._wrapper.wrap(handler, handler_call_details.method)
+        if wrapped is not handler:
+            task = asyncio.current_task()
+            if task is not None:
+                HANDED_OFF.set((task, handler_call_details.invocation_metadata))
+        return wrapped

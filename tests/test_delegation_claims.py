@@ -8,7 +8,7 @@ import pytest
 from test_claims import NOW, POLICY, check, claims
 
 from interceptors import DelegationRefused, InvalidClaims, MethodPolicy, Principal
-from interceptors._server_interceptors import _require_actors
+from interceptors._admission import _require_actors
 
 GET = "/ssot.resource.v1.ResourceService/GetProtectedResource"
 

@@ -653,6 +653,67 @@ def test_the_asyncio_interceptor_keeps_a_sync_handler_sync(
     assert seen and set(seen) == {"user-1"}
 
 
+class CountingContext(AsyncFakeContext):
+    def __init__(self, metadata: Any) -> None:
+        super().__init__(metadata)
+        self.metadata_asked = 0
+
+    def invocation_metadata(self) -> Any:
+        self.metadata_asked += 1
+        return super().invocation_metadata()
+
+
+async def _intercepted(verifier: TokenVerifier, kind: str, details_metadata: Any) -> Any:
+    """intercept_service as grpc.aio calls it, in the current task; the wrapped behaviour."""
+    handler = HANDLER_FACTORIES[kind](behaviour_for(kind, True, []))
+
+    async def continuation(_: Any) -> Any:
+        return handler
+
+    details = SimpleNamespace(method=SERVICE + "Whatever", invocation_metadata=details_metadata)
+    result = await AsyncAuthInterceptor(verifier).intercept_service(continuation, details)
+    return getattr(result, BEHAVIOURS[kind])
+
+
+@ALL_KINDS
+def test_the_asyncio_handler_takes_the_metadata_intercept_service_saw(
+    verifier: TokenVerifier, kind: str
+) -> None:
+    # grpc.aio runs intercept_service and the handler in the call's task: the metadata
+    # it already converted for intercept_service is not converted again.
+    metadata = bearer(mint())
+    context = CountingContext(metadata)
+
+    async def call() -> None:
+        behaviour = await _intercepted(verifier, kind, metadata)
+        await behaviour(None, context)
+
+    asyncio.run(call())
+
+    assert context.aborted is None
+    assert context.metadata_asked == 0
+
+
+@ALL_KINDS
+def test_the_asyncio_handler_never_takes_metadata_handed_off_in_another_task(
+    verifier: TokenVerifier, kind: str
+) -> None:
+    # A task created after intercept_service inherits its context: if grpc ever ran
+    # intercept_service outside the call's own task, one call's token must not admit
+    # another call. The handler then reads its own context's metadata (here: none).
+    context = CountingContext(None)
+
+    async def call() -> None:
+        behaviour = await _intercepted(verifier, kind, bearer(mint()))
+        await asyncio.create_task(behaviour(None, context))
+
+    with pytest.raises(Aborted):
+        asyncio.run(call())
+
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+    assert context.metadata_asked == 1
+
+
 # -- the pieces, without a network ----------------------------------------------------------
 
 
