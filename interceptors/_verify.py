@@ -5,8 +5,9 @@
 ``kid`` (the only step that may wait, for a key fetch), and
 :func:`~interceptors._claims.check_claims` (pure, RFC 7519/9068). One sans-I/O
 core serves :meth:`TokenVerifier.verify` and :meth:`TokenVerifier.averify`; the
-two differ only in how they ask the key provider for the key. Verified tokens
-are remembered in a bounded LRU keyed by the exact token string.
+two differ only in how they ask the key provider for the key. Tokens verified
+more than once are remembered in a bounded LRU that serves only the exact token
+string it verified.
 :meth:`TokenVerifier.from_source` is the one owner of a verifier's moving parts:
 it builds and starts the key cache and revocation list, and closes them (and
 the source) when the verifier is closed.
@@ -113,7 +114,7 @@ class WatermarkChecker(Protocol):
 # They are signature characters (192 bits of it). An entry holds its whole token and
 # serves only that exact string; two tokens sharing a tail can only displace each
 # other's entry, and only a token that verified is ever stored.
-_KEY_CHARS: Final = 32
+_KEY_START: Final = -32
 
 
 class _Entry(NamedTuple):
@@ -129,8 +130,10 @@ class _Entry(NamedTuple):
 class TokenVerifier:
     """Checks access tokens against a key provider and a policy; thread-safe.
 
-    Verified tokens are remembered (bounded LRU keyed by the exact token) until their
-    ``exp``; entries signed by a key are dropped the moment that key leaves the set.
+    A token is remembered from its second successful check on (bounded LRU serving
+    the exact token string) until its ``exp``: a token seen once, as when a client
+    sends a new token per call, costs no entry. Entries signed by a key are dropped
+    the moment that key leaves the set.
     A token whose session was revoked is refused whether or not it is remembered.
 
     Build one with :meth:`from_source`, which owns what it builds and closes it
@@ -176,6 +179,9 @@ class TokenVerifier:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._removals = 0
+        # The cache keys of tokens verified once (a token is remembered from its second
+        # successful check on), cleared when it reaches cache_size.
+        self._seen: set[str] = set()
         # Verified-token cache lookups, for metrics: counted without a lock, so an
         # interpreter that switched threads inside ``+= 1`` could lose a count.
         self._hits = 0
@@ -370,7 +376,7 @@ class TokenVerifier:
     def _cached(self, token: str) -> Principal | None:
         if not self._cache_size or not isinstance(token, str):
             return None
-        key = token[-_KEY_CHARS:]
+        key = token[_KEY_START:]
         cache = self._cache
         entry = cache.get(key)
         if entry is None or entry[4] != token:
@@ -391,8 +397,27 @@ class TokenVerifier:
         self._misses += 1
         return None
 
-    def _remember(self, token: str, entry: _Entry, removals: int) -> None:
-        key = token[-_KEY_CHARS:]
+    def _remember(
+        self,
+        token: str,
+        principal: Principal,
+        not_before: float,
+        expires: float,
+        kid: str,
+        removals: int,
+    ) -> None:
+        key = token[_KEY_START:]
+        seen = self._seen
+        if key not in seen:
+            # First success: only noted. Most tokens a server sees more than once it
+            # sees many times; one seen once (a token per call) would cost an entry,
+            # an eviction and the collector's walks over it, and never pay them back.
+            if len(seen) >= self._cache_size:
+                seen.clear()
+            seen.add(key)
+            return
+        # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
+        entry = tuple.__new__(_Entry, (principal, not_before, expires, kid, token))
         cache = self._cache
         cache[key] = entry
         # One entry added at most, so one eviction at most (two threads inserting at
@@ -449,10 +474,5 @@ class TokenVerifier:
         principal, not_before, expires = check_claims_window(parsed.claims, self._policy, now)
         # Remembered only inside its window (the claims check allowed the leeway).
         if self._cache_size and not_before <= now < expires:
-            # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
-            self._remember(
-                token,
-                tuple.__new__(_Entry, (principal, not_before, expires, key.kid, token)),
-                removals,
-            )
+            self._remember(token, principal, not_before, expires, key.kid, removals)
         return principal

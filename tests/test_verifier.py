@@ -354,12 +354,30 @@ def test_a_verified_token_is_served_from_the_cache(use_async: bool) -> None:
     verifier = make_verifier(keys)
     value = token()
 
-    first = check(verifier, value, use_async)
+    check(verifier, value, use_async)
+    remembered = check(verifier, value, use_async)
     keys.down = True
+    again = check(verifier, value, use_async)
+
+    assert again is remembered
+    assert keys.lookups == 2
+    assert verifier.cache_lookups == (1, 2)
+
+
+@FACES
+def test_a_token_verified_once_is_not_remembered_yet(use_async: bool) -> None:
+    # One-shot tokens (a new token per call) would only churn the cache: a token is
+    # remembered from its second successful check on.
+    keys = FakeKeys(RS)
+    verifier = make_verifier(keys)
+    value = token()
+
+    first = check(verifier, value, use_async)
     second = check(verifier, value, use_async)
 
-    assert second is first
-    assert keys.lookups == 1
+    assert second is not first
+    assert second == first
+    assert keys.lookups == 2
 
 
 def test_a_cached_token_is_not_used_from_its_exp_on() -> None:
@@ -368,13 +386,14 @@ def test_a_cached_token_is_not_used_from_its_exp_on() -> None:
     value = token(exp=NOW + 900)
 
     verifier.verify(value)
+    verifier.verify(value)  # remembered from here on
     clock.now = NOW + 899.9
     verifier.verify(value)
-    assert keys.lookups == 1
+    assert keys.lookups == 2
 
     clock.now = NOW + 900
     verifier.verify(value)  # full check again: still inside the leeway
-    assert keys.lookups == 2
+    assert keys.lookups == 3
 
     clock.now = NOW + 900 + LEEWAY
     with pytest.raises(ExpiredToken):
@@ -386,22 +405,22 @@ def test_a_token_is_not_cached_before_its_nbf() -> None:
     verifier = make_verifier(keys, now=clock)
     value = token(nbf=NOW + 10)
 
-    verifier.verify(value)
-    verifier.verify(value)
-    assert keys.lookups == 2
+    for _ in range(3):
+        verifier.verify(value)
+    assert keys.lookups == 3
 
     clock.now = NOW + 10
-    verifier.verify(value)
-    verifier.verify(value)
-    assert keys.lookups == 3
+    for _ in range(3):
+        verifier.verify(value)
+    assert keys.lookups == 5
 
 
 def test_a_cached_token_is_dropped_when_its_key_leaves_the_set() -> None:
     keys = FakeKeys(RS, ES)
     verifier = make_verifier(keys)
     rsa_token, ec_token = token(RS), token(ES)
-    verifier.verify(rsa_token)
-    verifier.verify(ec_token)
+    for value in (rsa_token, rsa_token, ec_token, ec_token):
+        verifier.verify(value)
     assert len(keys.listeners) == 1
 
     keys.remove(RS.kid)
@@ -421,14 +440,14 @@ def test_a_token_checked_while_its_key_leaves_is_not_cached() -> None:
         for callback in keys.listeners:
             callback(frozenset({kid}))
 
-    keys.on_lookup = key_leaves_during_lookup
     value = token()
-
-    verifier.verify(value)
+    verifier.verify(value)  # a first check is only noted
+    keys.on_lookup = key_leaves_during_lookup
+    verifier.verify(value)  # would be remembered, but a key left meanwhile
     keys.on_lookup = None
     verifier.verify(value)
 
-    assert keys.lookups == 2
+    assert keys.lookups == 3
 
 
 def test_the_cache_evicts_the_least_recently_used_token() -> None:
@@ -436,16 +455,17 @@ def test_the_cache_evicts_the_least_recently_used_token() -> None:
     verifier = make_verifier(keys, cache_size=2)
     first, second, third = (token(jti=f"token-{n}") for n in range(3))
 
-    verifier.verify(first)
-    verifier.verify(second)
+    for value in (first, first, second, second):  # each remembered at its second check
+        verifier.verify(value)
     verifier.verify(first)  # hit: first is now the most recent
-    verifier.verify(third)  # evicts second
-    assert keys.lookups == 3
+    verifier.verify(third)
+    verifier.verify(third)  # remembered: evicts second
+    assert keys.lookups == 6
 
     verifier.verify(first)
-    assert keys.lookups == 3
+    assert keys.lookups == 6
     verifier.verify(second)
-    assert keys.lookups == 4
+    assert keys.lookups == 7
 
 
 def test_a_zero_size_cache_verifies_every_time() -> None:
