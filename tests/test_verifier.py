@@ -11,6 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -466,6 +468,72 @@ def test_the_cache_evicts_the_least_recently_used_token() -> None:
     assert keys.lookups == 6
     verifier.verify(second)
     assert keys.lookups == 7
+
+
+def test_a_remembered_token_serves_only_its_exact_string() -> None:
+    # The cache finds entries by the token's last characters (its signature's); a
+    # token sharing them with a remembered one is still checked in full.
+    keys = FakeKeys(RS)
+    verifier = make_verifier(keys)
+    honest = token()
+    verifier.verify(honest)
+    verifier.verify(honest)
+    payload = json.loads(base64.urlsafe_b64decode(segments(honest)[1] + "=="))
+    forged = replace_segment(honest, 1, b64url(json.dumps({**payload, "sub": "admin"}).encode()))
+    assert forged[-32:] == honest[-32:]
+
+    with pytest.raises(InvalidSignature):
+        verifier.verify(forged)
+    assert verifier.verify(honest).subject == "user-1"
+    assert verifier.cache_lookups == (1, 3)
+
+
+def test_concurrent_checks_keep_the_cache_right_while_a_key_leaves() -> None:
+    keys = FakeKeys(RS, ES)
+    verifier = make_verifier(keys, cache_size=8)
+    pool = [token(RS, jti=f"rs-{n}") for n in range(12)] + [
+        token(ES, jti=f"es-{n}") for n in range(12)
+    ]
+    wrong: list[str] = []
+    removed = threading.Event()
+
+    def work(offset: int) -> None:
+        for round_ in range(40):
+            if offset == 0 and round_ == 20:
+                keys.remove(RS.kid)
+                removed.set()
+            for value in pool[offset:] + pool[:offset]:
+                try:
+                    principal = verifier.verify(value)
+                except UnknownKey:
+                    if not removed.is_set() or "rs-" not in value_jti(value):
+                        wrong.append(f"refused {value_jti(value)}")
+                    continue
+                if principal.token_id != value_jti(value):
+                    wrong.append(f"{value_jti(value)} answered as {principal.token_id}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    assert wrong == []
+    # No token of the removed key was left behind in the cache by a racing insert.
+    for value in pool[:12]:
+        with pytest.raises(UnknownKey):
+            verifier.verify(value)
+    assert all(verifier.verify(value).token_id == value_jti(value) for value in pool[12:])
+
+
+def value_jti(value: str) -> str:
+    payload = json.loads(base64.urlsafe_b64decode(segments(value)[1] + "=="))
+    return str(payload["jti"])
 
 
 def test_a_zero_size_cache_verifies_every_time() -> None:
