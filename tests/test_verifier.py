@@ -490,10 +490,14 @@ def test_a_remembered_token_serves_only_its_exact_string() -> None:
 
 def test_concurrent_checks_keep_the_cache_right_while_a_key_leaves() -> None:
     keys = FakeKeys(RS, ES)
-    verifier = make_verifier(keys, cache_size=8)
+    # The pool fits the cache: once the key has left, only a missed purge or a racing
+    # insert could leave one of its tokens there. The churn tokens, checked early
+    # on, make the threads evict concurrently.
+    verifier = make_verifier(keys, cache_size=32)
     pool = [token(RS, jti=f"rs-{n}") for n in range(12)] + [
         token(ES, jti=f"es-{n}") for n in range(12)
     ]
+    churn = [token(ES, jti=f"churn-{n}") for n in range(48)]
     wrong: list[str] = []
     removed = threading.Event()
 
@@ -502,7 +506,8 @@ def test_concurrent_checks_keep_the_cache_right_while_a_key_leaves() -> None:
             if offset == 0 and round_ == 20:
                 keys.remove(RS.kid)
                 removed.set()
-            for value in pool[offset:] + pool[:offset]:
+            extra = churn[offset::6] * 2 if round_ < 10 else []
+            for value in pool[offset:] + pool[:offset] + extra:
                 try:
                     principal = verifier.verify(value)
                 except UnknownKey:
