@@ -504,8 +504,8 @@ def test_concurrent_checks_keep_the_cache_right_while_a_key_leaves() -> None:
     def work(offset: int) -> None:
         for round_ in range(40):
             if offset == 0 and round_ == 20:
+                removed.set()  # first: other threads may be refused from the removal on
                 keys.remove(RS.kid)
-                removed.set()
             extra = churn[offset::6] * 2 if round_ < 10 else []
             for value in pool[offset:] + pool[:offset] + extra:
                 try:
