@@ -261,9 +261,35 @@ def standalone(
 # -- 2. RPCs against a server in its own process ----------------------------------------------
 
 
-def serve(kind: str, jwks_path: str) -> int:
+def _timed_verifier(verifier: TokenVerifier, spent: list[int]) -> None:
+    """Count the thread CPU time and the calls of ``verifier``'s checks (``--diagnose``)."""
+    verify, averify = verifier.verify, verifier.averify
+
+    def timed(token: str) -> Any:
+        started = time.thread_time_ns()
+        try:
+            return verify(token)
+        finally:
+            spent[0] += time.thread_time_ns() - started
+            spent[1] += 1
+
+    async def atimed(token: str) -> Any:
+        # The event loop's thread runs the whole check (no await yields for a known key).
+        started = time.thread_time_ns()
+        try:
+            return await averify(token)
+        finally:
+            spent[0] += time.thread_time_ns() - started
+            spent[1] += 1
+
+    verifier.verify = timed  # type: ignore[method-assign]
+    verifier.averify = atimed  # type: ignore[method-assign]
+
+
+def serve(kind: str, jwks_path: str, diagnose: bool = False) -> int:
     """Child process: a resource server over a static key set; answers CPU-time requests."""
     import asyncio
+    import resource
 
     from resource_server import ResourceServerConfig, build_server, start_aio_server
 
@@ -272,6 +298,9 @@ def serve(kind: str, jwks_path: str) -> int:
     keys.start()
     keys.wait_until_loaded(5)
     verifier = TokenVerifier(keys, policy())
+    spent = [0, 0]
+    if diagnose:
+        _timed_verifier(verifier, spent)
     config = ResourceServerConfig(
         grpc_address="127.0.0.1:0",
         issuer=ISSUER,
@@ -288,16 +317,24 @@ def serve(kind: str, jwks_path: str) -> int:
     else:
         _sync_server, port = build_server(config, verifier)
     print(port, flush=True)
-    # Each line asks for this process's CPU seconds so far; end of input ends the server.
+    # Each line asks for this process's CPU seconds so far (then, for --diagnose, its
+    # user and system seconds, minor page faults, voluntary and involuntary context
+    # switches, and the thread CPU ns and count of verifier calls); end of input ends it.
     for _ in sys.stdin:
-        print(f"{time.process_time():.6f}", flush=True)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(
+            f"{time.process_time():.6f} {usage.ru_utime:.6f} {usage.ru_stime:.6f}"
+            f" {usage.ru_minflt} {usage.ru_nvcsw} {usage.ru_nivcsw} {spent[0]} {spent[1]}",
+            flush=True,
+        )
     return 0
 
 
 class ServerProcess:
-    def __init__(self, kind: str, jwks_path: Path) -> None:
+    def __init__(self, kind: str, jwks_path: Path, diagnose: bool = False) -> None:
+        extra = ["--diagnose"] if diagnose else []
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", kind, "--jwks", str(jwks_path)],
+            [sys.executable, __file__, "--serve", kind, "--jwks", str(jwks_path), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -305,11 +342,12 @@ class ServerProcess:
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
 
-    def cpu(self) -> float:
+    def counters(self) -> list[float]:
+        """The server's CPU seconds, then the ``--diagnose`` counters (see ``serve``)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        return [float(field) for field in self.proc.stdout.readline().split()]
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -333,8 +371,9 @@ def rpc_face(
     calls: int,
     repeats: int,
     clients: int,
+    diagnose: bool = False,
 ) -> None:
-    server = ServerProcess(kind, jwks_path)
+    server = ServerProcess(kind, jwks_path, diagnose)
     channels = [
         # One connection per caller, as separate clients would have.
         grpc.insecure_channel(
@@ -377,17 +416,29 @@ def rpc_face(
         ),
     }
     results: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in modes}
+    # Per call: user µs, system µs, minor faults, voluntary and involuntary switches;
+    # then µs of thread CPU per verifier call (nan without one).
+    details: dict[str, list[list[float]]] = {m: [] for m in modes}
     for call in modes.values():
         drive(call)  # warm-up: connections, caches
     for _ in range(repeats):
         for mode, call in modes.items():
-            cpu0 = server.cpu()
+            before = server.counters()
             started = time.perf_counter()
             drive(call)
             elapsed = time.perf_counter() - started
-            cpu = server.cpu() - cpu0
+            after = server.counters()
+            cpu = after[0] - before[0]
             results[mode][0].append(done / elapsed)
             results[mode][1].append(cpu / done * 1e6)
+            if diagnose:
+                delta = [b - a for a, b in zip(before, after, strict=True)]
+                per_verify = delta[6] / delta[7] / 1e3 if delta[7] else float("nan")
+                details[mode].append(
+                    [delta[1] / done * 1e6, delta[2] / done * 1e6]
+                    + [d / done for d in delta[3:6]]
+                    + [per_verify]
+                )
     base_rate = statistics.median(results["public method"][0])
     base_cpu = statistics.median(results["public method"][1])
     for mode, (rates, cpus) in results.items():
@@ -396,13 +447,29 @@ def rpc_face(
             f"  {kind:4} {mode:25} {rate:7.0f} rpc/s  {rate / base_rate:.2f}"
             f"   server CPU {cpu:6.1f} us/call  public/this {base_cpu / cpu:.2f}"
         )
+        if diagnose:
+            user, system, faults, voluntary, involuntary, verify = (
+                statistics.median(column) for column in zip(*details[mode], strict=True)
+            )
+            print(
+                f"         user {user:6.1f} sys {system:6.1f} us/call, minor faults {faults:5.2f},"
+                f" switches {voluntary:5.2f} vol {involuntary:5.2f} invol per call,"
+                f" verifier {verify:6.1f} us thread CPU per verify"
+            )
     pool.shutdown()
     for channel in channels:
         channel.close()
     server.close()
 
 
-def rpcs(jwk: dict[str, Any], tokens: list[str], calls: int, repeats: int, clients: int) -> None:
+def rpcs(
+    jwk: dict[str, Any],
+    tokens: list[str],
+    calls: int,
+    repeats: int,
+    clients: int,
+    diagnose: bool = False,
+) -> None:
     print(
         f"\n2. unary RPCs, server in its own process, {clients} concurrent callers;"
         " rate and server CPU per call"
@@ -425,7 +492,9 @@ def rpcs(jwk: dict[str, Any], tokens: list[str], calls: int, repeats: int, clien
         jwks_path = Path(tmp) / "jwks.json"
         jwks_path.write_text(json.dumps({"keys": [jwk]}))
         for kind in ("sync", "aio"):
-            rpc_face(kind, jwks_path, tokens[0], next_fresh, next_sent, calls, repeats, clients)
+            rpc_face(
+                kind, jwks_path, tokens[0], next_fresh, next_sent, calls, repeats, clients, diagnose
+            )
     print(
         "  goals: reused >= 0.95 and fresh >= 0.80 of the public method. The rates are"
         " bounded by this\n  process's callers on the same 2 cores; the server's CPU per"
@@ -447,11 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-jose", action="store_true")
     parser.add_argument("--skip-rpc", action="store_true")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also print the servers' user/system time, page faults, context switches"
+        " and thread CPU per verifier call",
+    )
     parser.add_argument("--serve", choices=("sync", "aio"), help=argparse.SUPPRESS)
     parser.add_argument("--jwks", help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.serve:
-        return serve(ns.serve, ns.jwks)
+        return serve(ns.serve, ns.jwks, ns.diagnose)
 
     private, jwk = make_key()
     # Fresh tokens for each face: one per call of every round and of the warm-up.
@@ -460,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calls per run: {ns.calls}, rounds: {ns.repeats}, figures are medians\n")
     standalone(private, jwk, tokens[: ns.calls], ns.repeats, None if ns.no_jose else ns.jose_dir)
     if not ns.skip_rpc:
-        rpcs(jwk, tokens[ns.calls :], ns.calls, ns.repeats, ns.clients)
+        rpcs(jwk, tokens[ns.calls :], ns.calls, ns.repeats, ns.clients, ns.diagnose)
     return 0
 
 

@@ -174,7 +174,10 @@ class CompactParser:
         ):
             raise MalformedToken("payload or signature is not canonical base64url")
         data = token.encode("ascii")
-        standard = data.translate(_TO_STANDARD)
+        # Two replaces instead of translate: each jumps from one "-" (or "_") to the
+        # next with memchr, about one in 64 characters, where translate maps every
+        # byte through its table (6k of the parse's 77k instructions).
+        standard = data.replace(b"-", b"+").replace(b"_", b"/")
         try:
             payload = binascii.a2b_base64(
                 standard[payload_start:payload_end] + _PAD[payload_rest], strict_mode=True
@@ -285,13 +288,20 @@ def _json_object(raw: bytes, name: str, max_depth: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedToken(f"{name} is not a JSON object")
     # Counting brackets (in C) bounds the depth from above, so the walk runs only
-    # for documents that could be too deep, never for an ordinary token.
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
+    # for documents that could be too deep, never for an ordinary token. A flat
+    # object (no "[", one "{") is decided by two memchr scans; counting walks every
+    # byte. ``find``, not ``in``: bytes' ``in`` first tries its operand as an integer
+    # and formats and clears a TypeError when it is not.
+    if (
+        (raw.find(b"[") >= 0 or raw.find(b"{", 1) >= 0)
+        and raw.count(b"[") + raw.count(b"{") > max_depth
+        and _deeper_than(value, max_depth)
+    ):
         raise MalformedToken(f"{name} nests JSON deeper than {max_depth} levels")
     # JSON can escape a lone UTF-16 surrogate ("\ud800"), which is not Unicode text:
     # a claim holding one breaks whatever encodes it later (protobuf, logs). Only a
     # document with a \u escape can hold one, so ordinary tokens skip the walk.
-    if b"\\u" in raw and _holds_lone_surrogate(value):
+    if raw.find(b"\\u") >= 0 and _holds_lone_surrogate(value):
         raise MalformedToken(f"{name} holds a lone UTF-16 surrogate")
     return value
 

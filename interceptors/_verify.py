@@ -5,8 +5,9 @@
 ``kid`` (the only step that may wait, for a key fetch), and
 :func:`~interceptors._claims.check_claims` (pure, RFC 7519/9068). One sans-I/O
 core serves :meth:`TokenVerifier.verify` and :meth:`TokenVerifier.averify`; the
-two differ only in how they ask the key provider for the key. Verified tokens
-are remembered in a bounded LRU keyed by the exact token string.
+two differ only in how they ask the key provider for the key. Tokens verified
+more than once are remembered in a bounded LRU that serves only the exact token
+string it verified.
 :meth:`TokenVerifier.from_source` is the one owner of a verifier's moving parts:
 it builds and starts the key cache and revocation list, and closes them (and
 the source) when the verifier is closed.
@@ -29,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
-from typing import NamedTuple, Protocol, Self, runtime_checkable
+from typing import Final, NamedTuple, Protocol, Self, runtime_checkable
 
 import jwt
 
@@ -107,6 +108,15 @@ class WatermarkChecker(Protocol):
         ...
 
 
+# The verified-token cache is keyed by the token's last characters, not by the whole
+# token: hashing a ~700-character string is 2k instructions on every lookup (the
+# string is new on every call, so its hash is never cached), 32 characters about 100.
+# They are signature characters (192 bits of it). An entry holds its whole token and
+# serves only that exact string; two tokens sharing a tail can only displace each
+# other's entry, and only a token that verified is ever stored.
+_KEY_START: Final = -32
+
+
 class _Entry(NamedTuple):
     """A verified token in the cache, with the window in which it may be reused."""
 
@@ -114,13 +124,16 @@ class _Entry(NamedTuple):
     not_before: float
     expires: float
     kid: str
+    token: str
 
 
 class TokenVerifier:
     """Checks access tokens against a key provider and a policy; thread-safe.
 
-    Verified tokens are remembered (bounded LRU keyed by the exact token) until their
-    ``exp``; entries signed by a key are dropped the moment that key leaves the set.
+    A token is remembered from its second successful check on (bounded LRU serving
+    the exact token string) until its ``exp``: a token seen once, as when a client
+    sends a new token per call, costs no entry. Entries signed by a key are dropped
+    the moment that key leaves the set.
     A token whose session was revoked is refused whether or not it is remembered.
 
     Build one with :meth:`from_source`, which owns what it builds and closes it
@@ -161,10 +174,16 @@ class TokenVerifier:
         )
         self._now = now
         self._cache_size = cache_size
+        # Read and written without a lock: each operation on it is one C call, atomic
+        # under the GIL (see _cached, _remember and _forget_kids for the races).
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._removals = 0
-        # Verified-token cache lookups, counted under the lock the lookup takes anyway.
+        # The cache keys of tokens verified once (a token is remembered from its second
+        # successful check on), cleared when it reaches cache_size.
+        self._seen: set[str] = set()
+        # Verified-token cache lookups, for metrics: counted without a lock, so an
+        # interpreter that switched threads inside ``+= 1`` could lose a count.
         self._hits = 0
         self._misses = 0
         token_type = policy.token_type.lower().removeprefix("application/")
@@ -327,8 +346,7 @@ class TokenVerifier:
     @property
     def cache_lookups(self) -> tuple[int, int]:
         """Verified-token cache ``(hits, misses)`` so far (for metrics)."""
-        with self._lock:
-            return self._hits, self._misses
+        return self._hits, self._misses
 
     @property
     def revocations(self) -> RevocationChecker | None:
@@ -358,39 +376,71 @@ class TokenVerifier:
     def _cached(self, token: str) -> Principal | None:
         if not self._cache_size or not isinstance(token, str):
             return None
-        now = self._now()
-        with self._lock:
-            entry = self._cache.get(token)
-            if entry is None:
-                self._misses += 1
-                return None
-            if entry.not_before <= now < entry.expires:
-                self._cache.move_to_end(token)
-                self._hits += 1
-                return entry.principal
-            del self._cache[token]
+        key = token[_KEY_START:]
+        cache = self._cache
+        entry = cache.get(key)
+        if entry is None or entry[4] != token:
             self._misses += 1
             return None
+        now = self._now()
+        if entry[1] <= now < entry[2]:
+            # try, not contextlib.suppress: entering a context manager is a Python call.
+            try:  # noqa: SIM105
+                cache.move_to_end(key)
+            except KeyError:  # evicted or dropped meanwhile: served once more, as if first
+                pass
+            self._hits += 1
+            return entry[0]
+        # Outside its window: dropped (if another thread has just put a fresh entry
+        # under this key, that one goes too, and its token is checked again).
+        cache.pop(key, None)
+        self._misses += 1
+        return None
 
-    def _remember(self, token: str, entry: _Entry, removals: int) -> None:
-        with self._lock:
-            # A key left the set while this token was being checked: it may be that key.
-            if removals != self._removals:
-                return
-            cache = self._cache
-            if token in cache:
-                cache.move_to_end(token)
-            cache[token] = entry
-            # One entry added at most, so one eviction at most.
-            if len(cache) > self._cache_size:
+    def _remember(
+        self,
+        token: str,
+        principal: Principal,
+        not_before: float,
+        expires: float,
+        kid: str,
+        removals: int,
+    ) -> None:
+        key = token[_KEY_START:]
+        seen = self._seen
+        if key not in seen:
+            # First success: only noted. Most tokens a server sees more than once it
+            # sees many times; one seen once (a token per call) would cost an entry,
+            # an eviction and the collector's walks over it, and never pay them back.
+            if len(seen) >= self._cache_size:
+                seen.clear()
+            seen.add(key)
+            return
+        # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
+        entry = tuple.__new__(_Entry, (principal, not_before, expires, kid, token))
+        cache = self._cache
+        cache[key] = entry
+        # One entry added at most, so one eviction at most (two threads inserting at
+        # once may evict two: a lost entry, not a wrong one).
+        if len(cache) > self._cache_size:
+            try:  # noqa: SIM105 -- see _cached
                 cache.popitem(last=False)
+            except KeyError:  # emptied meanwhile
+                pass
+        # A key left the set while this token was being checked: it may be that key.
+        # Tested after the insert, so _forget_kids (which counts before it looks)
+        # either sees this entry or is seen here, and the entry is withdrawn.
+        if removals != self._removals and cache.get(key) is entry:
+            cache.pop(key, None)
 
     def _forget_kids(self, kids: frozenset[str]) -> None:
         with self._lock:
             self._removals += 1
-            stale = [token for token, entry in self._cache.items() if entry.kid in kids]
-            for token in stale:
-                del self._cache[token]
+            # One C call copies the entries, so concurrent inserts cannot disturb it.
+            entries = list(self._cache.items())
+            stale = [key for key, entry in entries if entry.kid in kids]
+            for key in stale:
+                self._cache.pop(key, None)
         if stale:
             _LOGGER.info("dropped %d cached tokens signed by removed keys", len(stale))
 
@@ -424,8 +474,5 @@ class TokenVerifier:
         principal, not_before, expires = check_claims_window(parsed.claims, self._policy, now)
         # Remembered only inside its window (the claims check allowed the leeway).
         if self._cache_size and not_before <= now < expires:
-            # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
-            self._remember(
-                token, tuple.__new__(_Entry, (principal, not_before, expires, key.kid)), removals
-            )
+            self._remember(token, principal, not_before, expires, key.kid, removals)
         return principal

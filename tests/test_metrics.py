@@ -161,6 +161,7 @@ def test_scripted_scenario_moves_every_counter_as_it_should(
         # Alice's address is throttled for her for the window; Bob logs in.
         fresh = auth.login("bob", "battery staple horse").access_token
         assert call(fresh) == grpc.StatusCode.OK
+        assert call(fresh) == grpc.StatusCode.OK  # checked again, now remembered
         assert call(fresh) == grpc.StatusCode.OK  # the verified-token cache answers
         attack = fresh.rsplit(".", 1)[0] + ".AAAA"
         assert call(attack) == grpc.StatusCode.UNAUTHENTICATED
@@ -223,7 +224,7 @@ def test_scripted_scenario_moves_every_counter_as_it_should(
     assert v(on_auth, "ssot_auth_ready") == 1
 
     method = "/ssot.resource.v1.ResourceService/GetProtectedResource"
-    assert v(on_resource, "ssot_verifier_verifications_total", method=method, result="ok") == 2
+    assert v(on_resource, "ssot_verifier_verifications_total", method=method, result="ok") == 3
     assert (
         v(on_resource, "ssot_verifier_verifications_total", method=method, result="bad_signature")
         == 1
@@ -241,7 +242,7 @@ def test_scripted_scenario_moves_every_counter_as_it_should(
         )
         == 1
     )
-    assert v(on_resource, "ssot_verifier_verify_seconds_count") == 6
+    assert v(on_resource, "ssot_verifier_verify_seconds_count") == 7
     assert v(on_resource, "ssot_verifier_token_cache_lookups_total", outcome="hit") == 1
     assert v(on_resource, "ssot_verifier_key_updates_total", source="fetch", outcome="error") >= 1
     assert v(on_resource, "ssot_verifier_key_updates_total", source="fetch", outcome="ok") >= 2

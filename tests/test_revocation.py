@@ -84,7 +84,11 @@ def test_a_revoked_session_is_refused_even_when_its_token_is_cached(
         return verifier.verify(value).session_id
 
     cached = token("s1")
-    assert check(cached) == "s1"  # verified once: now in the verified-token cache
+    assert check(cached) == "s1"
+    assert check(cached) == "s1"  # verified twice: now in the verified-token cache
+    assert verifier.cache_lookups[0] == 0
+    assert check(cached) == "s1"
+    assert verifier.cache_lookups[0] == 1  # served from the cache
 
     revocations.revoke("s1", NOW + 900)
 

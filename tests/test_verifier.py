@@ -11,6 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -354,12 +356,30 @@ def test_a_verified_token_is_served_from_the_cache(use_async: bool) -> None:
     verifier = make_verifier(keys)
     value = token()
 
-    first = check(verifier, value, use_async)
+    check(verifier, value, use_async)
+    remembered = check(verifier, value, use_async)
     keys.down = True
+    again = check(verifier, value, use_async)
+
+    assert again is remembered
+    assert keys.lookups == 2
+    assert verifier.cache_lookups == (1, 2)
+
+
+@FACES
+def test_a_token_verified_once_is_not_remembered_yet(use_async: bool) -> None:
+    # One-shot tokens (a new token per call) would only churn the cache: a token is
+    # remembered from its second successful check on.
+    keys = FakeKeys(RS)
+    verifier = make_verifier(keys)
+    value = token()
+
+    first = check(verifier, value, use_async)
     second = check(verifier, value, use_async)
 
-    assert second is first
-    assert keys.lookups == 1
+    assert second is not first
+    assert second == first
+    assert keys.lookups == 2
 
 
 def test_a_cached_token_is_not_used_from_its_exp_on() -> None:
@@ -368,13 +388,14 @@ def test_a_cached_token_is_not_used_from_its_exp_on() -> None:
     value = token(exp=NOW + 900)
 
     verifier.verify(value)
+    verifier.verify(value)  # remembered from here on
     clock.now = NOW + 899.9
     verifier.verify(value)
-    assert keys.lookups == 1
+    assert keys.lookups == 2
 
     clock.now = NOW + 900
     verifier.verify(value)  # full check again: still inside the leeway
-    assert keys.lookups == 2
+    assert keys.lookups == 3
 
     clock.now = NOW + 900 + LEEWAY
     with pytest.raises(ExpiredToken):
@@ -386,22 +407,22 @@ def test_a_token_is_not_cached_before_its_nbf() -> None:
     verifier = make_verifier(keys, now=clock)
     value = token(nbf=NOW + 10)
 
-    verifier.verify(value)
-    verifier.verify(value)
-    assert keys.lookups == 2
+    for _ in range(3):
+        verifier.verify(value)
+    assert keys.lookups == 3
 
     clock.now = NOW + 10
-    verifier.verify(value)
-    verifier.verify(value)
-    assert keys.lookups == 3
+    for _ in range(3):
+        verifier.verify(value)
+    assert keys.lookups == 5
 
 
 def test_a_cached_token_is_dropped_when_its_key_leaves_the_set() -> None:
     keys = FakeKeys(RS, ES)
     verifier = make_verifier(keys)
     rsa_token, ec_token = token(RS), token(ES)
-    verifier.verify(rsa_token)
-    verifier.verify(ec_token)
+    for value in (rsa_token, rsa_token, ec_token, ec_token):
+        verifier.verify(value)
     assert len(keys.listeners) == 1
 
     keys.remove(RS.kid)
@@ -421,14 +442,14 @@ def test_a_token_checked_while_its_key_leaves_is_not_cached() -> None:
         for callback in keys.listeners:
             callback(frozenset({kid}))
 
-    keys.on_lookup = key_leaves_during_lookup
     value = token()
-
-    verifier.verify(value)
+    verifier.verify(value)  # a first check is only noted
+    keys.on_lookup = key_leaves_during_lookup
+    verifier.verify(value)  # would be remembered, but a key left meanwhile
     keys.on_lookup = None
     verifier.verify(value)
 
-    assert keys.lookups == 2
+    assert keys.lookups == 3
 
 
 def test_the_cache_evicts_the_least_recently_used_token() -> None:
@@ -436,16 +457,88 @@ def test_the_cache_evicts_the_least_recently_used_token() -> None:
     verifier = make_verifier(keys, cache_size=2)
     first, second, third = (token(jti=f"token-{n}") for n in range(3))
 
-    verifier.verify(first)
-    verifier.verify(second)
+    for value in (first, first, second, second):  # each remembered at its second check
+        verifier.verify(value)
     verifier.verify(first)  # hit: first is now the most recent
-    verifier.verify(third)  # evicts second
-    assert keys.lookups == 3
+    verifier.verify(third)
+    verifier.verify(third)  # remembered: evicts second
+    assert keys.lookups == 6
 
     verifier.verify(first)
-    assert keys.lookups == 3
+    assert keys.lookups == 6
     verifier.verify(second)
-    assert keys.lookups == 4
+    assert keys.lookups == 7
+
+
+def test_a_remembered_token_serves_only_its_exact_string() -> None:
+    # The cache finds entries by the token's last characters (its signature's); a
+    # token sharing them with a remembered one is still checked in full.
+    keys = FakeKeys(RS)
+    verifier = make_verifier(keys)
+    honest = token()
+    verifier.verify(honest)
+    verifier.verify(honest)
+    payload = json.loads(base64.urlsafe_b64decode(segments(honest)[1] + "=="))
+    forged = replace_segment(honest, 1, b64url(json.dumps({**payload, "sub": "admin"}).encode()))
+    assert forged[-32:] == honest[-32:]
+
+    with pytest.raises(InvalidSignature):
+        verifier.verify(forged)
+    assert verifier.verify(honest).subject == "user-1"
+    assert verifier.cache_lookups == (1, 3)
+
+
+def test_concurrent_checks_keep_the_cache_right_while_a_key_leaves() -> None:
+    keys = FakeKeys(RS, ES)
+    # The pool fits the cache: once the key has left, only a missed purge or a racing
+    # insert could leave one of its tokens there. The churn tokens, checked early
+    # on, make the threads evict concurrently.
+    verifier = make_verifier(keys, cache_size=32)
+    pool = [token(RS, jti=f"rs-{n}") for n in range(12)] + [
+        token(ES, jti=f"es-{n}") for n in range(12)
+    ]
+    churn = [token(ES, jti=f"churn-{n}") for n in range(48)]
+    wrong: list[str] = []
+    removed = threading.Event()
+
+    def work(offset: int) -> None:
+        for round_ in range(40):
+            if offset == 0 and round_ == 20:
+                removed.set()  # first: other threads may be refused from the removal on
+                keys.remove(RS.kid)
+            extra = churn[offset::6] * 2 if round_ < 10 else []
+            for value in pool[offset:] + pool[:offset] + extra:
+                try:
+                    principal = verifier.verify(value)
+                except UnknownKey:
+                    if not removed.is_set() or "rs-" not in value_jti(value):
+                        wrong.append(f"refused {value_jti(value)}")
+                    continue
+                if principal.token_id != value_jti(value):
+                    wrong.append(f"{value_jti(value)} answered as {principal.token_id}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    assert wrong == []
+    # No token of the removed key was left behind in the cache by a racing insert.
+    for value in pool[:12]:
+        with pytest.raises(UnknownKey):
+            verifier.verify(value)
+    assert all(verifier.verify(value).token_id == value_jti(value) for value in pool[12:])
+
+
+def value_jti(value: str) -> str:
+    payload = json.loads(base64.urlsafe_b64decode(segments(value)[1] + "=="))
+    return str(payload["jti"])
 
 
 def test_a_zero_size_cache_verifies_every_time() -> None:
