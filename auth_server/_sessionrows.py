@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from auth_server._revocationrows import put_watermark
 from auth_server._session_types import SessionInfo
-from auth_server.storage import sessions, spent_refresh_tokens
+from auth_server.storage import sessions, spent_refresh_tokens, users
 
 
 def live(now: float, idle_timeout: float) -> sa.ColumnElement[bool]:
@@ -59,14 +59,40 @@ _SPENT_AT = sa.select(spent_refresh_tokens.c.spent_at).where(
 _SPENT_SESSION = sa.select(spent_refresh_tokens.c.session_id).where(
     spent_refresh_tokens.c.token_hash == sa.bindparam("token_hash")
 )
-_BY_CURRENT_TOKEN = (
-    sa.select(sessions)
-    .where(sessions.c.refresh_token_hash == sa.bindparam("token_hash"))
-    .with_for_update()
-)
-_BY_ID = sa.select(sessions).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
+# The user's columns a token needs, read in the statement that locks the session
+# (one round trip fewer on PostgreSQL); labelled apart from the session's own
+# columns (both tables have ``id`` and ``created_at``). Not the password hash.
+_USER_COLUMNS = ("id", "username", "scopes", "disabled", "created_at")
+_USER_LABELS = tuple(f"user__{name}" for name in _USER_COLUMNS)  # not user_id: a sessions column
+# An outer join: a session whose user is gone is still found (and refused by the
+# caller). ``FOR UPDATE OF sessions`` locks the session row only, as before; the
+# user row is a plain read. On PostgreSQL it is the version the statement's
+# snapshot saw before any wait for the session's lock (only the locked row is
+# read again after the wait): a user disabled meanwhile ended its sessions in
+# the same transaction, and the session row read after the wait shows that.
+_WITH_USER = sa.select(
+    sessions,
+    *(users.c[name].label(label) for name, label in zip(_USER_COLUMNS, _USER_LABELS, strict=True)),
+).select_from(sessions.outerjoin(users, users.c.id == sessions.c.user_id))
+_BY_CURRENT_TOKEN = _WITH_USER.where(
+    sessions.c.refresh_token_hash == sa.bindparam("token_hash")
+).with_for_update(of=sessions)
+_BY_ID = _WITH_USER.where(sessions.c.id == sa.bindparam("session_id")).with_for_update(of=sessions)
 _SPEND = spent_refresh_tokens.insert()
 _TOUCH = sessions.update().where(sessions.c.id == sa.bindparam("touched_id"))
+# PostgreSQL: the spent token's INSERT and the session's UPDATE in one statement
+# (a data-modifying CTE), one round trip instead of two. Both see the same
+# snapshot and fail or commit together, as the two statements of one transaction
+# did. SQLite has no INSERT inside WITH, and no round trips to save.
+_SPEND_AND_TOUCH = _TOUCH.add_cte(
+    spent_refresh_tokens.insert()
+    .values(
+        token_hash=sa.bindparam("spent_hash"),
+        session_id=sa.bindparam("touched_id"),
+        spent_at=sa.bindparam("spent_time"),
+    )
+    .cte("spent")
+)
 
 
 def spent_at(conn: sa.Connection, token_hash: str) -> float | None:
@@ -76,7 +102,10 @@ def spent_at(conn: sa.Connection, token_hash: str) -> float | None:
 
 
 def locked_session(conn: sa.Connection, token_hash: str) -> Any:
-    """The session that issued ``token_hash`` (current or spent), its row locked; or None."""
+    """The session that issued ``token_hash`` (current or spent), its row locked; or None.
+
+    The row also carries its user's columns (see :func:`session_user`).
+    """
     # The common case, a current token, in one statement. On PostgreSQL a
     # concurrent refresh that rotated the row while we waited for its lock
     # makes this find nothing (the WHERE is re-checked on the new version):
@@ -90,9 +119,32 @@ def locked_session(conn: sa.Connection, token_hash: str) -> Any:
     return conn.execute(_BY_ID, {"session_id": session_id}).one()
 
 
-def spend(conn: sa.Connection, token_hash: str, session_id: str, now: float) -> None:
-    """Record that ``token_hash`` was spent at ``now`` (a repeat of it finds its session)."""
+def session_user(row: Any) -> dict[str, Any] | None:
+    """The user columns of a :func:`locked_session` row, as the users table names them.
+
+    ``None`` if the user no longer exists.
+    """
+    mapping = row._mapping
+    if mapping[_USER_LABELS[0]] is None:
+        return None
+    return {name: mapping[label] for name, label in zip(_USER_COLUMNS, _USER_LABELS, strict=True)}
+
+
+def spend(
+    conn: sa.Connection, token_hash: str, session_id: str, now: float, **values: object
+) -> None:
+    """Record that ``token_hash`` was spent at ``now`` and set ``values`` on its session.
+
+    A repeat of the spent token finds its session by it.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _SPEND_AND_TOUCH,
+            {"spent_hash": token_hash, "spent_time": now, "touched_id": session_id, **values},
+        )
+        return
     conn.execute(_SPEND, {"token_hash": token_hash, "session_id": session_id, "spent_at": now})
+    touch(conn, session_id, **values)
 
 
 def touch(conn: sa.Connection, session_id: str, **values: object) -> None:

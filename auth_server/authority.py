@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -17,7 +18,7 @@ from auth_server.keys import SigningKeyStore
 from auth_server.sessions import EndedSession, SessionStore, SessionTerms
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenIssuer
-from auth_server.users import User, UserStore, validate_scopes
+from auth_server.users import User, UserStore, user_from_row, validate_scopes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -277,9 +278,9 @@ class TokenAuthority:
             if not set(scope) <= set(terms.scope):
                 raise InvalidScope()
 
-        def user_and_key(conn: sa.Connection, user_id: str) -> tuple[User, str]:
+        def user_and_key(conn: sa.Connection, row: Mapping[str, Any] | None) -> tuple[User, str]:
             # In the rotation's transaction: a refresh is one transaction, not three.
-            user = self._users.get_by_id_in(conn, user_id)
+            user = None if row is None else user_from_row(row)
             if user is None or user.disabled:
                 # Disabling a user revokes its sessions in the same transaction; this
                 # is only the moment between the two. Raised here, it spends nothing.

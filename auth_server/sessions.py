@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
@@ -234,7 +234,7 @@ class SessionStore:
     def refresh_loading(
         self,
         refresh_token: str,
-        load: Callable[[sa.Connection, str], T],
+        load: Callable[[sa.Connection, Mapping[str, Any] | None], T],
         *,
         access_ttl: int = 0,
         cert_thumbprint: str | None = None,
@@ -242,10 +242,13 @@ class SessionStore:
     ) -> tuple[Rotation, T]:
         """:meth:`refresh`, also reading what the new access token needs in its transaction.
 
-        ``load(conn, user_id)`` runs inside the rotation's transaction, after
+        ``load(conn, user)`` runs inside the rotation's transaction, after
         ``check`` and before anything is written (so whatever it raises spends
-        nothing), and its result is returned with the rotation. One transaction
-        per refresh instead of one for the session and one per later read: on
+        nothing), and its result is returned with the rotation. ``user`` is the
+        session's user as a row of the users table (``id``, ``username``,
+        ``scopes``, ``disabled``, ``created_at``), read in the statement that
+        locks the session, or ``None`` if the user is gone. One transaction per
+        refresh instead of one for the session and one per later read: on
         SQLite each costs a begin and a commit under the writer lock, on
         PostgreSQL a round trip or two.
         """
@@ -258,7 +261,7 @@ class SessionStore:
         access_ttl: int,
         cert_thumbprint: str | None,
         check: Callable[[SessionTerms], None] | None,
-        load: Callable[[sa.Connection, str], T] | None,
+        load: Callable[[sa.Connection, Mapping[str, Any] | None], T] | None,
     ) -> tuple[Rotation, T | None]:
         token_hash = checked_hash(refresh_token)
         successor = successor_token(self._secret, refresh_token)
@@ -312,14 +315,19 @@ class SessionStore:
             if check is not None and verdict != "reuse":
                 # Inside the transaction: raising here rolls back, the token stays good.
                 check(SessionTerms(scope=tuple((row.scope or "").split()), audience=row.audience))
-            loaded = None if load is None or verdict == "reuse" else load(conn, row.user_id)
+            loaded = (
+                None
+                if load is None or verdict == "reuse"
+                else load(conn, sessionrows.session_user(row))
+            )
             touch = {
                 "last_used_at": now,
                 "access_expires_at": max(row.access_expires_at or 0.0, int(now) + access_ttl),
             }
             if verdict == "spend":
-                sessionrows.spend(conn, token_hash, session_id, now)
-                sessionrows.touch(conn, session_id, refresh_token_hash=successor_hash, **touch)
+                sessionrows.spend(
+                    conn, token_hash, session_id, now, refresh_token_hash=successor_hash, **touch
+                )
             elif verdict == "repeat":
                 sessionrows.touch(conn, session_id, **touch)
             else:

@@ -158,7 +158,7 @@ class UserStore:
         except exc.IntegrityError as err:
             raise UserExists() from err
         _LOGGER.info("user added: %s", username)
-        return _to_user(row)
+        return user_from_row(row)
 
     def get(self, username: str) -> User | None:
         """Return the user named ``username``, or None if there is none."""
@@ -166,7 +166,7 @@ class UserStore:
             return None
         with self._db.transaction() as conn:
             row = conn.execute(users.select().where(users.c.username == username)).first()
-        return None if row is None else _to_user(row._mapping)
+        return None if row is None else user_from_row(row._mapping)
 
     def get_by_id(self, user_id: str) -> User | None:
         """Return the user whose id is ``user_id``, or None if there is none."""
@@ -177,13 +177,13 @@ class UserStore:
     def get_by_id_in(conn: sa.Connection, user_id: str) -> User | None:
         """:meth:`get_by_id` in the caller's transaction (a refresh reads it with the session)."""
         row = conn.execute(_BY_ID, {"user_id": user_id}).first()
-        return None if row is None else _to_user(row._mapping)
+        return None if row is None else user_from_row(row._mapping)
 
     def list(self) -> list[User]:
         """Return every user, ordered by username."""
         with self._db.transaction() as conn:
             rows = conn.execute(users.select().order_by(users.c.username)).all()
-        return [_to_user(row._mapping) for row in rows]
+        return [user_from_row(row._mapping) for row in rows]
 
     def disable(self, username: str) -> User:
         """Disable a user: its logins fail from now on and all its sessions end.
@@ -253,7 +253,7 @@ class UserStore:
             raise InvalidCredentials()
         if self._hasher.needs_rehash(password_hash):
             self._rehash(record["id"], password_hash, password)
-        return _to_user(record)
+        return user_from_row(record)
 
     def _rehash(self, user_id: str, old_hash: str, password: str) -> None:
         new_hash = self._hasher.hash(password)
@@ -287,7 +287,7 @@ class UserStore:
         if ended:
             _LOGGER.info("ended %d sessions of %s (%s)", len(ended), username, end_sessions)
             audit_revoked(ended, user_id=row.id, reason=end_sessions or "")
-        return _to_user(row._mapping)
+        return user_from_row(row._mapping)
 
 
 def _is_valid_username(name: object) -> bool:
@@ -298,7 +298,8 @@ def _is_valid_username(name: object) -> bool:
 _BY_ID = users.select().where(users.c.id == sa.bindparam("user_id"))
 
 
-def _to_user(record: Mapping[Any, Any]) -> User:
+def user_from_row(record: Mapping[Any, Any]) -> User:
+    """The :class:`User` of a row of the users table (its password hash left out)."""
     return User(
         id=record["id"],
         username=record["username"],

@@ -311,6 +311,41 @@ def test_disabling_a_user_or_setting_a_password_ends_its_sessions(
             assert _rejected_within(resource, login.access_token, 2.0) is not None
 
 
+def _set_user(database_url: str, **values: object) -> None:
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE users SET " + ", ".join(f"{k} = :{k}" for k in values)), values
+            )
+    finally:
+        db.dispose()
+
+
+def test_a_user_disabled_before_its_sessions_end_is_refused_without_spending(
+    server: AuthHarness, database_url: str
+) -> None:
+    # The moment inside a disable between the user's row and its sessions: the
+    # refresh reads the user with the session and refuses, spending nothing.
+    login = server.login("alice", PASSWORD)
+    _set_user(database_url, disabled=True)
+
+    assert _error(lambda: server.refresh(login.refresh_token)) == INVALID
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as conn:
+            spent = conn.execute(sa.text("SELECT count(*) FROM spent_refresh_tokens")).scalar()
+    finally:
+        db.dispose()
+    assert spent == 0
+
+    # Enabled again, with no scope left: the refresh reads the user's row as it is now.
+    _set_user(database_url, disabled=False, scopes="")
+    refreshed = server.refresh(login.refresh_token)
+    assert refreshed.scope == ""
+    server.refresh(refreshed.refresh_token)
+
+
 @pytest.mark.parametrize(
     "token",
     [
