@@ -274,8 +274,9 @@ def _choose_algorithm(entry: Mapping[str, Any], kty: str) -> str | None:
         if alg is None:
             return _EC_CURVE_ALGORITHMS.get(crv) if isinstance(crv, str) else None
         return alg if _EC_ALGORITHM_CURVES.get(alg) == crv else None
-    # OKP: only the signature curves; X25519/X448 are key agreement keys.
-    if crv not in _OKP_CURVES:
+    # OKP: only the signature curves; X25519/X448 are key agreement keys. A crv
+    # that is not a string (a list) cannot be looked up in a set: no algorithm.
+    if not isinstance(crv, str) or crv not in _OKP_CURVES:
         return None
     if alg is None or alg == "EdDSA":
         return "EdDSA"

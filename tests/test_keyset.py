@@ -208,6 +208,8 @@ def _with(**members: Any) -> dict[str, Any]:
                      id="weak-rsa"),
         pytest.param({"keys": [_public_jwk("rsa", "enc", use="enc")]}, "no usable",
                      id="no-usable-key"),
+        pytest.param({"keys": [{"kty": "OKP", "crv": [], "kid": "k"}]}, "no usable",
+                     id="okp-crv-not-a-string"),
     ],
 )  # fmt: skip
 def test_document_is_refused(document: Any, why: str) -> None:
