@@ -34,7 +34,8 @@ from typing import Final, NamedTuple, Protocol, Self, runtime_checkable
 
 import jwt
 
-from interceptors._cache import CacheSettings, KeyCache
+from interceptors._cache import KeyCache
+from interceptors._cache_settings import CacheSettings
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
 from interceptors._jws import CompactParser, ParsedJws
