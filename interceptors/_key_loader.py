@@ -183,6 +183,7 @@ class KeyLoader(KeyHolder):
         )
 
     def _refresh_flight(self, now: float) -> Flight | None:
+        """The flight of a refresh due now: one running, a new one, or None while backing off."""
         with self._lock:
             if self._inflight is not None:
                 return self._inflight
