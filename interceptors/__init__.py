@@ -40,7 +40,8 @@ The audit trail writer is the public leaf module :mod:`interceptors.audit`.
 
 from interceptors._auth_service import AuthServiceSource, GrpcJwksSource
 from interceptors._binding import CERT_BINDINGS, CertBinding
-from interceptors._cache import CacheSettings, CacheStats, KeyCache
+from interceptors._cache import KeyCache
+from interceptors._cache_settings import CacheSettings, CacheStats
 from interceptors._claims import Principal, TokenPolicy
 from interceptors._client_interceptors import BearerClientInterceptor
 from interceptors._context import current_bearer_token, current_principal

@@ -7,7 +7,7 @@
 core serves :meth:`TokenVerifier.verify` and :meth:`TokenVerifier.averify`; the
 two differ only in how they ask the key provider for the key. Tokens verified
 more than once are remembered in a bounded LRU that serves only the exact token
-string it verified.
+string it verified (:class:`~interceptors._verified_tokens.VerifiedTokens`).
 :meth:`TokenVerifier.from_source` is the one owner of a verifier's moving parts:
 it builds and starts the key cache and revocation list, and closes them (and
 the source) when the verifier is closed.
@@ -24,25 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import jwt
 
-from interceptors._cache import CacheSettings, KeyCache
+from interceptors._cache import KeyCache
+from interceptors._cache_settings import CacheSettings
 from interceptors._claims import Principal, TokenPolicy, check_claims_window
 from interceptors._errors import InvalidSignature, RevokedToken
 from interceptors._jws import CompactParser, ParsedJws
 from interceptors._revocation import KEEP_AFTER_EXPIRY, RevocationList, RevocationSource
 from interceptors._signature import CRYPTO_FAILURES
 from interceptors._sources import KeySource
-
-_LOGGER = logging.getLogger(__name__)
+from interceptors._verified_tokens import VerifiedTokens
 
 
 class VerificationKeyLike(Protocol):
@@ -108,25 +106,6 @@ class WatermarkChecker(Protocol):
         ...
 
 
-# The verified-token cache is keyed by the token's last characters, not by the whole
-# token: hashing a ~700-character string is 2k instructions on every lookup (the
-# string is new on every call, so its hash is never cached), 32 characters about 100.
-# They are signature characters (192 bits of it). An entry holds its whole token and
-# serves only that exact string; two tokens sharing a tail can only displace each
-# other's entry, and only a token that verified is ever stored.
-_KEY_START: Final = -32
-
-
-class _Entry(NamedTuple):
-    """A verified token in the cache, with the window in which it may be reused."""
-
-    principal: Principal
-    not_before: float
-    expires: float
-    kid: str
-    token: str
-
-
 class TokenVerifier:
     """Checks access tokens against a key provider and a policy; thread-safe.
 
@@ -174,18 +153,8 @@ class TokenVerifier:
         )
         self._now = now
         self._cache_size = cache_size
-        # Read and written without a lock: each operation on it is one C call, atomic
-        # under the GIL (see _cached, _remember and _forget_kids for the races).
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._tokens = VerifiedTokens(cache_size, now)
         self._lock = threading.Lock()
-        self._removals = 0
-        # The cache keys of tokens verified once (a token is remembered from its second
-        # successful check on), cleared when it reaches cache_size.
-        self._seen: set[str] = set()
-        # Verified-token cache lookups, for metrics: counted without a lock, so an
-        # interpreter that switched threads inside ``+= 1`` could lose a count.
-        self._hits = 0
-        self._misses = 0
         token_type = policy.token_type.lower().removeprefix("application/")
         self._algorithms = policy.algorithms
         # Bound once here; it also remembers the headers it has checked. The bound
@@ -198,7 +167,7 @@ class TokenVerifier:
             max_depth=policy.max_json_depth,
         ).__call__
         self._owned: contextlib.ExitStack | None = None  # set by from_source
-        keys.add_removal_listener(self._forget_kids)
+        keys.add_removal_listener(self._tokens.forget_kids)
 
     @classmethod
     def from_source(
@@ -316,10 +285,10 @@ class TokenVerifier:
         Raises:
             AuthError: A subclass naming why the token was refused (see ``_errors``).
         """
-        principal = self._cached(token)
+        principal = self._tokens.lookup(token)
         if principal is None:
             parsed = self._parse(token)
-            removals = self._removals
+            removals = self._tokens.removals
             key = self._keys.get_key(parsed.kid)
             principal = self._finish(token, parsed, key, removals)
         if self._revocations is None:
@@ -328,10 +297,10 @@ class TokenVerifier:
 
     async def averify(self, token: str) -> Principal:
         """Like :meth:`verify`, but never blocks the event loop on a key fetch."""
-        principal = self._cached(token)
+        principal = self._tokens.lookup(token)
         if principal is None:
             parsed = self._parse(token)
-            removals = self._removals
+            removals = self._tokens.removals
             key = await self._keys.aget_key(parsed.kid)
             principal = self._finish(token, parsed, key, removals)
         if self._revocations is None:
@@ -346,7 +315,8 @@ class TokenVerifier:
     @property
     def cache_lookups(self) -> tuple[int, int]:
         """Verified-token cache ``(hits, misses)`` so far (for metrics)."""
-        return self._hits, self._misses
+        tokens = self._tokens
+        return tokens.hits, tokens.misses
 
     @property
     def revocations(self) -> RevocationChecker | None:
@@ -370,79 +340,6 @@ class TokenVerifier:
         elif principal.session_id is not None and revocations.is_revoked(principal.session_id):
             raise RevokedToken("the token's session was revoked")
         return principal
-
-    # -- cache -----------------------------------------------------------------------
-
-    def _cached(self, token: str) -> Principal | None:
-        if not self._cache_size or not isinstance(token, str):
-            return None
-        key = token[_KEY_START:]
-        cache = self._cache
-        entry = cache.get(key)
-        if entry is None or entry[4] != token:
-            self._misses += 1
-            return None
-        now = self._now()
-        if entry[1] <= now < entry[2]:
-            # try, not contextlib.suppress: entering a context manager is a Python call.
-            try:  # noqa: SIM105
-                cache.move_to_end(key)
-            except KeyError:  # evicted or dropped meanwhile: served once more, as if first
-                pass
-            self._hits += 1
-            return entry[0]
-        # Outside its window: dropped (if another thread has just put a fresh entry
-        # under this key, that one goes too, and its token is checked again).
-        cache.pop(key, None)
-        self._misses += 1
-        return None
-
-    def _remember(
-        self,
-        token: str,
-        principal: Principal,
-        not_before: float,
-        expires: float,
-        kid: str,
-        removals: int,
-    ) -> None:
-        key = token[_KEY_START:]
-        seen = self._seen
-        if key not in seen:
-            # First success: only noted. Most tokens a server sees more than once it
-            # sees many times; one seen once (a token per call) would cost an entry,
-            # an eviction and the collector's walks over it, and never pay them back.
-            if len(seen) >= self._cache_size:
-                seen.clear()
-            seen.add(key)
-            return
-        # tuple.__new__: the NamedTuple's keyword __new__ is a Python call of its own.
-        entry = tuple.__new__(_Entry, (principal, not_before, expires, kid, token))
-        cache = self._cache
-        cache[key] = entry
-        # One entry added at most, so one eviction at most (two threads inserting at
-        # once may evict two: a lost entry, not a wrong one).
-        if len(cache) > self._cache_size:
-            try:  # noqa: SIM105 -- see _cached
-                cache.popitem(last=False)
-            except KeyError:  # emptied meanwhile
-                pass
-        # A key left the set while this token was being checked: it may be that key.
-        # Tested after the insert, so _forget_kids (which counts before it looks)
-        # either sees this entry or is seen here, and the entry is withdrawn.
-        if removals != self._removals and cache.get(key) is entry:
-            cache.pop(key, None)
-
-    def _forget_kids(self, kids: frozenset[str]) -> None:
-        with self._lock:
-            self._removals += 1
-            # One C call copies the entries, so concurrent inserts cannot disturb it.
-            entries = list(self._cache.items())
-            stale = [key for key, entry in entries if entry.kid in kids]
-            for key in stale:
-                self._cache.pop(key, None)
-        if stale:
-            _LOGGER.info("dropped %d cached tokens signed by removed keys", len(stale))
 
     # -- the checks --------------------------------------------------------------------
 
@@ -474,5 +371,5 @@ class TokenVerifier:
         principal, not_before, expires = check_claims_window(parsed.claims, self._policy, now)
         # Remembered only inside its window (the claims check allowed the leeway).
         if self._cache_size and not_before <= now < expires:
-            self._remember(token, principal, not_before, expires, key.kid, removals)
+            self._tokens.remember(token, principal, not_before, expires, key.kid, removals)
         return principal
