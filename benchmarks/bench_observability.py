@@ -23,14 +23,12 @@ figure on a shared machine; throughput is printed beside it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from concurrent import futures
@@ -42,7 +40,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_verify import AUDIENCE, ISSUER, make_key, mint, policy  # noqa: E402
+from bench_verify import make_key, mint, policy, start_resource_server  # noqa: E402
 
 from interceptors import KeyCache, StaticSource, TokenVerifier  # noqa: E402
 from protos import resource_pb2, resource_pb2_grpc  # noqa: E402
@@ -52,8 +50,6 @@ VARIANTS = ("plain", "metrics", "traces", "traces, not sampled", "both")
 
 def serve(kind: str, variant: str, jwks_path: str) -> int:
     """Child process: one resource server variant; answers CPU-time requests on stdin."""
-    from resource_server import ResourceServerConfig, build_server, start_aio_server
-
     keys = KeyCache(StaticSource(json.loads(Path(jwks_path).read_text())))
     keys.start()
     keys.wait_until_loaded(5)
@@ -85,21 +81,7 @@ def serve(kind: str, variant: str, jwks_path: str) -> int:
         provider = TracerProvider(sampler=sampler)
         provider.add_span_processor(BatchSpanProcessor(Dropping()))
         tracing = Tracing(provider)
-    config = ResourceServerConfig(
-        grpc_address="127.0.0.1:0",
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        jwks_url="http://127.0.0.1:1/unused",
-        reflection=False,
-    )
-    if kind == "aio":
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        _aio, port = asyncio.run_coroutine_threadsafe(
-            start_aio_server(config, verifier, observer=observer, tracing=tracing), loop
-        ).result(30)
-    else:
-        _sync, port = build_server(config, verifier, observer=observer, tracing=tracing)
+    _server, port = start_resource_server(kind, verifier, observer=observer, tracing=tracing)
     print(port, flush=True)
     for _ in sys.stdin:
         print(f"{time.process_time():.6f}", flush=True)

@@ -286,21 +286,15 @@ def _timed_verifier(verifier: TokenVerifier, spent: list[int]) -> None:
     verifier.averify = atimed  # type: ignore[method-assign]
 
 
-def serve(kind: str, jwks_path: str, diagnose: bool = False) -> int:
-    """Child process: a resource server over a static key set; answers CPU-time requests."""
+def start_resource_server(kind: str, verifier: TokenVerifier, **options: Any) -> tuple[Any, int]:
+    """The example resource server, ``sync`` or ``aio``, on a loopback port: (server, port).
+
+    ``options`` go to ``build_server`` / ``start_aio_server`` (observer, tracing).
+    """
     import asyncio
-    import resource
 
     from resource_server import ResourceServerConfig, build_server, start_aio_server
 
-    document = json.loads(Path(jwks_path).read_text())
-    keys = KeyCache(StaticSource(document))
-    keys.start()
-    keys.wait_until_loaded(5)
-    verifier = TokenVerifier(keys, policy())
-    spent = [0, 0]
-    if diagnose:
-        _timed_verifier(verifier, spent)
     config = ResourceServerConfig(
         grpc_address="127.0.0.1:0",
         issuer=ISSUER,
@@ -311,11 +305,25 @@ def serve(kind: str, jwks_path: str, diagnose: bool = False) -> int:
     if kind == "aio":
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
-        _aio_server, port = asyncio.run_coroutine_threadsafe(
-            start_aio_server(config, verifier), loop
+        return asyncio.run_coroutine_threadsafe(
+            start_aio_server(config, verifier, **options), loop
         ).result(30)
-    else:
-        _sync_server, port = build_server(config, verifier)
+    return build_server(config, verifier, **options)
+
+
+def serve(kind: str, jwks_path: str, diagnose: bool = False) -> int:
+    """Child process: a resource server over a static key set; answers CPU-time requests."""
+    import resource
+
+    document = json.loads(Path(jwks_path).read_text())
+    keys = KeyCache(StaticSource(document))
+    keys.start()
+    keys.wait_until_loaded(5)
+    verifier = TokenVerifier(keys, policy())
+    spent = [0, 0]
+    if diagnose:
+        _timed_verifier(verifier, spent)
+    _server, port = start_resource_server(kind, verifier)
     print(port, flush=True)
     # Each line asks for this process's CPU seconds so far (then, for --diagnose, its
     # user and system seconds, minor page faults, voluntary and involuntary context

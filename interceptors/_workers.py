@@ -38,7 +38,6 @@ from interceptors._cli import add_env_argument
 __all__ = [
     "WorkerError",
     "add_workers_argument",
-    "reserve_ports",
     "run_workers",
     "worker_count",
 ]
@@ -159,19 +158,39 @@ def run_workers(
     *,
     prog: str,
     errors: tuple[type[BaseException], ...],
-    held: Sequence[socket.socket] = (),
+    ports: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Run ``serve(ready)`` in ``count`` worker processes until SIGTERM or SIGINT.
 
     ``serve`` runs one whole server in the worker, calls ``ready()`` once it
     listens, and returns (its exit code) when the worker is told to stop
     (SIGTERM). An exception of ``errors`` is printed as one ``prog: error:``
-    line and ends the worker with 1.
+    line and ends the worker with 1. ``ports``, ``(address, flag)`` pairs, are
+    held by this process (:func:`reserve_ports`) from before the first worker
+    starts until the last one stops, so no other program takes one meanwhile.
 
     Returns:
         0 after a clean stop; the failing worker's exit code (or 1) when a worker
         could not start the first time or failed :data:`MAX_FAILED_STARTS` times in a row.
+
+    Raises:
+        WorkerError: A port of ``ports`` cannot be held (nothing was started).
     """
+    held = reserve_ports(ports)
+    try:
+        return _run_workers(count, serve, prog, errors, held)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _run_workers(
+    count: int,
+    serve: Callable[[Callable[[], None]], int],
+    prog: str,
+    errors: tuple[type[BaseException], ...],
+    held: Sequence[socket.socket],
+) -> int:
     context = multiprocessing.get_context("fork")
     stop = {"signal": 0}
 

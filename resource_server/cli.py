@@ -32,7 +32,6 @@ from interceptors._cli import (
 from interceptors._workers import (
     WorkerError,
     per_worker_address,
-    reserve_ports,
     run_workers,
 )
 from interceptors.tls import TlsError, channel_credentials
@@ -170,10 +169,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     config = _config(ns)
     if ns.workers == 1:
         return _serve_one(config, aio=ns.aio, ready=lambda: None)
-    try:
-        held = reserve_ports([(config.grpc_address, "--grpc")])
-    except WorkerError as exc:
-        raise CommandError(str(exc)) from None
     shared = dataclasses.replace(config, reuse_port=True)
     try:
         return run_workers(
@@ -181,11 +176,10 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             lambda ready: _serve_one(shared, aio=ns.aio, ready=ready),
             prog=PROG,
             errors=(CommandError, StartupError),
-            held=held,
+            ports=[(config.grpc_address, "--grpc")],
         )
-    finally:
-        for sock in held:
-            sock.close()
+    except WorkerError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _serve_one(config: ResourceServerConfig, *, aio: bool, ready: Callable[[], None]) -> int:

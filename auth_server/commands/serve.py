@@ -37,7 +37,6 @@ from interceptors._workers import (
     WorkerError,
     add_workers_argument,
     per_worker_address,
-    reserve_ports,
     run_workers,
     worker_index,
 )
@@ -141,10 +140,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     tune_gc_for_streams()
     if ns.workers == 1:
         return run_until_signalled(_serving(config, lambda: None))
-    try:
-        held = reserve_ports([(config.grpc_address, "--grpc"), (config.http_address, "--http")])
-    except WorkerError as exc:
-        raise CommandError(str(exc)) from None
     shared = dataclasses.replace(config, reuse_port=True)
     try:
         return run_workers(
@@ -152,11 +147,10 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             lambda ready: run_until_signalled(_serving(shared, ready)),
             prog="ssot-auth",
             errors=(CommandError, SettingsError, StartupError, AuthServerError),
-            held=held,
+            ports=[(config.grpc_address, "--grpc"), (config.http_address, "--http")],
         )
-    finally:
-        for sock in held:
-            sock.close()
+    except WorkerError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _serving(
